@@ -1,0 +1,189 @@
+//! Compute devices for airllm-rs: burn backends behind Cargo features —
+//! `cpu` (burn's flex, the default), `ndarray`, `wgpu`, `cuda` — and the
+//! run-time choice among those compiled in (`--device cpu|ndarray|wgpu|cuda[:N]`).
+//!
+//! This crate owns device selection and device-specific operations; it must
+//! not read model files or know model families.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use airllm_core::{ComputeBackend, ComputeDType, Error, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::Device;
+
+/// A device the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// burn's flex CPU backend.
+    Cpu,
+    /// burn's ndarray CPU backend.
+    Ndarray,
+    /// wgpu (Vulkan, Metal, DX12; Mesa's llvmpipe on machines without a GPU).
+    Wgpu(usize),
+    /// CUDA device `N`.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let (name, index) = match s.split_once(':') {
+            Some((name, index)) => {
+                let index = index
+                    .parse()
+                    .map_err(|_| format!("`{index}` in `{s}` is not a device number"))?;
+                (name, Some(index))
+            }
+            None => (s, None),
+        };
+        match (name, index) {
+            ("cpu", None) => Ok(DeviceChoice::Cpu),
+            ("ndarray", None) => Ok(DeviceChoice::Ndarray),
+            ("wgpu", index) => Ok(DeviceChoice::Wgpu(index.unwrap_or(0))),
+            ("cuda", index) => Ok(DeviceChoice::Cuda(index.unwrap_or(0))),
+            _ => Err(format!(
+                "unknown device `{s}`; use cpu, ndarray, wgpu[:N] or cuda[:N]"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Ndarray => write!(f, "ndarray"),
+            DeviceChoice::Wgpu(i) => write!(f, "wgpu:{i}"),
+            DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// A burn device used as is: burn's matmul for the linear op, host-side
+/// widening to f32 for uploads.
+pub struct BurnBackend<B: Backend> {
+    device: Device<B>,
+    name: String,
+}
+
+impl<B: Backend> BurnBackend<B> {
+    /// Wraps `device` under a display name.
+    pub fn new(device: Device<B>, name: String) -> Self {
+        BurnBackend { device, name }
+    }
+}
+
+impl<B: Backend> ComputeBackend<B> for BurnBackend<B> {
+    fn device(&self) -> &Device<B> {
+        &self.device
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn default_budget(&self) -> u64 {
+        // Device memory queries differ per runtime; until each backend reports
+        // its own, every device budgets from host memory, which bounds what
+        // can be staged for it.
+        airllm_core::memory::default_host_budget()
+    }
+}
+
+/// Work to run on whichever backend the user picked: generic over the burn
+/// backend, so it is compiled once per backend built in.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+
+    /// Runs the job on `backend`.
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output>;
+}
+
+fn not_built(choice: DeviceChoice, feature: &str) -> Error {
+    Error::Backend(format!(
+        "device `{choice}` needs the `{feature}` feature, and this binary was built without it; rebuild with `cargo build --release --features {feature}`"
+    ))
+}
+
+/// Runs `job` on the device `choice` names, in compute dtype `dtype`.
+pub fn dispatch<J: BackendJob>(
+    choice: DeviceChoice,
+    dtype: ComputeDType,
+    job: J,
+) -> Result<J::Output> {
+    if dtype != ComputeDType::F32 {
+        return Err(Error::Backend(format!(
+            "compute dtype {dtype:?} is not available yet on `{choice}`; use --dtype f32 (the weights keep their own dtype on disk)"
+        )));
+    }
+    match choice {
+        DeviceChoice::Cpu => {
+            #[cfg(feature = "cpu")]
+            {
+                use burn::backend::flex::{Flex, FlexDevice};
+                let backend = BurnBackend::<Flex>::new(FlexDevice, choice.to_string());
+                return job.run::<Flex>(Arc::new(backend));
+            }
+            #[allow(unreachable_code)]
+            Err(not_built(choice, "cpu"))
+        }
+        DeviceChoice::Ndarray => {
+            #[cfg(feature = "ndarray")]
+            {
+                use burn::backend::ndarray::{NdArray, NdArrayDevice};
+                let backend = BurnBackend::<NdArray>::new(NdArrayDevice::Cpu, choice.to_string());
+                return job.run::<NdArray>(Arc::new(backend));
+            }
+            #[allow(unreachable_code)]
+            Err(not_built(choice, "ndarray"))
+        }
+        DeviceChoice::Wgpu(index) => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::wgpu::{Wgpu, WgpuDevice};
+                let device = if index == 0 {
+                    WgpuDevice::DefaultDevice
+                } else {
+                    WgpuDevice::DiscreteGpu(index)
+                };
+                let backend = BurnBackend::<Wgpu>::new(device, choice.to_string());
+                return job.run::<Wgpu>(Arc::new(backend));
+            }
+            #[allow(unreachable_code)]
+            {
+                let _ = index;
+                Err(not_built(choice, "wgpu"))
+            }
+        }
+        DeviceChoice::Cuda(index) => {
+            #[cfg(feature = "cuda")]
+            {
+                use burn::backend::cuda::{Cuda, CudaDevice};
+                let backend = BurnBackend::<Cuda>::new(CudaDevice { index }, choice.to_string());
+                return job.run::<Cuda>(Arc::new(backend));
+            }
+            #[allow(unreachable_code)]
+            {
+                let _ = index;
+                Err(not_built(choice, "cuda"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda:1".parse(), Ok(DeviceChoice::Cuda(1)));
+        assert_eq!("wgpu".parse(), Ok(DeviceChoice::Wgpu(0)));
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! Streams a model through the public API: open, plan within 64 MiB, generate.
+//! Run: `cargo run --release --example stream -- MODEL_DIR`
+use std::sync::Arc;
+
+use airllm_backends::BurnBackend;
+use airllm_core::{Engine, EngineOptions, GenerationConfig, TokenControl};
+use airllm_formats::ModelDir;
+use burn::backend::flex::{Flex, FlexDevice};
+
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let path = std::env::args().nth(1).ok_or("usage: stream MODEL_DIR")?;
+    let model = ModelDir::open(path.as_ref())?;
+    let arch = airllm_models::architecture::<Flex>(&model.config)?;
+    let store = model.open_store(arch.units())?;
+    let backend = Arc::new(BurnBackend::<Flex>::new(FlexDevice, "cpu".into()));
+    let options = EngineOptions {
+        max_memory: Some(64 << 20),
+        ..Default::default()
+    };
+    let mut engine = Engine::new(store, arch, backend, options)?;
+
+    let tokenizer = tokenizers::Tokenizer::from_file(model.path.join("tokenizer.json"))?;
+    let prompt = tokenizer.encode("The capital of", true)?.get_ids().to_vec();
+    let config = GenerationConfig {
+        max_new_tokens: 16,
+        ..Default::default()
+    };
+    let answers = engine.generate(&[prompt], &config, &mut |_, token| {
+        print!("{}", tokenizer.decode(&[token], true).unwrap_or_default());
+        TokenControl::Continue
+    })?;
+    println!(
+        "\n({} tokens, {} layers streamed)",
+        answers[0].tokens.len(),
+        engine.plan().map_or(0, |p| p.streamed())
+    );
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! `airllm bench`: prefill and decode speed, read rate and memory, on a
+//! model directory or a synthetic model of a named shape.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use airllm_backends::{dispatch, BackendJob};
+use airllm_core::memory::Rss;
+use airllm_core::{
+    ByteSize, ComputeBackend, Error, GenerationConfig, Result, SamplingConfig, TokenControl,
+};
+use airllm_formats::{SyntheticStore, MANIFEST_FILE};
+use airllm_models::presets::{preset, PRESETS};
+use burn::tensor::backend::Backend;
+use serde_json::json;
+
+use crate::cli::BenchArgs;
+use crate::{model, split};
+
+/// Runs the command.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let path = match &args.synthetic {
+        Some(name) => ensure_synthetic(name, &args)?,
+        None => args
+            .model
+            .clone()
+            .expect("clap requires MODEL without --synthetic"),
+    };
+    let (device, dtype) = (args.engine.device, args.engine.dtype);
+    dispatch(device, dtype, BenchJob { args, path })
+}
+
+/// Writes the synthetic model into `--out` unless it already holds it.
+fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
+    let out = args
+        .out
+        .clone()
+        .expect("clap requires --out with --synthetic");
+    let mut shape = preset(name).ok_or_else(|| {
+        let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
+        Error::Request(format!(
+            "unknown preset `{name}`; choose one of {}",
+            names.join(", ")
+        ))
+    })?;
+    let overrides = [
+        (&mut shape.layers, args.layers),
+        (&mut shape.hidden, args.hidden),
+        (&mut shape.intermediate, args.intermediate),
+        (&mut shape.heads, args.heads),
+        (&mut shape.kv_heads, args.kv_heads),
+        (&mut shape.vocab, args.vocab),
+    ];
+    for (field, value) in overrides {
+        if let Some(value) = value {
+            *field = value;
+        }
+    }
+    let config = shape.config();
+    if out.join(MANIFEST_FILE).is_file() {
+        let existing = model::open_dir(&out)?;
+        if existing.config != config {
+            return Err(Error::Request(format!(
+                "{} holds a different model; choose another --out or delete it",
+                out.display()
+            )));
+        }
+        return Ok(out);
+    }
+    let layout = airllm_models::layout(&config)?;
+    let store = SyntheticStore::new(&layout.units, 0x5eed);
+    eprintln!("writing synthetic {name} to {}", out.display());
+    split::write_split(&store, &out, &config, None)?;
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_vec_pretty(&config).expect("json"),
+    )
+    .map_err(|e| Error::io(out.join("config.json"), e))?;
+    Ok(out)
+}
+
+struct BenchJob {
+    args: BenchArgs,
+    path: PathBuf,
+}
+
+/// Deterministic prompt ids in `0..vocab`.
+fn prompts(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..batch)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % vocab as u64) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+impl BackendJob for BenchJob {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<()> {
+        let args = self.args;
+        let dir = model::open_dir(&self.path)?;
+        let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let dims = engine.arch().dims().clone();
+        let ids = prompts(args.batch, args.prompt_len, dims.vocab);
+        let config = GenerationConfig {
+            max_new_tokens: args.new_tokens,
+            sampling: SamplingConfig::default(),
+            eos: Vec::new(),
+            prefill_chunk: args.engine.prefill_chunk,
+        };
+        let chunk = config.prefill_chunk.clamp(1, args.prompt_len);
+        let load_started = Instant::now();
+        engine.prepare(args.batch, chunk, args.prompt_len + args.new_tokens)?;
+        let load_s = load_started.elapsed().as_secs_f64();
+        engine.reset_stats();
+
+        let started = Instant::now();
+        let mut first_token = None;
+        let mut generated = 0usize;
+        let mut on_token = |_: usize, _: u32| {
+            first_token.get_or_insert_with(Instant::now);
+            generated += 1;
+            TokenControl::Continue
+        };
+        engine.generate(&ids, &config, &mut on_token)?;
+        let finished = Instant::now();
+        let first_token = first_token.unwrap_or(finished);
+        let prefill_s = (first_token - started).as_secs_f64();
+        let decode_s = (finished - first_token).as_secs_f64();
+        let decode_tokens = generated.saturating_sub(args.batch);
+        let wall_s = (finished - started).as_secs_f64();
+
+        let stats = engine.stats();
+        let plan = engine.plan().expect("prepared").clone();
+        let bytes_read = stats.bytes_read();
+        let read_s = stats.read_time().as_secs_f64();
+        let rss = Rss::now();
+        let per_unit: Vec<_> = stats
+            .units
+            .iter()
+            .map(|u| {
+                let passes = stats.passes.max(1) as f64;
+                json!({
+                    "name": u.name,
+                    "reads": u.reads,
+                    "bytes_read": u.bytes_read,
+                    "read_ms": u.read.as_secs_f64() * 1e3 / (u.reads.max(1) as f64),
+                    "upload_ms": u.upload.as_secs_f64() * 1e3 / (u.reads.max(1) as f64),
+                    "compute_ms": u.compute.as_secs_f64() * 1e3 / passes,
+                })
+            })
+            .collect();
+        let report = json!({
+            "model": self.path,
+            "device": engine.backend().name(),
+            "batch": args.batch,
+            "prompt_tokens": args.prompt_len,
+            "new_tokens": args.new_tokens,
+            "load_s": load_s,
+            "prefill_tokens_per_s": (args.batch * args.prompt_len) as f64 / prefill_s,
+            "decode_tokens_per_s": decode_tokens as f64 / decode_s,
+            "s_per_token": decode_s / (decode_tokens as f64 / args.batch as f64).max(1.0),
+            "peak_rss_bytes": rss.peak,
+            "peak_rss_anon_bytes": stats.peak_rss_anon,
+            "peak_rss_file_bytes": stats.peak_rss_file,
+            "predicted_peak_bytes": plan.predicted_peak(),
+            "budget_bytes": plan.budget,
+            "bytes_read": bytes_read,
+            "read_gb_per_s": if read_s > 0.0 { bytes_read as f64 / read_s / 1e9 } else { 0.0 },
+            "effective_gb_per_s": bytes_read as f64 / wall_s / 1e9,
+            "read_wait_s": stats.read_wait.as_secs_f64(),
+            "units_streamed": plan.streamed(),
+            "peak_streamed_units": stats.peak_streamed_units,
+            "passes": stats.passes,
+            "units": per_unit,
+        });
+        if args.json {
+            println!("{report}");
+            return Ok(());
+        }
+        let f = |key: &str| report[key].as_f64().unwrap_or(0.0);
+        println!(
+            "{} on {} (batch {}, {} prompt + {} new tokens)",
+            self.path.display(),
+            engine.backend().name(),
+            args.batch,
+            args.prompt_len,
+            args.new_tokens
+        );
+        println!("prefill  {:>10.2} tokens/s", f("prefill_tokens_per_s"));
+        println!(
+            "decode   {:>10.2} tokens/s ({:.4} s/token)",
+            f("decode_tokens_per_s"),
+            f("s_per_token")
+        );
+        println!(
+            "streamed {} units; read {} at {:.2} GB/s (reader), {:.2} GB/s effective; compute waited {:.3} s for reads",
+            plan.streamed(),
+            ByteSize(bytes_read),
+            f("read_gb_per_s"),
+            f("effective_gb_per_s"),
+            f("read_wait_s")
+        );
+        println!(
+            "peak RSS {} (anon {}, file {}); plan predicted {}",
+            ByteSize(rss.peak),
+            ByteSize(stats.peak_rss_anon),
+            ByteSize(stats.peak_rss_file),
+            ByteSize(plan.predicted_peak())
+        );
+        println!(
+            "{:<12} {:>6} {:>10} {:>10} {:>10}",
+            "unit", "reads", "read ms", "upload ms", "compute ms"
+        );
+        for u in &per_unit {
+            println!(
+                "{:<12} {:>6} {:>10.2} {:>10.2} {:>10.2}",
+                u["name"].as_str().unwrap_or_default(),
+                u["reads"],
+                u["read_ms"].as_f64().unwrap_or(0.0),
+                u["upload_ms"].as_f64().unwrap_or(0.0),
+                u["compute_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,186 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use airllm_backends::DeviceChoice;
+use airllm_core::{ByteSize, ComputeDType};
+use clap::{Args, Parser, Subcommand};
+
+/// Run language models larger than memory, one layer at a time.
+#[derive(Parser)]
+#[command(name = "airllm", version, about)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Write a model in the split layout: one file per layer, with a manifest.
+    Split(SplitArgs),
+    /// Generate text for one or more prompts.
+    Run(RunArgs),
+    /// Show a model's family, units and residency plan.
+    Inspect(InspectArgs),
+    /// Measure prefill and decode speed, read rate and memory.
+    Bench(BenchArgs),
+}
+
+/// `airllm split`.
+#[derive(Args)]
+pub struct SplitArgs {
+    /// Hugging Face model directory.
+    pub model: PathBuf,
+    /// Output directory (rerun the same command to resume).
+    pub out: PathBuf,
+}
+
+/// Where and how to compute.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Compute device: cpu, ndarray, wgpu[:N], cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Compute dtype.
+    #[arg(long, default_value = "f32")]
+    pub dtype: ComputeDType,
+    /// Memory budget (e.g. 64MiB, 2GiB); default: 80% of available RAM.
+    #[arg(long)]
+    pub max_memory: Option<ByteSize>,
+    /// Layers read ahead of compute.
+    #[arg(long, default_value_t = 1)]
+    pub prefetch: usize,
+    /// Prompt tokens per sequence in one prefill pass.
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Check every unit's checksum before use.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// Sampling and stopping.
+#[derive(Args, Clone, Default)]
+pub struct SamplingArgs {
+    /// Most new tokens per prompt.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Greedy decoding (overrides sampling settings).
+    #[arg(long)]
+    pub greedy: bool,
+    /// Sampling temperature (0: greedy).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Keep the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling mass.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Penalty for repeated tokens (1: none).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop a sequence when its text contains this string (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+/// `airllm run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Model: a Hugging Face directory or a split directory.
+    pub model: PathBuf,
+    /// A text prompt (repeatable: all prompts run as one batch).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A prompt as comma-separated token ids (repeatable).
+    #[arg(long)]
+    pub prompt_ids: Vec<String>,
+    /// JSONL file of prompts (`-` for stdin): {"prompt": ...} or {"prompt_ids": [...]} per line.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Print one JSON object per prompt on stdout, and nothing else.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `airllm inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model: a Hugging Face directory or a split directory.
+    pub model: PathBuf,
+    /// Memory budget to plan for.
+    #[arg(long)]
+    pub max_memory: Option<ByteSize>,
+    /// Layers read ahead of compute.
+    #[arg(long, default_value_t = 1)]
+    pub prefetch: usize,
+    /// Batch size to plan for.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Context length to plan for (default: the model's).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Check every unit's checksum.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `airllm bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model directory (omit with --synthetic).
+    #[arg(required_unless_present = "synthetic")]
+    pub model: Option<PathBuf>,
+    /// Benchmark a synthetic model of a named shape: smollm2-135m, llama-13b, llama-70b.
+    #[arg(long, requires = "out")]
+    pub synthetic: Option<String>,
+    /// Where the synthetic model is written (reused if already there).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override the preset's layer count.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Override hidden size.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Override MLP size.
+    #[arg(long)]
+    pub intermediate: Option<usize>,
+    /// Override query heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Override KV heads.
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    /// Override vocabulary size.
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 16)]
+    pub prompt_len: usize,
+    /// Tokens to generate per sequence.
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}

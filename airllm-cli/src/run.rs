@@ -1,0 +1,131 @@
+//! `airllm run`: generate for every prompt in one batch.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use airllm_backends::{dispatch, BackendJob};
+use airllm_core::{ComputeBackend, Error, Generated, Result, TokenControl};
+use airllm_formats::ModelDir;
+use burn::tensor::backend::Backend;
+use tokenizers::Tokenizer;
+
+use crate::cli::RunArgs;
+use crate::prompts::{self, Prompt};
+use crate::text::{self, TextStream};
+use crate::{generation, model};
+
+/// Runs the command.
+pub fn run(args: RunArgs) -> Result<()> {
+    let (device, dtype) = (args.engine.device, args.engine.dtype);
+    dispatch(device, dtype, RunJob { args })
+}
+
+struct RunJob {
+    args: RunArgs,
+}
+
+fn tokenize(
+    tokenizer: Option<&Tokenizer>,
+    prompts: &[Prompt],
+    dir: &ModelDir,
+) -> Result<Vec<Vec<u32>>> {
+    prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Ids(ids) => Ok(ids.clone()),
+            Prompt::Text(text) => {
+                let tokenizer = tokenizer.ok_or_else(|| {
+                    Error::Request(format!(
+                        "{} has no tokenizer.json; give prompts as token ids with --prompt-ids",
+                        dir.path.display()
+                    ))
+                })?;
+                tokenizer
+                    .encode(text.as_str(), true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| Error::Request(format!("tokenizing a prompt: {e}")))
+            }
+        })
+        .collect()
+}
+
+impl BackendJob for RunJob {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<()> {
+        let args = self.args;
+        let prompts = prompts::collect(&args)?;
+        let dir = model::open_dir(&args.model)?;
+        let tokenizer = text::load_tokenizer(&dir.path)?;
+        let ids = tokenize(tokenizer.as_ref(), &prompts, &dir)?;
+        let config = generation::config(&dir, &args.sampling, args.engine.prefill_chunk)?;
+        let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+
+        let stops = &args.sampling.stop;
+        let mut streams: Vec<Option<TextStream>> = ids
+            .iter()
+            .map(|_| tokenizer.as_ref().map(|t| TextStream::new(t, stops)))
+            .collect();
+        let echo = !args.json && ids.len() == 1;
+        let mut stdout = std::io::stdout().lock();
+        let mut on_token = |index: usize, token: u32| -> TokenControl {
+            let Some(stream) = streams[index].as_mut() else {
+                return TokenControl::Continue;
+            };
+            match stream.push(token) {
+                Ok((fresh, stop)) => {
+                    if echo {
+                        let _ = write!(stdout, "{fresh}");
+                        let _ = stdout.flush();
+                    }
+                    if stop {
+                        TokenControl::Stop
+                    } else {
+                        TokenControl::Continue
+                    }
+                }
+                Err(_) => TokenControl::Continue,
+            }
+        };
+        let answers = engine.generate(&ids, &config, &mut on_token)?;
+        drop(on_token);
+        if echo {
+            writeln!(stdout).map_err(|e| Error::io("stdout", e))?;
+        }
+        if !echo {
+            print_answers(&mut stdout, &answers, tokenizer.as_ref(), stops, args.json)?;
+        }
+        Ok(())
+    }
+}
+
+fn print_answers(
+    out: &mut impl Write,
+    answers: &[Generated],
+    tokenizer: Option<&Tokenizer>,
+    stops: &[String],
+    json: bool,
+) -> Result<()> {
+    for (index, answer) in answers.iter().enumerate() {
+        let mut text = match tokenizer {
+            Some(t) => text::decode(t, &answer.tokens)?,
+            None => String::new(),
+        };
+        if let Some(cut) = text::first_stop(&text, stops) {
+            text.truncate(cut);
+        }
+        let line = if json {
+            serde_json::json!({
+                "index": index,
+                "tokens": answer.tokens,
+                "text": text,
+                "finish": answer.finish,
+            })
+            .to_string()
+        } else {
+            format!("[{index}] {text}")
+        };
+        writeln!(out, "{line}").map_err(|e| Error::io("stdout", e))?;
+    }
+    Ok(())
+}

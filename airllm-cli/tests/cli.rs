@@ -1,0 +1,202 @@
+//! The `airllm` binary's machine-readable contract and its error messages.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+fn airllm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_airllm"))
+        .args(args)
+        .output()
+        .expect("airllm runs")
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout holds only JSON"))
+        .collect()
+}
+
+fn reference(name: &str) -> Value {
+    let text = std::fs::read(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+fn ids(value: &Value) -> Vec<u64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn run_json_batch_matches_reference_from_hf_and_split() {
+    let model = fixture("llama-gqa");
+    let reference = reference("llama-gqa");
+    let prompts = reference["prompts"].as_array().unwrap();
+    let prompt_args: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            ids(&p["ids"])
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let split = tmp.path().join("split");
+    let status = airllm(&["split", model.to_str().unwrap(), split.to_str().unwrap()]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for dir in [model.clone(), split] {
+        let mut args = vec![
+            "run",
+            dir.to_str().unwrap(),
+            "--max-new-tokens",
+            "24",
+            "--greedy",
+            "--json",
+            "--max-memory",
+            "1200KiB",
+        ];
+        for prompt in &prompt_args {
+            args.extend(["--prompt-ids", prompt.as_str()]);
+        }
+        let answers = json_lines(&airllm(&args));
+        assert_eq!(answers.len(), prompts.len());
+        for (answer, record) in answers.iter().zip(prompts) {
+            assert_eq!(
+                ids(&answer["tokens"]),
+                ids(&record["greedy"]),
+                "{}",
+                dir.display()
+            );
+            assert!(answer["text"].is_string());
+        }
+    }
+}
+
+#[test]
+fn budget_below_minimum_names_it() {
+    let output = airllm(&[
+        "run",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt-ids",
+        "1,2",
+        "--max-memory",
+        "150KiB",
+    ]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("minimum working set") && err.contains("--prefetch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_device_is_rejected() {
+    let output = airllm(&[
+        "run",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+        "--device",
+        "tpu",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown device `tpu`"));
+}
+
+#[test]
+fn missing_model_is_named() {
+    let output = airllm(&["run", "/no/such/model", "--prompt-ids", "1"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/model"));
+}
+
+#[test]
+fn inspect_reports_the_plan() {
+    let output = airllm(&[
+        "inspect",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--max-memory",
+        "1MiB",
+        "--context",
+        "64",
+        "--json",
+    ]);
+    let report = &json_lines(&output)[0];
+    assert_eq!(report["family"], "llama");
+    assert_eq!(report["units"].as_array().unwrap().len(), 5);
+    assert!(report["units_streamed"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn bench_synthetic_reports_the_contract_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synthetic");
+    let args = [
+        "bench",
+        "--synthetic",
+        "smollm2-135m",
+        "--out",
+        out.to_str().unwrap(),
+        "--layers",
+        "2",
+        "--hidden",
+        "64",
+        "--intermediate",
+        "128",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--vocab",
+        "256",
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "3",
+        "--max-memory",
+        "300KiB",
+        "--prefetch",
+        "0",
+        "--json",
+    ];
+    // The second run reuses the model the first one wrote.
+    for _ in 0..2 {
+        let report = &json_lines(&airllm(&args))[0];
+        for key in [
+            "decode_tokens_per_s",
+            "prefill_tokens_per_s",
+            "peak_rss_bytes",
+            "bytes_read",
+            "read_gb_per_s",
+            "units_streamed",
+        ] {
+            assert!(report[key].is_number(), "{key} missing from {report}");
+        }
+        assert_eq!(report["units_streamed"], 2);
+    }
+}

@@ -1,0 +1,168 @@
+//! [`Architecture`]: what to compute. A model family maps its config to
+//! units and tensor names, and runs embed, one decoder layer and the head on
+//! burn tensors.
+
+use std::any::Any;
+use std::collections::HashMap;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+use crate::backend::{ComputeBackend, DeviceTensor, StagedTensor};
+use crate::kv::KvSlot;
+use crate::{Error, Result, UnitSpec};
+
+/// Sizes the engine needs for memory planning and validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelDims {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Widest MLP inner size.
+    pub intermediate: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Dimension per head.
+    pub head_dim: usize,
+    /// Vocabulary size (logits width).
+    pub vocab: usize,
+    /// Longest sequence the model accepts.
+    pub max_positions: usize,
+}
+
+impl ModelDims {
+    /// KV-cache bytes one token costs across all layers (f32).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        (2 * self.layers * self.kv_heads * self.head_dim * 4) as u64
+    }
+
+    /// Working activation bytes of one pass over `rows` new tokens attending
+    /// over `context` positions (f32).
+    pub fn activation_bytes(&self, rows: usize, context: usize) -> u64 {
+        let per_row = 4 * self.hidden
+            + 3 * self.intermediate
+            + 2 * self.heads * self.head_dim
+            + 2 * self.heads * context;
+        ((rows * per_row + rows * self.vocab) * 4) as u64
+    }
+}
+
+/// A unit's weights on the compute device.
+pub struct DeviceUnit<B: Backend> {
+    name: String,
+    tensors: HashMap<String, DeviceTensor<B>>,
+}
+
+impl<B: Backend> DeviceUnit<B> {
+    /// Uploads staged tensors through `backend`.
+    pub fn upload(
+        name: &str,
+        staged: Vec<StagedTensor>,
+        backend: &dyn ComputeBackend<B>,
+    ) -> Result<Self> {
+        let mut tensors = HashMap::with_capacity(staged.len());
+        for tensor in staged {
+            let key = tensor.name.clone();
+            tensors.insert(key, backend.upload(tensor)?);
+        }
+        Ok(DeviceUnit {
+            name: name.to_string(),
+            tensors,
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<&DeviceTensor<B>> {
+        self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            tensor: name.to_string(),
+            location: format!("unit `{}`", self.name),
+        })
+    }
+
+    /// The 2-D weight `name`.
+    pub fn matrix(&self, name: &str) -> Result<&Tensor<B, 2>> {
+        match self.get(name)? {
+            DeviceTensor::Matrix(m) => Ok(m),
+            DeviceTensor::Vector(_) => Err(self.rank_error(name, 2)),
+        }
+    }
+
+    /// The 1-D weight `name`.
+    pub fn vector(&self, name: &str) -> Result<&Tensor<B, 1>> {
+        match self.get(name)? {
+            DeviceTensor::Vector(v) => Ok(v),
+            DeviceTensor::Matrix(_) => Err(self.rank_error(name, 1)),
+        }
+    }
+
+    /// Replaces a weight (used for load-time transforms such as NormHead).
+    pub fn replace(&mut self, name: &str, tensor: DeviceTensor<B>) {
+        self.tensors.insert(name.to_string(), tensor);
+    }
+
+    fn rank_error(&self, name: &str, rank: usize) -> Error {
+        Error::Backend(format!(
+            "tensor `{name}` in unit `{}` is not {rank}-D",
+            self.name
+        ))
+    }
+}
+
+/// What one forward pass carries besides the hidden states.
+pub struct PassInfo<B: Backend> {
+    /// Position of each new token, per sequence: `[batch][seq]`.
+    pub positions: Vec<Vec<usize>>,
+    /// Additive attention mask `[batch, 1, seq, past + seq]` (0 or a large negative).
+    pub mask: Tensor<B, 4>,
+    /// Tokens already in the KV cache.
+    pub past: usize,
+}
+
+/// Per-layer context handed to [`Architecture::layer`].
+pub struct LayerContext<'a, B: Backend> {
+    /// This pass's positions and mask.
+    pub pass: &'a PassInfo<B>,
+    /// What [`Architecture::begin_pass`] prepared once for all layers.
+    pub prepared: &'a dyn Any,
+    /// This layer's KV cache.
+    pub kv: &'a mut KvSlot<B>,
+    /// The backend, for its linear op.
+    pub backend: &'a dyn ComputeBackend<B>,
+}
+
+/// What to compute for a model family.
+pub trait Architecture<B: Backend>: Send + Sync {
+    /// The family's name (e.g. `llama`).
+    fn family(&self) -> &'static str;
+
+    /// Sizes for planning.
+    fn dims(&self) -> &ModelDims;
+
+    /// Units in forward order, with the tensors each needs.
+    fn units(&self) -> &[UnitSpec];
+
+    /// Work shared by every layer of one pass (rotary tables, ...), done once.
+    fn begin_pass(&self, pass: &PassInfo<B>, device: &B::Device) -> Box<dyn Any>;
+
+    /// Token ids `[batch, seq]` to hidden states `[batch, seq, hidden]`.
+    fn embed(&self, unit: &DeviceUnit<B>, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>>;
+
+    /// Decoder layer `index` on hidden states `[batch, seq, hidden]`.
+    fn layer(
+        &self,
+        index: usize,
+        unit: &DeviceUnit<B>,
+        hidden: Tensor<B, 3>,
+        ctx: LayerContext<'_, B>,
+    ) -> Result<Tensor<B, 3>>;
+
+    /// Final norm and LM head: hidden `[batch, seq, hidden]` to logits `[batch, seq, vocab]`.
+    fn head(
+        &self,
+        unit: &DeviceUnit<B>,
+        hidden: Tensor<B, 3>,
+        backend: &dyn ComputeBackend<B>,
+    ) -> Result<Tensor<B, 3>>;
+}

@@ -1,0 +1,370 @@
+//! The streaming engine: walks the units in order for each forward pass,
+//! with a reader thread running `prefetch` units ahead, keeping resident the
+//! units the residency plan allows, and recording where the time goes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::arch::LayerContext;
+use crate::backend::StagedTensor;
+use crate::plan::{BatchShape, PlanInput};
+use crate::{
+    check_units, Architecture, ComputeBackend, DeviceUnit, Error, KvCache, LayerStore, PassInfo,
+    ResidencyPlan, Result, RunStats, UnitKind, UnitPlacement,
+};
+
+/// How the engine streams and budgets.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Units the reader thread may run ahead of compute (0: read, then compute).
+    pub prefetch: usize,
+    /// Memory budget in bytes; `None` asks the backend for its default.
+    pub max_memory: Option<u64>,
+    /// Check every unit's checksum once before first use.
+    pub verify: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            prefetch: 1,
+            max_memory: None,
+            verify: false,
+        }
+    }
+}
+
+/// Which positions of a pass get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None: the head is skipped (prefill chunks before the last).
+    Skip,
+    /// The last position of each sequence (generation).
+    Last,
+    /// Every position (scoring, tests).
+    All,
+}
+
+/// A unit read and decoded by the reader thread.
+struct LoadedUnit {
+    index: usize,
+    tensors: Vec<StagedTensor>,
+    bytes: u64,
+    read: Duration,
+}
+
+/// Counts streamed units alive at once (read started, device copy not yet dropped).
+#[derive(Default)]
+struct InFlight {
+    alive: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl InFlight {
+    fn enter(&self) {
+        let now = self.alive.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.alive.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs forward passes of one model over a store, an architecture and a backend.
+pub struct Engine<B: Backend> {
+    store: Arc<dyn LayerStore>,
+    arch: Arc<dyn Architecture<B>>,
+    backend: Arc<dyn ComputeBackend<B>>,
+    options: EngineOptions,
+    resident: Vec<Option<DeviceUnit<B>>>,
+    plan: Option<ResidencyPlan>,
+    stats: RunStats,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Checks the store against the architecture (and checksums with
+    /// `verify`), then returns an engine with nothing loaded yet.
+    pub fn new(
+        store: Arc<dyn LayerStore>,
+        arch: Arc<dyn Architecture<B>>,
+        backend: Arc<dyn ComputeBackend<B>>,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        check_units(store.units(), arch.units())?;
+        if options.verify {
+            for index in 0..store.units().len() {
+                store.verify_unit(index)?;
+            }
+        }
+        let count = store.units().len();
+        let stats = RunStats::new(store.units().iter().map(|u| u.name.clone()));
+        Ok(Engine {
+            store,
+            arch,
+            backend,
+            options,
+            resident: (0..count).map(|_| None).collect(),
+            plan: None,
+            stats,
+        })
+    }
+
+    /// The model's architecture.
+    pub fn arch(&self) -> &dyn Architecture<B> {
+        &*self.arch
+    }
+
+    /// The compute backend.
+    pub fn backend(&self) -> &dyn ComputeBackend<B> {
+        &*self.backend
+    }
+
+    /// The weight store.
+    pub fn store(&self) -> &dyn LayerStore {
+        &*self.store
+    }
+
+    /// The memory budget in force.
+    pub fn budget(&self) -> u64 {
+        self.options
+            .max_memory
+            .unwrap_or_else(|| self.backend.default_budget())
+    }
+
+    /// Telemetry since creation or the last [`Engine::reset_stats`].
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    /// Clears telemetry (e.g. between prefill and decode in a benchmark).
+    pub fn reset_stats(&mut self) {
+        self.stats = RunStats::new(self.store.units().iter().map(|u| u.name.clone()));
+    }
+
+    /// The plan in force, once [`Engine::prepare`] has run.
+    pub fn plan(&self) -> Option<&ResidencyPlan> {
+        self.plan.as_ref()
+    }
+
+    /// Plans residency for `batch` sequences of up to `context` tokens,
+    /// processed `chunk` tokens per pass, without loading anything.
+    pub fn plan_for(&self, batch: usize, chunk: usize, context: usize) -> Result<ResidencyPlan> {
+        ResidencyPlan::new(&PlanInput::for_model(
+            self.store.units(),
+            self.arch.dims(),
+            BatchShape {
+                batch,
+                chunk,
+                context,
+            },
+            self.options.prefetch,
+            self.budget(),
+        ))
+    }
+
+    /// Plans for the given batch shape and loads (or evicts) resident units
+    /// to match. Cheap when the placements do not change.
+    pub fn prepare(&mut self, batch: usize, chunk: usize, context: usize) -> Result<()> {
+        let plan = self.plan_for(batch, chunk, context)?;
+        for (index, placement) in plan.placements.iter().enumerate() {
+            match placement {
+                UnitPlacement::Streamed => self.resident[index] = None,
+                UnitPlacement::Resident if self.resident[index].is_none() => {
+                    let loaded = load_unit(&*self.store, &*self.backend, index)?;
+                    let unit = self.upload(loaded)?;
+                    self.resident[index] = Some(unit);
+                }
+                UnitPlacement::Resident => {}
+            }
+        }
+        tracing::debug!(
+            streamed = plan.streamed(),
+            resident_bytes = plan.resident_bytes,
+            "residency plan"
+        );
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    fn upload(&mut self, loaded: LoadedUnit) -> Result<DeviceUnit<B>> {
+        let started = Instant::now();
+        let name = &self.store.units()[loaded.index].name;
+        let unit = DeviceUnit::upload(name, loaded.tensors, &*self.backend)?;
+        let stats = &mut self.stats.units[loaded.index];
+        stats.reads += 1;
+        stats.bytes_read += loaded.bytes;
+        stats.read += loaded.read;
+        stats.upload += started.elapsed();
+        Ok(unit)
+    }
+
+    /// One forward pass over `tokens` (`[batch][seq]`, equal lengths).
+    /// Returns logits `[batch, positions, vocab]` for the positions `logits`
+    /// asks for; with [`Logits::Skip`] the head is not run (nor read).
+    pub fn forward(
+        &mut self,
+        tokens: &[Vec<u32>],
+        pass: &PassInfo<B>,
+        kv: &mut KvCache<B>,
+        logits: Logits,
+    ) -> Result<Option<Tensor<B, 3>>> {
+        let placements = match &self.plan {
+            Some(plan) => plan.placements.clone(),
+            None => {
+                return Err(Error::Request(
+                    "Engine::prepare must run before forward".into(),
+                ))
+            }
+        };
+        let wanted = |index: usize| {
+            logits != Logits::Skip || self.store.units()[index].kind != UnitKind::Head
+        };
+        let streamed: Vec<usize> = (0..placements.len())
+            .filter(|&i| wanted(i) && placements[i] == UnitPlacement::Streamed)
+            .collect();
+        let prefetch = self.options.prefetch;
+        let in_flight = Arc::new(InFlight::default());
+        let (unit_tx, unit_rx) = sync_channel::<Result<LoadedUnit>>(prefetch + 1);
+        let (permit_tx, permit_rx) = sync_channel::<()>(prefetch + 1);
+        for _ in 0..=prefetch {
+            permit_tx
+                .send(())
+                .expect("the permit channel holds prefetch + 1");
+        }
+        let store = self.store.clone();
+        let backend = self.backend.clone();
+        let reader_flight = in_flight.clone();
+        let result = std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for index in streamed {
+                    if permit_rx.recv().is_err() {
+                        return;
+                    }
+                    reader_flight.enter();
+                    let loaded = load_unit(&*store, &*backend, index);
+                    if unit_tx.send(loaded).is_err() {
+                        return;
+                    }
+                }
+            });
+            self.run_units(tokens, pass, kv, logits, unit_rx, permit_tx, &in_flight)
+        });
+        self.stats.passes += 1;
+        self.stats.peak_streamed_units = self
+            .stats
+            .peak_streamed_units
+            .max(in_flight.peak.load(Ordering::SeqCst));
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_units(
+        &mut self,
+        tokens: &[Vec<u32>],
+        pass: &PassInfo<B>,
+        kv: &mut KvCache<B>,
+        logits: Logits,
+        units: Receiver<Result<LoadedUnit>>,
+        permits: SyncSender<()>,
+        in_flight: &InFlight,
+    ) -> Result<Option<Tensor<B, 3>>> {
+        let device = self.backend.device().clone();
+        let prepared = self.arch.begin_pass(pass, &device);
+        let mut hidden: Option<Tensor<B, 3>> = None;
+        let mut output = None;
+        for index in 0..self.resident.len() {
+            let kind = self.store.units()[index].kind;
+            if kind == UnitKind::Head && logits == Logits::Skip {
+                continue;
+            }
+            let mut streamed = None;
+            if self.resident[index].is_none() {
+                let waited = Instant::now();
+                let loaded = units.recv().map_err(|_| {
+                    Error::Backend("the reader thread stopped before the pass ended".into())
+                })??;
+                self.stats.read_wait += waited.elapsed();
+                debug_assert_eq!(loaded.index, index);
+                streamed = Some(self.upload(loaded)?);
+            }
+            let unit = streamed
+                .as_ref()
+                .or(self.resident[index].as_ref())
+                .expect("a unit is either resident or streamed");
+            let started = Instant::now();
+            let arch = &*self.arch;
+            match kind {
+                UnitKind::Embedding => {
+                    hidden = Some(arch.embed(unit, token_tensor(tokens, &device))?);
+                }
+                UnitKind::Layer(layer) => {
+                    let input = hidden.take().ok_or_else(missing_embedding)?;
+                    let ctx = LayerContext {
+                        pass,
+                        prepared: &*prepared,
+                        kv: kv.slot(layer),
+                        backend: &*self.backend,
+                    };
+                    hidden = Some(arch.layer(layer, unit, input, ctx)?);
+                }
+                UnitKind::Head => {
+                    let mut input = hidden.take().ok_or_else(missing_embedding)?;
+                    if logits == Logits::Last {
+                        let seq = input.dims()[1];
+                        input = input.narrow(1, seq - 1, 1);
+                    }
+                    output = Some(arch.head(unit, input, &*self.backend)?);
+                }
+            }
+            self.stats.units[index].compute += started.elapsed();
+            if let Some(unit) = streamed.take() {
+                drop(unit);
+                in_flight.leave();
+                self.stats.sample_rss();
+                // The reader may have finished and gone: a refused permit is fine.
+                let _ = permits.send(());
+            }
+        }
+        Ok(output)
+    }
+}
+
+fn missing_embedding() -> Error {
+    Error::Backend("a pass must start with the embedding unit".into())
+}
+
+/// Reads and decodes one unit (on the reader thread, or once for residents).
+fn load_unit<B: Backend>(
+    store: &dyn LayerStore,
+    backend: &dyn ComputeBackend<B>,
+    index: usize,
+) -> Result<LoadedUnit> {
+    let started = Instant::now();
+    let host = store.read_unit(index, None)?;
+    let bytes = host.bytes();
+    let tensors = host
+        .tensors
+        .iter()
+        .map(|t| backend.stage(t))
+        .collect::<Result<Vec<_>>>()?;
+    drop(host);
+    Ok(LoadedUnit {
+        index,
+        tensors,
+        bytes,
+        read: started.elapsed(),
+    })
+}
+
+fn token_tensor<B: Backend>(tokens: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let batch = tokens.len();
+    let seq = tokens.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [batch, seq]), device)
+}

@@ -1,0 +1,114 @@
+//! Tensors in host memory as a store hands them over: raw bytes (owned, or a
+//! window into a memory map), a storage kind and a logical shape.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::{DType, Error, Result, StorageKind};
+
+/// Bytes shared with their owner (a `Vec<u8>`, a memory map, ...), viewed
+/// through a byte range. Cloning shares the owner; dropping the last view
+/// releases it (for a memory map: unmaps it, so its pages leave the RSS).
+#[derive(Clone)]
+pub struct HostBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl HostBytes {
+    /// A view of `range` inside `owner`. Fails when the range runs past the
+    /// end of the owner's bytes.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Option<Self> {
+        let len = (*owner).as_ref().len();
+        (range.start <= range.end && range.end <= len).then_some(HostBytes { owner, range })
+    }
+
+    /// Takes ownership of a vector.
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        let len = bytes.len();
+        HostBytes {
+            owner: Arc::new(bytes),
+            range: 0..len,
+        }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+}
+
+impl std::fmt::Debug for HostBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostBytes({} bytes)", self.len())
+    }
+}
+
+/// One tensor in host memory.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    /// Tensor name as the architecture knows it.
+    pub name: String,
+    /// Encoding of `bytes`.
+    pub kind: StorageKind,
+    /// Logical shape (row-major).
+    pub shape: Vec<usize>,
+    /// The encoded values.
+    pub bytes: HostBytes,
+}
+
+impl HostTensor {
+    /// Number of logical elements.
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Decodes the values to f32 (the host-side widening that feeds the
+    /// compute device). Block kinds are decoded by the crates that own them.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let bytes = self.bytes.as_slice();
+        match self.kind {
+            StorageKind::Dense(DType::F32) => Ok(bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()),
+            StorageKind::Dense(DType::BF16) => Ok(bytes
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect()),
+            StorageKind::Dense(DType::F16) => Ok(bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect()),
+            StorageKind::Block(_) => Err(Error::UnsupportedStorage {
+                tensor: self.name.clone(),
+                kind: self.kind.to_string(),
+                detail: "cannot be decoded by this build yet".into(),
+            }),
+        }
+    }
+}
+
+/// The tensors of one unit (embedding, one decoder layer, or the head).
+#[derive(Debug, Default)]
+pub struct HostUnit {
+    /// The unit's tensors, in the order the store listed them.
+    pub tensors: Vec<HostTensor>,
+}
+
+impl HostUnit {
+    /// Total encoded bytes.
+    pub fn bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes.len() as u64).sum()
+    }
+}

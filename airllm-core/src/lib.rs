@@ -1,0 +1,36 @@
+//! Core of airllm-rs: the three traits every other crate plugs into
+//! ([`LayerStore`], [`Architecture`], [`ComputeBackend`]), the host tensors and
+//! storage kinds they exchange, and the streaming [`Engine`] with its residency
+//! plan, KV cache and generation loop.
+//!
+//! This crate owns no file format, no model family and no concrete device: it
+//! depends on `burn` without backend features, and must stay that way so that
+//! formats, compression, families and backends only ever meet through it.
+
+pub mod arch;
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod host;
+pub mod kv;
+pub mod memory;
+pub mod plan;
+pub mod sampling;
+pub mod storage;
+pub mod store;
+pub mod telemetry;
+
+pub use arch::{Architecture, DeviceUnit, ModelDims, PassInfo};
+pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
+pub use engine::{Engine, EngineOptions, Logits};
+pub use error::{Error, Result};
+pub use generate::{Finish, Generated, GenerationConfig, TokenControl};
+pub use host::{HostBytes, HostTensor, HostUnit};
+pub use kv::KvCache;
+pub use memory::ByteSize;
+pub use plan::{BatchShape, PlanInput, ResidencyPlan, UnitPlacement};
+pub use sampling::{Sampler, SamplingConfig};
+pub use storage::{BlockKind, DType, StorageKind};
+pub use store::{check_units, LayerStore, TensorInfo, UnitInfo, UnitKind, UnitSpec};
+pub use telemetry::{RunStats, UnitStats};

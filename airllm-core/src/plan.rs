@@ -1,0 +1,225 @@
+//! The residency plan: from a memory budget, decide which units stay on the
+//! device across passes and which are streamed from the store every pass.
+
+use crate::{ByteSize, Error, ModelDims, Result, UnitInfo, UnitKind};
+
+/// Where a unit lives between passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitPlacement {
+    /// Loaded once and kept on the device.
+    Resident,
+    /// Read from the store on every pass that needs it.
+    Streamed,
+}
+
+/// What the plan is computed from.
+#[derive(Clone, Debug)]
+pub struct PlanInput {
+    /// Each unit's role and device bytes, in forward order.
+    pub units: Vec<(UnitKind, u64)>,
+    /// KV-cache bytes for the whole batch at its longest.
+    pub kv_bytes: u64,
+    /// Activation bytes of the largest pass.
+    pub activation_bytes: u64,
+    /// Units the reader may run ahead of the compute thread.
+    pub prefetch: usize,
+    /// The memory budget.
+    pub budget: u64,
+}
+
+/// The outcome: a placement per unit and the memory it predicts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResidencyPlan {
+    /// Placement of each unit, in forward order.
+    pub placements: Vec<UnitPlacement>,
+    /// Bytes of the resident units.
+    pub resident_bytes: u64,
+    /// Bytes of the buffers for streamed units in flight (prefetch + 1 of the largest).
+    pub stream_buffer_bytes: u64,
+    /// KV-cache bytes.
+    pub kv_bytes: u64,
+    /// Activation bytes.
+    pub activation_bytes: u64,
+    /// The budget planned against.
+    pub budget: u64,
+}
+
+impl PlanInput {
+    /// The input for a store's units and a model's sizes, for `batch`
+    /// sequences of up to `context` tokens processed `chunk` tokens per pass.
+    /// Units are counted at their f32 size on the device.
+    pub fn for_model(
+        units: &[UnitInfo],
+        dims: &ModelDims,
+        shape: BatchShape,
+        prefetch: usize,
+        budget: u64,
+    ) -> Self {
+        PlanInput {
+            units: units.iter().map(|u| (u.kind, u.elements() * 4)).collect(),
+            kv_bytes: dims.kv_bytes_per_token() * (shape.batch * shape.context) as u64,
+            activation_bytes: dims.activation_bytes(shape.batch * shape.chunk, shape.context),
+            prefetch,
+            budget,
+        }
+    }
+}
+
+/// The batch a plan is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence per pass (prefill chunk).
+    pub chunk: usize,
+    /// Longest sequence, prompt plus new tokens.
+    pub context: usize,
+}
+
+impl ResidencyPlan {
+    /// The smallest budget `input` can run in: embedding, head, prefetch + 1
+    /// of the largest layers, KV cache and activations.
+    pub fn minimum_budget(input: &PlanInput) -> u64 {
+        let is_layer = |kind: &UnitKind| matches!(kind, UnitKind::Layer(_));
+        let ends: u64 = input
+            .units
+            .iter()
+            .filter(|u| !is_layer(&u.0))
+            .map(|u| u.1)
+            .sum();
+        let largest_layer = input
+            .units
+            .iter()
+            .filter(|u| is_layer(&u.0))
+            .map(|u| u.1)
+            .max()
+            .unwrap_or(0);
+        ends + (input.prefetch as u64 + 1) * largest_layer + input.kv_bytes + input.activation_bytes
+    }
+
+    /// Plans residency: everything resident when it fits; otherwise the
+    /// embedding and head stay, then layers in order while they fit, and the
+    /// rest stream through prefetch + 1 buffers.
+    pub fn new(input: &PlanInput) -> Result<Self> {
+        let everything: u64 = input.units.iter().map(|u| u.1).sum();
+        let fixed = input.kv_bytes + input.activation_bytes;
+        if everything + fixed <= input.budget {
+            return Ok(ResidencyPlan {
+                placements: vec![UnitPlacement::Resident; input.units.len()],
+                resident_bytes: everything,
+                stream_buffer_bytes: 0,
+                kv_bytes: input.kv_bytes,
+                activation_bytes: input.activation_bytes,
+                budget: input.budget,
+            });
+        }
+        let is_layer = |kind: &UnitKind| matches!(kind, UnitKind::Layer(_));
+        let minimum = Self::minimum_budget(input);
+        let ends: u64 = input
+            .units
+            .iter()
+            .filter(|u| !is_layer(&u.0))
+            .map(|u| u.1)
+            .sum();
+        let buffers = minimum - ends - fixed;
+        if minimum > input.budget {
+            return Err(Error::Budget {
+                budget: ByteSize(input.budget),
+                minimum: ByteSize(minimum),
+                detail: format!(
+                    "embedding + head {}, {} streamed layer buffers {}, KV cache {}, activations {}",
+                    ByteSize(ends),
+                    input.prefetch + 1,
+                    ByteSize(buffers),
+                    ByteSize(input.kv_bytes),
+                    ByteSize(input.activation_bytes)
+                ),
+            });
+        }
+        let mut room = input.budget - minimum;
+        let mut resident_bytes = ends;
+        let placements = input
+            .units
+            .iter()
+            .map(|&(kind, bytes)| {
+                if !is_layer(&kind) {
+                    UnitPlacement::Resident
+                } else if bytes <= room {
+                    room -= bytes;
+                    resident_bytes += bytes;
+                    UnitPlacement::Resident
+                } else {
+                    room = 0;
+                    UnitPlacement::Streamed
+                }
+            })
+            .collect();
+        Ok(ResidencyPlan {
+            placements,
+            resident_bytes,
+            stream_buffer_bytes: buffers,
+            kv_bytes: input.kv_bytes,
+            activation_bytes: input.activation_bytes,
+            budget: input.budget,
+        })
+    }
+
+    /// Number of streamed units.
+    pub fn streamed(&self) -> usize {
+        self.placements
+            .iter()
+            .filter(|p| **p == UnitPlacement::Streamed)
+            .count()
+    }
+
+    /// Peak memory the plan predicts.
+    pub fn predicted_peak(&self) -> u64 {
+        self.resident_bytes + self.stream_buffer_bytes + self.kv_bytes + self.activation_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(budget: u64, prefetch: usize) -> PlanInput {
+        PlanInput {
+            units: vec![
+                (UnitKind::Embedding, 100),
+                (UnitKind::Layer(0), 50),
+                (UnitKind::Layer(1), 50),
+                (UnitKind::Layer(2), 50),
+                (UnitKind::Layer(3), 50),
+                (UnitKind::Head, 100),
+            ],
+            kv_bytes: 10,
+            activation_bytes: 10,
+            prefetch,
+            budget,
+        }
+    }
+
+    #[test]
+    fn everything_resident_when_it_fits() {
+        let plan = ResidencyPlan::new(&input(420, 1)).unwrap();
+        assert_eq!(plan.streamed(), 0);
+        assert_eq!(plan.predicted_peak(), 420);
+    }
+
+    #[test]
+    fn streams_the_remainder() {
+        // minimum = 200 ends + 2×50 buffers + 20 = 320; 50 more keeps one layer.
+        let plan = ResidencyPlan::new(&input(370, 1)).unwrap();
+        assert_eq!(plan.placements[1], UnitPlacement::Resident);
+        assert_eq!(plan.streamed(), 3);
+        assert_eq!(plan.predicted_peak(), 370);
+    }
+
+    #[test]
+    fn below_minimum_names_it_and_prefetch_zero_lowers_it() {
+        let err = ResidencyPlan::new(&input(300, 1)).unwrap_err().to_string();
+        assert!(err.contains("320 B"), "{err}");
+        let plan = ResidencyPlan::new(&input(300, 0)).unwrap();
+        assert_eq!(plan.streamed(), 4);
+    }
+}

@@ -1,0 +1,120 @@
+//! Storage kinds of host tensors: dense dtypes and block-quantized layouts.
+//!
+//! Block kinds are described here (block length and bytes per block) so that
+//! both the GGUF reader and the compressor share one definition.
+
+use std::fmt;
+
+/// A dense element type as stored on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DType {
+    /// IEEE 754 single precision.
+    F32,
+    /// IEEE 754 half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// The name safetensors uses for this dtype.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+        }
+    }
+}
+
+/// A block-quantized layout: `block_len` values stored in `block_bytes` bytes
+/// (names as GGML spells them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[allow(non_camel_case_types)]
+pub enum BlockKind {
+    /// 32 values: f16 scale + 32 × i8.
+    Q8_0,
+    /// 32 values: f16 scale + 16 bytes of 4-bit values.
+    Q4_0,
+    /// 32 values: f16 scale + f16 min + 16 bytes of 4-bit values.
+    Q4_1,
+    /// 32 values: f16 scale + 4 bytes of high bits + 16 bytes of low nibbles.
+    Q5_0,
+    /// 32 values: f16 scale + f16 min + 4 bytes of high bits + 16 bytes.
+    Q5_1,
+    /// 256-value super-block with 6-bit sub-block scales and mins.
+    Q4_K,
+    /// 256-value super-block, 5-bit values.
+    Q5_K,
+    /// 256-value super-block, 6-bit values.
+    Q6_K,
+}
+
+impl BlockKind {
+    /// Values per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            BlockKind::Q8_0
+            | BlockKind::Q4_0
+            | BlockKind::Q4_1
+            | BlockKind::Q5_0
+            | BlockKind::Q5_1 => 32,
+            BlockKind::Q4_K | BlockKind::Q5_K | BlockKind::Q6_K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockKind::Q8_0 => 34,
+            BlockKind::Q4_0 => 18,
+            BlockKind::Q4_1 => 20,
+            BlockKind::Q5_0 => 22,
+            BlockKind::Q5_1 => 24,
+            BlockKind::Q4_K => 144,
+            BlockKind::Q5_K => 176,
+            BlockKind::Q6_K => 210,
+        }
+    }
+}
+
+/// How a tensor's bytes encode its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// Plain little-endian elements.
+    Dense(DType),
+    /// Block-quantized rows.
+    Block(BlockKind),
+}
+
+impl StorageKind {
+    /// Bytes needed to store `elements` values, or `None` when a block kind
+    /// does not divide them evenly.
+    pub fn byte_len(self, elements: usize) -> Option<usize> {
+        match self {
+            StorageKind::Dense(d) => elements.checked_mul(d.size()),
+            StorageKind::Block(b) => {
+                (elements % b.block_len() == 0).then(|| elements / b.block_len() * b.block_bytes())
+            }
+        }
+    }
+}
+
+impl fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageKind::Dense(d) => write!(f, "{d:?}"),
+            StorageKind::Block(b) => write!(f, "{b:?}"),
+        }
+    }
+}

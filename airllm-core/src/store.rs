@@ -1,0 +1,126 @@
+//! [`LayerStore`]: where weights live, listed as units and read one unit at a time.
+
+use crate::{Error, HostUnit, Result, StorageKind};
+
+/// The role of a unit in the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    /// Token embedding.
+    Embedding,
+    /// Decoder layer `n` (0-based).
+    Layer(usize),
+    /// Final norm and LM head.
+    Head,
+}
+
+/// A tensor an architecture needs, with the shape its config implies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name in the model's own on-disk naming.
+    pub name: String,
+    /// Expected logical shape.
+    pub shape: Vec<usize>,
+}
+
+/// A unit as the architecture defines it: its role, a short name used in file
+/// names and messages, and the tensors it reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitSpec {
+    /// Role in the pass.
+    pub kind: UnitKind,
+    /// Short name, e.g. `embed`, `layer.007`, `head`.
+    pub name: String,
+    /// Tensors the unit needs.
+    pub tensors: Vec<TensorSpec>,
+}
+
+/// A tensor as a store holds it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TensorInfo {
+    /// Tensor name.
+    pub name: String,
+    /// Storage kind on disk.
+    pub kind: StorageKind,
+    /// Logical shape.
+    pub shape: Vec<usize>,
+}
+
+/// A unit as a store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitInfo {
+    /// Role in the pass.
+    pub kind: UnitKind,
+    /// Short name.
+    pub name: String,
+    /// Where it lives (file path), for messages.
+    pub location: String,
+    /// Its tensors.
+    pub tensors: Vec<TensorInfo>,
+    /// Bytes read to load it.
+    pub bytes: u64,
+}
+
+impl UnitInfo {
+    /// Number of f32 values once all its tensors are decoded.
+    pub fn elements(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+}
+
+/// Where weights live. Implementations: a Hugging Face directory read in
+/// place, the split per-layer layout, GGUF.
+pub trait LayerStore: Send + Sync {
+    /// A human-readable description of the source (its path).
+    fn describe(&self) -> String;
+
+    /// The units, in forward order.
+    fn units(&self) -> &[UnitInfo];
+
+    /// Reads unit `index`: all its tensors, or only those named in `only`.
+    fn read_unit(&self, index: usize, only: Option<&[&str]>) -> Result<HostUnit>;
+
+    /// Checks unit `index` against its recorded checksum. Stores without
+    /// checksums only check sizes.
+    fn verify_unit(&self, index: usize) -> Result<()>;
+}
+
+/// Checks that a store's units carry every tensor the architecture expects,
+/// with the expected shapes; errors name the tensor and the file.
+pub fn check_units(store: &[UnitInfo], expected: &[UnitSpec]) -> Result<()> {
+    if store.len() != expected.len() {
+        return Err(Error::Corrupt {
+            location: "the weight store".into(),
+            detail: format!(
+                "it lists {} units, the config implies {}",
+                store.len(),
+                expected.len()
+            ),
+            remedy: "Re-split the model from its original directory.".into(),
+        });
+    }
+    for (unit, spec) in store.iter().zip(expected) {
+        for want in &spec.tensors {
+            let found = unit
+                .tensors
+                .iter()
+                .find(|t| t.name == want.name)
+                .ok_or_else(|| Error::MissingTensor {
+                    tensor: want.name.clone(),
+                    location: unit.location.clone(),
+                })?;
+            if found.shape != want.shape {
+                return Err(Error::ShapeMismatch {
+                    tensor: want.name.clone(),
+                    location: unit.location.clone(),
+                    expected: want.shape.clone(),
+                    found: found.shape.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Run telemetry: per-unit read / upload / compute time and bytes, and
+//! per-run token counts, so `bench` can say where the time goes.
+
+use std::time::Duration;
+
+use crate::memory::Rss;
+
+/// Accumulated figures for one unit.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct UnitStats {
+    /// Unit name.
+    pub name: String,
+    /// Times the unit was read from the store.
+    pub reads: u64,
+    /// Bytes read from the store.
+    pub bytes_read: u64,
+    /// Time reading and decoding on the reader thread.
+    pub read: Duration,
+    /// Time copying to the device.
+    pub upload: Duration,
+    /// Time computing.
+    pub compute: Duration,
+}
+
+/// Figures for a whole run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunStats {
+    /// Per unit, in forward order.
+    pub units: Vec<UnitStats>,
+    /// Forward passes run.
+    pub passes: u64,
+    /// Time the compute thread waited for the reader.
+    pub read_wait: Duration,
+    /// Most streamed units alive at once.
+    pub peak_streamed_units: usize,
+    /// Highest anonymous RSS seen between units.
+    pub peak_rss_anon: u64,
+    /// Highest file-backed RSS seen between units.
+    pub peak_rss_file: u64,
+}
+
+impl RunStats {
+    /// Empty statistics for units with these names.
+    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
+        RunStats {
+            units: names
+                .into_iter()
+                .map(|name| UnitStats {
+                    name,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Total bytes read from the store.
+    pub fn bytes_read(&self) -> u64 {
+        self.units.iter().map(|u| u.bytes_read).sum()
+    }
+
+    /// Total read time on the reader thread.
+    pub fn read_time(&self) -> Duration {
+        self.units.iter().map(|u| u.read).sum()
+    }
+
+    pub(crate) fn sample_rss(&mut self) {
+        let rss = Rss::now();
+        self.peak_rss_anon = self.peak_rss_anon.max(rss.anon);
+        self.peak_rss_file = self.peak_rss_file.max(rss.file);
+    }
+}

@@ -1,0 +1,25 @@
+//! Weight sources for airllm-rs: Hugging Face model directories read in
+//! place, the split per-layer layout (writer, reader, manifest), and a
+//! synthetic source of random weights for benchmarks. Every source is a
+//! [`airllm_core::LayerStore`].
+//!
+//! This crate reads and writes files; it must not compute with tensors or
+//! know a model family beyond the unit list the architecture hands it.
+
+pub mod checksum;
+pub mod error;
+pub mod hf;
+pub mod manifest;
+pub mod model_dir;
+pub mod safetensors_file;
+pub mod split;
+pub mod split_store;
+pub mod synthetic;
+
+pub use error::{FormatError, Result};
+pub use hf::HfStore;
+pub use manifest::{Manifest, MANIFEST_FILE};
+pub use model_dir::{ModelDir, ModelKind};
+pub use split::{split_model, SplitOptions, SplitProgress};
+pub use split_store::SplitStore;
+pub use synthetic::SyntheticStore;

@@ -1,0 +1,265 @@
+//! Writes the split layout: one safetensors file per unit, each written under
+//! a temporary name, synced and renamed; a journal after every unit; the
+//! manifest last. A rerun after any interruption keeps the finished units
+//! whose checksums still match and writes the rest.
+
+use std::path::{Path, PathBuf};
+
+use airllm_core::{ByteSize, LayerStore};
+
+use crate::manifest::{
+    rename_synced, write_atomic, Manifest, ManifestTensor, ManifestUnit, FORMAT_NAME,
+    FORMAT_VERSION, JOURNAL_FILE, MANIFEST_FILE,
+};
+use crate::safetensors_file::{SafetensorsFile, TensorWriteView};
+use crate::{checksum, FormatError, Result};
+
+/// Files copied next to the manifest when the source directory has them.
+pub const SIDE_FILES: [&str; 6] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+/// Directory of the unit files inside a split.
+pub const UNITS_DIR: &str = "units";
+
+/// Extra room kept free beyond the bytes a split writes.
+const DISK_MARGIN: u64 = 16 << 20;
+
+/// What happened, for progress reporting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SplitProgress {
+    /// The split starts: `kept` units are reused, `total` in all, `bytes` to write.
+    Start {
+        /// Units in the model.
+        total: usize,
+        /// Finished units kept from an earlier run.
+        kept: usize,
+        /// Bytes still to write.
+        bytes: u64,
+    },
+    /// A unit was written.
+    Unit {
+        /// Its name.
+        name: String,
+        /// Its bytes.
+        bytes: u64,
+    },
+}
+
+/// Settings of a split run.
+pub struct SplitOptions<'a> {
+    /// `architectures[0]` recorded in the manifest.
+    pub architecture: String,
+    /// The model's config.json.
+    pub config: serde_json::Value,
+    /// Directory to copy tokenizer and config files from.
+    pub side_files_from: Option<PathBuf>,
+    /// Reports free bytes at a path (the default asks the file system).
+    pub free_space: &'a dyn Fn(&Path) -> std::io::Result<u64>,
+    /// Called after each step; returning `false` stops the split (as Ctrl-C would).
+    pub progress: &'a mut dyn FnMut(&SplitProgress) -> bool,
+}
+
+/// Free bytes on the file system holding `path`.
+pub fn file_system_free_space(path: &Path) -> std::io::Result<u64> {
+    fs4::available_space(path)
+}
+
+/// Writes `source` into the split layout at `out`; returns the manifest.
+pub fn split_model(
+    source: &dyn LayerStore,
+    out: &Path,
+    options: SplitOptions<'_>,
+) -> Result<Manifest> {
+    let units_dir = out.join(UNITS_DIR);
+    std::fs::create_dir_all(&units_dir).map_err(|e| FormatError::io(&units_dir, e))?;
+    remove_temporaries(&units_dir)?;
+
+    let units = source.units();
+    let mut done = finished_units(out)?;
+    done.retain(|u| units.iter().any(|s| s.name == u.name && s.kind == u.kind));
+    let todo: Vec<usize> = (0..units.len())
+        .filter(|&i| !done.iter().any(|u| u.name == units[i].name))
+        .collect();
+    let needed: u64 = todo.iter().map(|&i| units[i].bytes).sum();
+    let available = (options.free_space)(out).map_err(|e| FormatError::io(out, e))?;
+    if !todo.is_empty() && available < needed + DISK_MARGIN {
+        return Err(FormatError::DiskFull {
+            path: out.to_path_buf(),
+            needed: ByteSize(needed + DISK_MARGIN),
+            available: ByteSize(available),
+        });
+    }
+    let start = SplitProgress::Start {
+        total: units.len(),
+        kept: done.len(),
+        bytes: needed,
+    };
+    if !(options.progress)(&start) {
+        return Err(interrupted(out));
+    }
+    for index in todo {
+        let unit = write_unit(source, index, &units_dir)?;
+        let step = SplitProgress::Unit {
+            name: unit.name.clone(),
+            bytes: unit.stored_bytes,
+        };
+        done.push(unit);
+        write_journal(out, &done)?;
+        if !(options.progress)(&step) {
+            return Err(interrupted(out));
+        }
+    }
+    if let Some(from) = &options.side_files_from {
+        copy_side_files(from, out)?;
+    }
+    done.sort_by_key(|u| units.iter().position(|s| s.name == u.name));
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        architecture: options.architecture,
+        config: options.config,
+        checksum: checksum::ALGORITHM.into(),
+        units: done,
+    };
+    write_atomic(&out.join(MANIFEST_FILE), &to_json(&manifest))?;
+    let journal = out.join(JOURNAL_FILE);
+    if journal.exists() {
+        std::fs::remove_file(&journal).map_err(|e| FormatError::io(&journal, e))?;
+    }
+    Ok(manifest)
+}
+
+fn interrupted(out: &Path) -> FormatError {
+    FormatError::Io {
+        path: out.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "split interrupted; rerun the same command to finish it (finished units are kept)",
+        ),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("manifests serialize")
+}
+
+fn write_journal(out: &Path, done: &[ManifestUnit]) -> Result<()> {
+    write_atomic(&out.join(JOURNAL_FILE), &to_json(&done))
+}
+
+/// Deletes half-written files left by an interrupted run: nothing written
+/// under a temporary name is ever trusted.
+fn remove_temporaries(units_dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(units_dir).map_err(|e| FormatError::io(units_dir, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            std::fs::remove_file(&path).map_err(|e| FormatError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Units recorded by an earlier run (journal or manifest) whose files are
+/// still whole: the recorded size and checksum match.
+fn finished_units(out: &Path) -> Result<Vec<ManifestUnit>> {
+    let journal = out.join(JOURNAL_FILE);
+    let manifest = out.join(MANIFEST_FILE);
+    let recorded: Vec<ManifestUnit> = if journal.is_file() {
+        serde_json::from_slice(&std::fs::read(&journal).map_err(|e| FormatError::io(&journal, e))?)
+            .unwrap_or_default()
+    } else if manifest.is_file() {
+        Manifest::read(&manifest)
+            .map(|m| m.units)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut kept = Vec::new();
+    for unit in recorded {
+        let path = out.join(&unit.file);
+        let whole = std::fs::metadata(&path).is_ok_and(|m| m.len() == unit.stored_bytes)
+            && checksum::of_file(&path).is_ok_and(|c| c == unit.checksum);
+        if whole {
+            kept.push(unit);
+        } else {
+            tracing::warn!(unit = %unit.name, "unit file damaged or missing; rewriting it");
+        }
+    }
+    Ok(kept)
+}
+
+/// Writes one unit file crash-safely and describes it.
+fn write_unit(source: &dyn LayerStore, index: usize, units_dir: &Path) -> Result<ManifestUnit> {
+    let info = &source.units()[index];
+    let host = source
+        .read_unit(index, None)
+        .map_err(|e| FormatError::NotAModel {
+            path: PathBuf::from(source.describe()),
+            detail: format!("reading unit `{}`: {e}", info.name),
+        })?;
+    let file_name = format!("{index:03}-{}.safetensors", info.name);
+    let path = units_dir.join(&file_name);
+    let tmp = path.with_extension("safetensors.tmp");
+    let views = host
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), TensorWriteView(t)));
+    let written = safetensors::serialize_to_file(views, None, &tmp)
+        .map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(io) => FormatError::io(&tmp, io),
+            other => FormatError::BadSafetensors {
+                path: tmp.clone(),
+                detail: format!("{other:?}"),
+            },
+        })
+        .and_then(|()| {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| FormatError::io(&tmp, e))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    drop(host);
+    rename_synced(&tmp, &path)?;
+    let parsed = SafetensorsFile::open(&path)?;
+    let tensors = parsed
+        .tensors
+        .iter()
+        .map(|(name, entry)| ManifestTensor {
+            name: name.clone(),
+            kind: entry.kind.expect("unit files hold dense tensors"),
+            shape: entry.shape.clone(),
+            range: [entry.range.start as u64, entry.range.end as u64],
+        })
+        .collect();
+    Ok(ManifestUnit {
+        name: info.name.clone(),
+        kind: info.kind,
+        file: format!("{UNITS_DIR}/{file_name}"),
+        codec: "none".into(),
+        raw_bytes: parsed.len,
+        stored_bytes: parsed.len,
+        checksum: checksum::of_file(&path)?,
+        tensors,
+    })
+}
+
+fn copy_side_files(from: &Path, out: &Path) -> Result<()> {
+    for name in SIDE_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            let bytes = std::fs::read(&src).map_err(|e| FormatError::io(&src, e))?;
+            write_atomic(&out.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}

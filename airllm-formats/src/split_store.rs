@@ -1,0 +1,146 @@
+//! Reads the split layout: the manifest, then one memory-mapped unit file per
+//! read, sizes checked always and checksums on request.
+
+use std::path::{Path, PathBuf};
+
+use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo};
+
+use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
+use crate::safetensors_file::{map_file, view};
+use crate::{checksum, FormatError, Result};
+
+/// A split directory as a [`LayerStore`].
+pub struct SplitStore {
+    dir: PathBuf,
+    manifest: Manifest,
+    units: Vec<UnitInfo>,
+}
+
+impl SplitStore {
+    /// Opens a split directory and checks every unit file's size.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if !manifest_path.is_file() {
+            let detail = if dir.join(JOURNAL_FILE).is_file() {
+                "the split was interrupted before it finished; rerun `airllm split` with the same arguments"
+            } else {
+                "no manifest.json; this is not a split directory"
+            };
+            return Err(FormatError::NotAModel {
+                path: dir.to_path_buf(),
+                detail: detail.into(),
+            });
+        }
+        let manifest = Manifest::read(&manifest_path)?;
+        let store = SplitStore {
+            dir: dir.to_path_buf(),
+            units: manifest
+                .units
+                .iter()
+                .map(|u| UnitInfo {
+                    kind: u.kind,
+                    name: u.name.clone(),
+                    location: dir.join(&u.file).display().to_string(),
+                    tensors: u
+                        .tensors
+                        .iter()
+                        .map(|t| TensorInfo {
+                            name: t.name.clone(),
+                            kind: t.kind,
+                            shape: t.shape.clone(),
+                        })
+                        .collect(),
+                    bytes: u.stored_bytes,
+                })
+                .collect(),
+            manifest,
+        };
+        for index in 0..store.units.len() {
+            store.check_size(index)?;
+        }
+        Ok(store)
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn unit_path(&self, index: usize) -> PathBuf {
+        self.dir.join(&self.manifest.units[index].file)
+    }
+
+    fn bad_unit(&self, index: usize, detail: String) -> FormatError {
+        FormatError::BadUnit {
+            path: self.unit_path(index),
+            dir: self.dir.clone(),
+            detail,
+        }
+    }
+
+    fn check_size(&self, index: usize) -> Result<()> {
+        let path = self.unit_path(index);
+        let expected = self.manifest.units[index].stored_bytes;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == expected => Ok(()),
+            Ok(m) => Err(self.bad_unit(
+                index,
+                format!("has {} bytes, the manifest records {expected}", m.len()),
+            )),
+            Err(e) => Err(self.bad_unit(index, format!("cannot be read ({e})"))),
+        }
+    }
+}
+
+impl LayerStore for SplitStore {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+
+    fn read_unit(&self, index: usize, only: Option<&[&str]>) -> airllm_core::Result<HostUnit> {
+        let path = self.unit_path(index);
+        let map = map_file(&path)?;
+        let unit = &self.manifest.units[index];
+        if map.len() as u64 != unit.stored_bytes {
+            return Err(self
+                .bad_unit(
+                    index,
+                    format!(
+                        "has {} bytes, the manifest records {}",
+                        map.len(),
+                        unit.stored_bytes
+                    ),
+                )
+                .into());
+        }
+        let tensors = unit
+            .tensors
+            .iter()
+            .filter(|t| only.is_none_or(|names| names.contains(&t.name.as_str())))
+            .map(|t| {
+                let range = t.range[0] as usize..t.range[1] as usize;
+                view(&map, &path, &t.name, t.kind, &t.shape, range)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HostUnit { tensors })
+    }
+
+    fn verify_unit(&self, index: usize) -> airllm_core::Result<()> {
+        self.check_size(index)?;
+        let found = checksum::of_file(&self.unit_path(index))?;
+        let expected = &self.manifest.units[index].checksum;
+        if &found != expected {
+            return Err(self
+                .bad_unit(
+                    index,
+                    format!("has checksum {found}, the manifest records {expected}: it is damaged"),
+                )
+                .into());
+        }
+        Ok(())
+    }
+}

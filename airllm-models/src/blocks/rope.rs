@@ -1,0 +1,272 @@
+//! Rotary position embeddings: inverse frequencies with the scaling variants
+//! of `rope_scaling` (linear, dynamic NTK, llama3), and the `rotate_half`
+//! application over the first `dim` dims of each head.
+
+use std::sync::Mutex;
+
+use airllm_core::{Error, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// How inverse frequencies are scaled for long contexts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        /// Scale factor.
+        factor: f64,
+    },
+    /// NTK-aware base growth past the trained context.
+    Dynamic {
+        /// Scale factor.
+        factor: f64,
+    },
+    /// Llama 3.1's per-band frequency scaling.
+    Llama3 {
+        /// Scale factor.
+        factor: f64,
+        /// Low-frequency factor.
+        low_freq_factor: f64,
+        /// High-frequency factor.
+        high_freq_factor: f64,
+        /// Trained context length.
+        original_max_positions: f64,
+    },
+}
+
+/// Rotary embedding settings for one model.
+#[derive(Debug)]
+pub struct Rope {
+    dim: usize,
+    theta: f64,
+    scaling: RopeScaling,
+    max_positions: usize,
+    /// Longest sequence seen so far, for dynamic NTK (transformers' `max_seq_len_cached`).
+    dynamic_len: Mutex<usize>,
+}
+
+/// cos and sin tables for one pass, `[batch, 1, seq, dim]`.
+pub struct RopeTables<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+fn number(params: &Value, key: &str) -> Result<f64> {
+    params
+        .get(key)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| Error::config(format!("rope_scaling.{key}"), "missing or not a number"))
+}
+
+impl Rope {
+    /// Reads `rope_theta` / `rope_scaling`, or transformers 5's
+    /// `rope_parameters`, for rotary width `dim`.
+    pub fn from_config(config: &Config<'_>, dim: usize) -> Result<Rope> {
+        let parameters = config.get("rope_parameters");
+        let theta = match config.opt_f64("rope_theta")? {
+            Some(theta) => theta,
+            None => parameters
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .unwrap_or(10_000.0),
+        };
+        let max_positions = config.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+        let scaling_params = config.get("rope_scaling").or(parameters);
+        let scaling = match scaling_params {
+            None => RopeScaling::None,
+            Some(params) => {
+                let kind = params
+                    .get("rope_type")
+                    .or_else(|| params.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                match kind {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear {
+                        factor: number(params, "factor")?,
+                    },
+                    "dynamic" => RopeScaling::Dynamic {
+                        factor: number(params, "factor")?,
+                    },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: number(params, "factor")?,
+                        low_freq_factor: number(params, "low_freq_factor")?,
+                        high_freq_factor: number(params, "high_freq_factor")?,
+                        original_max_positions: number(params, "original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(Error::config(
+                            "rope_scaling.rope_type",
+                            format!("`{other}` is not supported; supported: default, linear, dynamic, llama3"),
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(Rope {
+            dim,
+            theta,
+            scaling,
+            max_positions,
+            dynamic_len: Mutex::new(max_positions),
+        })
+    }
+
+    /// Longest context the scaling admits (dynamic NTK extends it by `factor`).
+    pub fn context_limit(&self) -> usize {
+        match self.scaling {
+            RopeScaling::Dynamic { factor } => (self.max_positions as f64 * factor) as usize,
+            _ => self.max_positions,
+        }
+    }
+
+    fn default_inv_freq(&self, theta: f64) -> Vec<f64> {
+        (0..self.dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / self.dim as f64))
+            .collect()
+    }
+
+    /// Inverse frequencies for a pass whose longest sequence is `seq_len`.
+    fn inv_freq(&self, seq_len: usize) -> Vec<f64> {
+        match self.scaling {
+            RopeScaling::None => self.default_inv_freq(self.theta),
+            RopeScaling::Linear { factor } => self
+                .default_inv_freq(self.theta)
+                .into_iter()
+                .map(|f| f / factor)
+                .collect(),
+            RopeScaling::Dynamic { factor } => {
+                let original = self.max_positions;
+                let mut cached = self.dynamic_len.lock().expect("rope lock");
+                if seq_len > *cached {
+                    *cached = seq_len;
+                }
+                if seq_len < original && *cached > original {
+                    *cached = original;
+                }
+                if *cached <= original {
+                    return self.default_inv_freq(self.theta);
+                }
+                let d = self.dim as f64;
+                let grown = factor * *cached as f64 / original as f64 - (factor - 1.0);
+                self.default_inv_freq(self.theta * grown.powf(d / (d - 2.0)))
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_positions: old,
+            } => self
+                .default_inv_freq(self.theta)
+                .into_iter()
+                .map(|f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen > old / low_freq_factor {
+                        f / factor
+                    } else if wavelen < old / high_freq_factor {
+                        f
+                    } else {
+                        let s = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - s) * f / factor + s * f
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// cos/sin tables for the positions of one pass (`[batch][seq]`).
+    pub fn tables<B: Backend>(
+        &self,
+        positions: &[Vec<usize>],
+        device: &B::Device,
+    ) -> RopeTables<B> {
+        let batch = positions.len();
+        let seq = positions.first().map_or(0, Vec::len);
+        let longest = positions.iter().flatten().max().map_or(0, |p| p + 1);
+        let inv_freq = self.inv_freq(longest);
+        let half = self.dim / 2;
+        let mut cos = Vec::with_capacity(batch * seq * self.dim);
+        let mut sin = Vec::with_capacity(batch * seq * self.dim);
+        for &position in positions.iter().flatten() {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = (position as f64 * f) as f32;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        debug_assert_eq!(cos.len(), batch * seq * 2 * half);
+        let shape = [batch, 1, seq, self.dim];
+        RopeTables {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+        }
+    }
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Applies `rotate_half` rotary embedding to the first `dim` dims of
+    /// `x: [batch, heads, seq, head_dim]`; the rest pass through.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, heads, seq, head_dim] = x.dims();
+        let dim = self.cos.dims()[3];
+        let (rot, pass) = if dim == head_dim {
+            (x, None)
+        } else {
+            (
+                x.clone().narrow(3, 0, dim),
+                Some(x.narrow(3, dim, head_dim - dim)),
+            )
+        };
+        let half = dim / 2;
+        let first = rot.clone().narrow(3, 0, half);
+        let second = rot.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        let out = rot * self.cos.clone() + rotated * self.sin.clone();
+        debug_assert_eq!(out.dims(), [batch, heads, seq, dim]);
+        match pass {
+            Some(pass) => Tensor::cat(vec![out, pass], 3),
+            None => out,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_rope_parameters_and_rejects_unknown_types() {
+        let config = json!({"rope_parameters": {"rope_theta": 500000.0, "rope_type": "linear", "factor": 2.0}});
+        let rope = Rope::from_config(&Config(&config), 8).unwrap();
+        assert_eq!(rope.theta, 500000.0);
+        assert_eq!(rope.scaling, RopeScaling::Linear { factor: 2.0 });
+        let config = json!({"rope_scaling": {"type": "yarn", "factor": 2.0}});
+        let err = Rope::from_config(&Config(&config), 8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("yarn") && err.contains("rope_scaling"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn llama3_scales_low_frequencies_only() {
+        let config = json!({"rope_theta": 10000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}});
+        let rope = Rope::from_config(&Config(&config), 16).unwrap();
+        let plain = rope.default_inv_freq(10000.0);
+        let scaled = rope.inv_freq(1);
+        assert_eq!(scaled[0], plain[0]);
+        assert!((scaled[7] - plain[7] / 8.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,16 @@
+//! Model family adapters for airllm-rs. A family is configuration and tensor
+//! names ([`llama`]) over shared blocks ([`blocks`]) assembled by the
+//! generic [`decoder::Decoder`]; [`registry`] picks the family from
+//! config.json.
+//!
+//! This crate computes on burn tensors through the core traits; it must not
+//! read files or pick a device.
+
+pub mod blocks;
+pub mod config;
+pub mod decoder;
+pub mod llama;
+pub mod presets;
+pub mod registry;
+
+pub use registry::{architecture, layout, Layout, SUPPORTED};

@@ -1,0 +1,135 @@
+//! Helpers for the workspace integration tests: fixture paths, the records
+//! transformers wrote, the device under test and engine construction.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use airllm_backends::{dispatch, BackendJob, DeviceChoice};
+use airllm_core::{
+    BatchShape, ComputeBackend, ComputeDType, Engine, EngineOptions, PlanInput, ResidencyPlan,
+    Result,
+};
+use airllm_formats::split::{split_model, SplitOptions};
+use airllm_formats::{HfStore, ModelDir};
+use burn::tensor::backend::Backend;
+
+/// The fixture models the generator writes.
+pub const FIXTURES: [&str; 3] = ["llama-gqa", "llama-tied-bf16", "llama3-rope-sharded"];
+
+/// Absolute tolerance on logits (f32).
+pub const LOGIT_TOLERANCE: f32 = 1e-3;
+
+/// Directory of fixture model `name`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/models")
+        .join(name)
+}
+
+/// One prompt's record from transformers.
+#[derive(serde::Deserialize)]
+pub struct PromptRecord {
+    /// Prompt token ids.
+    pub ids: Vec<u32>,
+    /// Logits at every position, `[seq][vocab]`.
+    pub logits: Vec<Vec<f32>>,
+    /// Greedy continuation.
+    pub greedy: Vec<u32>,
+}
+
+/// All records of a fixture.
+#[derive(serde::Deserialize)]
+pub struct Reference {
+    /// Per prompt.
+    pub prompts: Vec<PromptRecord>,
+}
+
+/// Reads `reference.json` of fixture `name`.
+pub fn reference(name: &str) -> Reference {
+    let path = fixture(name).join("reference.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("reference.json")).expect("valid reference")
+}
+
+/// The device the tests run on: `AIRLLM_TEST_DEVICE` (cpu, wgpu, cuda), default cpu.
+pub fn test_device() -> DeviceChoice {
+    std::env::var("AIRLLM_TEST_DEVICE")
+        .ok()
+        .map(|d| d.parse().expect("AIRLLM_TEST_DEVICE names a device"))
+        .unwrap_or(DeviceChoice::Cpu)
+}
+
+/// Runs `job` on the device under test.
+pub fn on_test_device<J: BackendJob>(job: J) -> Result<J::Output> {
+    dispatch(test_device(), ComputeDType::F32, job)
+}
+
+/// How much memory a test engine gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// Plenty: everything resident.
+    Resident,
+    /// The minimum working set: every layer streams.
+    StreamAll,
+}
+
+/// Opens an engine on model directory `dir`.
+pub fn engine<B: Backend>(
+    dir: &Path,
+    backend: Arc<dyn ComputeBackend<B>>,
+    budget: Budget,
+    prefetch: usize,
+    shape: BatchShape,
+) -> Result<Engine<B>> {
+    let model = ModelDir::open(dir)?;
+    let arch = airllm_models::architecture::<B>(&model.config)?;
+    let store = model.open_store(arch.units())?;
+    let max_memory = match budget {
+        Budget::Resident => 1 << 40,
+        Budget::StreamAll => ResidencyPlan::minimum_budget(&PlanInput::for_model(
+            store.units(),
+            arch.dims(),
+            shape,
+            prefetch,
+            0,
+        )),
+    };
+    Engine::new(
+        store,
+        arch,
+        backend,
+        EngineOptions {
+            prefetch,
+            max_memory: Some(max_memory),
+            verify: true,
+        },
+    )
+}
+
+/// Splits fixture `name` into `out` and returns `out`.
+pub fn split_fixture(name: &str, out: &Path) -> PathBuf {
+    let dir = ModelDir::open(&fixture(name)).expect("fixture");
+    let layout = airllm_models::layout(&dir.config).expect("layout");
+    let store = HfStore::open(&dir.path, &layout.units).expect("store");
+    split_model(
+        &store,
+        out,
+        SplitOptions {
+            architecture: dir.architecture().unwrap_or_default().to_string(),
+            config: dir.config.clone(),
+            side_files_from: Some(dir.path.clone()),
+            free_space: &airllm_formats::split::file_system_free_space,
+            progress: &mut |_| true,
+        },
+    )
+    .expect("split");
+    out.to_path_buf()
+}
+
+/// Largest absolute difference between two logit rows.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "logit widths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

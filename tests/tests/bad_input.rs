@@ -1,0 +1,218 @@
+//! Bad input gets a clear error naming the file, tensor or setting: never a
+//! panic, never a silently wrong answer; interrupted splits resume.
+
+use std::path::{Path, PathBuf};
+
+use airllm_core::LayerStore;
+use airllm_formats::split::{split_model, SplitOptions, SplitProgress};
+use airllm_formats::{HfStore, ModelDir, SplitStore};
+use airllm_tests::{fixture, split_fixture};
+
+/// Copies fixture `name` into a temporary directory.
+fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    (tmp, dir)
+}
+
+/// Opens `dir` as the engine would and returns the error text.
+fn open_error(dir: &Path) -> String {
+    let result = ModelDir::open(dir)
+        .map_err(airllm_core::Error::from)
+        .and_then(|model| {
+            let layout = airllm_models::layout(&model.config)?;
+            let store = model.open_store(&layout.units)?;
+            airllm_core::check_units(store.units(), &layout.units)
+        });
+    result.expect_err("opening should fail").to_string()
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn truncated_safetensors_names_the_file() {
+    let (_tmp, dir) = copy_fixture("llama-gqa");
+    let weights = dir.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = open_error(&dir);
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_shape_names_the_tensor() {
+    let (_tmp, dir) = copy_fixture("llama-gqa");
+    edit_config(&dir, |c| c["intermediate_size"] = 96.into());
+    let err = open_error(&dir);
+    assert!(
+        err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[96, 64]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_tensor_names_it() {
+    let (_tmp, dir) = copy_fixture("llama-gqa");
+    let weights = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "model.layers.1.mlp.up_proj.weight")
+        .collect();
+    let rewritten = safetensors::serialize(kept, None).unwrap();
+    std::fs::write(&weights, rewritten).unwrap();
+    let err = open_error(&dir);
+    assert!(
+        err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_architecture_lists_the_known_ones() {
+    let (_tmp, dir) = copy_fixture("llama-gqa");
+    edit_config(&dir, |c| {
+        c["architectures"] = serde_json::json!(["FooForCausalLM"])
+    });
+    let err = open_error(&dir);
+    assert!(
+        err.contains("FooForCausalLM") && err.contains("LlamaForCausalLM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_rope_scaling_is_named() {
+    let (_tmp, dir) = copy_fixture("llama-gqa");
+    edit_config(&dir, |c| {
+        c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})
+    });
+    let err = open_error(&dir);
+    assert!(
+        err.contains("rope_scaling") && err.contains("yarn"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_path_is_named() {
+    let err = open_error(Path::new("/no/such/model"));
+    assert!(
+        err.contains("/no/such/model") && err.contains("no such file"),
+        "{err}"
+    );
+}
+
+fn split_with(
+    source: &Path,
+    out: &Path,
+    free: &dyn Fn(&Path) -> std::io::Result<u64>,
+    progress: &mut dyn FnMut(&SplitProgress) -> bool,
+) -> Result<airllm_formats::Manifest, airllm_formats::FormatError> {
+    let dir = ModelDir::open(source).unwrap();
+    let layout = airllm_models::layout(&dir.config).unwrap();
+    let store = HfStore::open(source, &layout.units).unwrap();
+    split_model(
+        &store,
+        out,
+        SplitOptions {
+            architecture: "LlamaForCausalLM".into(),
+            config: dir.config.clone(),
+            side_files_from: Some(source.to_path_buf()),
+            free_space: free,
+            progress,
+        },
+    )
+}
+
+#[test]
+fn interrupted_split_resumes_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("split");
+    let source = fixture("llama-gqa");
+    let disk = airllm_formats::split::file_system_free_space;
+    let mut units_written = 0;
+    let stopped = split_with(&source, &out, &disk, &mut |event| {
+        if matches!(event, SplitProgress::Unit { .. }) {
+            units_written += 1;
+        }
+        units_written < 2
+    });
+    assert!(stopped.unwrap_err().to_string().contains("interrupted"));
+    assert!(ModelDir::open(&out)
+        .unwrap_err()
+        .to_string()
+        .contains("interrupted"));
+    // A half-written unit under its temporary name, as a kill -9 would leave it.
+    std::fs::write(
+        out.join("units/002-layer.001.safetensors.tmp"),
+        b"half a file",
+    )
+    .unwrap();
+
+    let mut kept = None;
+    split_with(&source, &out, &disk, &mut |event| {
+        if let SplitProgress::Start { kept: k, .. } = event {
+            kept = Some(*k);
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(kept, Some(2));
+    assert!(!out.join("units/002-layer.001.safetensors.tmp").exists());
+    let store = SplitStore::open(&out).unwrap();
+    for index in 0..store.units().len() {
+        store.verify_unit(index).unwrap();
+    }
+}
+
+#[test]
+fn flipped_byte_is_named_by_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = split_fixture("llama-gqa", &tmp.path().join("split"));
+    let unit = out.join("units/002-layer.001.safetensors");
+    let mut bytes = std::fs::read(&unit).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&unit, bytes).unwrap();
+    let store = SplitStore::open(&out).unwrap();
+    store.verify_unit(1).unwrap();
+    let err = store.verify_unit(2).unwrap_err().to_string();
+    assert!(
+        err.contains("002-layer.001.safetensors") && err.contains("checksum"),
+        "{err}"
+    );
+}
+
+#[test]
+fn too_little_disk_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("split");
+    let err = split_with(&fixture("llama-gqa"), &out, &|_| Ok(1000), &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not enough free disk"), "{err}");
+    assert!(!out.join("manifest.json").exists());
+    assert_eq!(std::fs::read_dir(out.join("units")).unwrap().count(), 0);
+}

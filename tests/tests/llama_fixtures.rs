@@ -1,0 +1,143 @@
+//! The Llama adapter against transformers' records: logits within 1e-3 and
+//! greedy tokens exactly, resident and streaming, from the Hugging Face
+//! directory and from its split; batches equal solo runs; streaming never
+//! holds more than prefetch + 1 units.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use airllm_backends::BackendJob;
+use airllm_core::{BatchShape, ComputeBackend, GenerationConfig, Result, TokenControl};
+use airllm_tests::*;
+use burn::tensor::backend::Backend;
+
+const NEW_TOKENS: usize = 24;
+/// The batched run's shape: three prompts (the longest 30 tokens) in chunks
+/// of 7, plus 24 new tokens. The streaming budget is this shape's minimum
+/// working set, so the batched run streams every layer.
+const SHAPE: BatchShape = BatchShape {
+    batch: 3,
+    chunk: 7,
+    context: 30 + NEW_TOKENS,
+};
+
+fn greedy() -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: NEW_TOKENS,
+        eos: vec![0],
+        prefill_chunk: 7,
+        ..Default::default()
+    }
+}
+
+/// Checks one model directory against the records of fixture `name`.
+struct CheckModel {
+    name: &'static str,
+    dir: PathBuf,
+    budget: Budget,
+    prefetch: usize,
+}
+
+impl BackendJob for CheckModel {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<()> {
+        let reference = reference(self.name);
+        let mut engine = engine(&self.dir, backend, self.budget, self.prefetch, SHAPE)?;
+        let label = format!(
+            "{} {:?} prefetch {}",
+            self.dir.display(),
+            self.budget,
+            self.prefetch
+        );
+        for record in &reference.prompts {
+            // Chunks of 5 exercise chunked prefill over the KV cache.
+            let logits = engine.prompt_logits(&record.ids, 5)?;
+            assert_eq!(logits.len(), record.logits.len());
+            for (position, (ours, theirs)) in logits.iter().zip(&record.logits).enumerate() {
+                let diff = max_abs_diff(ours, theirs);
+                assert!(
+                    diff <= LOGIT_TOLERANCE,
+                    "{label}: position {position} differs by {diff}"
+                );
+            }
+        }
+        for record in &reference.prompts {
+            let answer = engine.generate(&[record.ids.clone()], &greedy(), &mut |_, _| {
+                TokenControl::Continue
+            })?;
+            assert_eq!(answer[0].tokens, record.greedy, "{label}: greedy tokens");
+        }
+        let prompts: Vec<Vec<u32>> = reference.prompts.iter().map(|r| r.ids.clone()).collect();
+        let answers = engine.generate(&prompts, &greedy(), &mut |_, _| TokenControl::Continue)?;
+        for (answer, record) in answers.iter().zip(&reference.prompts) {
+            assert_eq!(
+                answer.tokens, record.greedy,
+                "{label}: batched greedy tokens"
+            );
+        }
+        // The plan in force is the batched run's (solo runs above may fit entirely).
+        let plan = engine.plan().expect("planned");
+        let stats = engine.stats();
+        match self.budget {
+            Budget::Resident => assert_eq!(plan.streamed(), 0, "{label}: everything fits"),
+            Budget::StreamAll => {
+                assert_eq!(
+                    plan.streamed(),
+                    engine.arch().dims().layers,
+                    "{label}: all layers stream"
+                );
+                assert!(
+                    stats.peak_streamed_units >= 1,
+                    "{label}: streaming happened"
+                );
+                assert!(
+                    stats.peak_streamed_units <= self.prefetch + 1,
+                    "{label}: {} streamed units alive at once with prefetch {}",
+                    stats.peak_streamed_units,
+                    self.prefetch
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check(name: &'static str, dir: &Path, budget: Budget, prefetch: usize) {
+    on_test_device(CheckModel {
+        name,
+        dir: dir.to_path_buf(),
+        budget,
+        prefetch,
+    })
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
+#[test]
+fn resident_from_hf_dir() {
+    for name in FIXTURES {
+        check(name, &fixture(name), Budget::Resident, 1);
+    }
+}
+
+#[test]
+fn streaming_from_hf_dir() {
+    for name in FIXTURES {
+        check(name, &fixture(name), Budget::StreamAll, 1);
+    }
+}
+
+#[test]
+fn streaming_and_resident_from_split_dir() {
+    for name in FIXTURES {
+        let tmp = tempfile::tempdir().unwrap();
+        let split = split_fixture(name, &tmp.path().join("split"));
+        check(name, &split, Budget::StreamAll, 1);
+        check(name, &split, Budget::Resident, 1);
+    }
+}
+
+#[test]
+fn streaming_with_prefetch_zero() {
+    check("llama-gqa", &fixture("llama-gqa"), Budget::StreamAll, 0);
+}
