@@ -121,7 +121,9 @@ impl<B: Backend> Engine<B> {
             } else {
                 Logits::Skip
             };
-            logits = self.pass(&tokens, &rows, start, &mut kv, want)?;
+            logits = self
+                .forward_rows(&tokens, &rows, start, &mut kv, want)?
+                .map(last_positions);
         }
         let mut columns = longest;
         let mut logits = logits.expect("the last prefill chunk asks for logits");
@@ -178,7 +180,8 @@ impl<B: Backend> Engine<B> {
                 .map(|r| vec![*r.history.last().unwrap()])
                 .collect();
             logits = self
-                .pass(&tokens, &rows, columns, &mut kv, Logits::Last)?
+                .forward_rows(&tokens, &rows, columns, &mut kv, Logits::Last)?
+                .map(last_positions)
                 .expect("decode passes ask for logits");
             columns += 1;
         }
@@ -239,25 +242,6 @@ impl<B: Backend> Engine<B> {
         Ok(prompts.iter().map(Vec::len).max().unwrap_or(0))
     }
 
-    /// One pass for the running rows; logits of the last position per row.
-    fn pass(
-        &mut self,
-        tokens: &[Vec<u32>],
-        rows: &[Row],
-        start: usize,
-        kv: &mut KvCache<B>,
-        want: Logits,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
-        Ok(self
-            .forward_rows(tokens, rows, start, kv, want)?
-            .map(|per_row| {
-                per_row
-                    .into_iter()
-                    .map(|mut positions| positions.pop().unwrap_or_default())
-                    .collect()
-            }))
-    }
-
     /// Runs a pass over columns `start..start + seq` and returns logits as
     /// `[row][position][vocab]` on the host.
     #[allow(clippy::type_complexity)]
@@ -287,6 +271,14 @@ impl<B: Backend> Engine<B> {
                 .collect(),
         ))
     }
+}
+
+/// The last position's logits of each row.
+fn last_positions(per_row: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
+    per_row
+        .into_iter()
+        .map(|mut positions| positions.pop().unwrap_or_default())
+        .collect()
 }
 
 /// Positions and the additive mask for columns `start..start + seq`: a key

@@ -65,6 +65,32 @@ impl PlanInput {
     }
 }
 
+fn is_layer(kind: UnitKind) -> bool {
+    matches!(kind, UnitKind::Layer(_))
+}
+
+impl PlanInput {
+    /// Bytes of the units that never stream: embedding and head.
+    fn end_bytes(&self) -> u64 {
+        self.units
+            .iter()
+            .filter(|u| !is_layer(u.0))
+            .map(|u| u.1)
+            .sum()
+    }
+
+    /// Buffers for prefetch + 1 streamed layers of the largest size.
+    fn stream_buffer_bytes(&self) -> u64 {
+        let largest = self
+            .units
+            .iter()
+            .filter(|u| is_layer(u.0))
+            .map(|u| u.1)
+            .max();
+        (self.prefetch as u64 + 1) * largest.unwrap_or(0)
+    }
+}
+
 /// The batch a plan is made for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchShape {
@@ -80,21 +106,7 @@ impl ResidencyPlan {
     /// The smallest budget `input` can run in: embedding, head, prefetch + 1
     /// of the largest layers, KV cache and activations.
     pub fn minimum_budget(input: &PlanInput) -> u64 {
-        let is_layer = |kind: &UnitKind| matches!(kind, UnitKind::Layer(_));
-        let ends: u64 = input
-            .units
-            .iter()
-            .filter(|u| !is_layer(&u.0))
-            .map(|u| u.1)
-            .sum();
-        let largest_layer = input
-            .units
-            .iter()
-            .filter(|u| is_layer(&u.0))
-            .map(|u| u.1)
-            .max()
-            .unwrap_or(0);
-        ends + (input.prefetch as u64 + 1) * largest_layer + input.kv_bytes + input.activation_bytes
+        input.end_bytes() + input.stream_buffer_bytes() + input.kv_bytes + input.activation_bytes
     }
 
     /// Plans residency: everything resident when it fits; otherwise the
@@ -113,15 +125,9 @@ impl ResidencyPlan {
                 budget: input.budget,
             });
         }
-        let is_layer = |kind: &UnitKind| matches!(kind, UnitKind::Layer(_));
         let minimum = Self::minimum_budget(input);
-        let ends: u64 = input
-            .units
-            .iter()
-            .filter(|u| !is_layer(&u.0))
-            .map(|u| u.1)
-            .sum();
-        let buffers = minimum - ends - fixed;
+        let ends = input.end_bytes();
+        let buffers = input.stream_buffer_bytes();
         if minimum > input.budget {
             return Err(Error::Budget {
                 budget: ByteSize(input.budget),
@@ -142,7 +148,7 @@ impl ResidencyPlan {
             .units
             .iter()
             .map(|&(kind, bytes)| {
-                if !is_layer(&kind) {
+                if !is_layer(kind) {
                     UnitPlacement::Resident
                 } else if bytes <= room {
                     room -= bytes;
