@@ -5,6 +5,9 @@
 //! This crate owns device selection and device-specific operations; it must
 //! not read model files or know model families.
 
+#[cfg(feature = "cpu")]
+pub mod cpu;
+
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -123,9 +126,7 @@ pub fn dispatch<J: BackendJob>(
         DeviceChoice::Cpu => {
             #[cfg(feature = "cpu")]
             {
-                use burn::backend::flex::{Flex, FlexDevice};
-                let backend = BurnBackend::<Flex>::new(FlexDevice, choice.to_string());
-                return job.run::<Flex>(Arc::new(backend));
+                return job.run::<burn::backend::flex::Flex>(Arc::new(cpu::CpuBackend::new()));
             }
             #[allow(unreachable_code)]
             Err(not_built(choice, "cpu"))

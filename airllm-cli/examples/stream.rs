@@ -2,17 +2,17 @@
 //! Run: `cargo run --release --example stream -- MODEL_DIR`
 use std::sync::Arc;
 
-use airllm_backends::BurnBackend;
+use airllm_backends::cpu::CpuBackend;
 use airllm_core::{Engine, EngineOptions, GenerationConfig, TokenControl};
 use airllm_formats::ModelDir;
-use burn::backend::flex::{Flex, FlexDevice};
+use burn::backend::flex::Flex;
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let path = std::env::args().nth(1).ok_or("usage: stream MODEL_DIR")?;
     let model = ModelDir::open(path.as_ref())?;
     let arch = airllm_models::architecture::<Flex>(&model.config)?;
     let store = model.open_store(arch.units())?;
-    let backend = Arc::new(BurnBackend::<Flex>::new(FlexDevice, "cpu".into()));
+    let backend = Arc::new(CpuBackend::new());
     let options = EngineOptions {
         max_memory: Some(64 << 20),
         ..Default::default()

@@ -6,7 +6,7 @@ use std::any::Any;
 use std::collections::HashMap;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 
 use crate::backend::{ComputeBackend, DeviceTensor, StagedTensor};
 use crate::kv::KvSlot;
@@ -65,7 +65,10 @@ impl<B: Backend> DeviceUnit<B> {
     ) -> Result<Self> {
         let mut tensors = HashMap::with_capacity(staged.len());
         for tensor in staged {
-            let key = tensor.name.clone();
+            let key = match &tensor {
+                StagedTensor::Decoded { name, .. } => name.clone(),
+                StagedTensor::Host(host) => host.name.clone(),
+            };
             tensors.insert(key, backend.upload(tensor)?);
         }
         Ok(DeviceUnit {
@@ -81,11 +84,11 @@ impl<B: Backend> DeviceUnit<B> {
         })
     }
 
-    /// The 2-D weight `name`.
-    pub fn matrix(&self, name: &str) -> Result<&Tensor<B, 2>> {
+    /// The 2-D weight `name` (on the device or kept on the host).
+    pub fn matrix(&self, name: &str) -> Result<&DeviceTensor<B>> {
         match self.get(name)? {
-            DeviceTensor::Matrix(m) => Ok(m),
             DeviceTensor::Vector(_) => Err(self.rank_error(name, 2)),
+            matrix => Ok(matrix),
         }
     }
 
@@ -93,13 +96,8 @@ impl<B: Backend> DeviceUnit<B> {
     pub fn vector(&self, name: &str) -> Result<&Tensor<B, 1>> {
         match self.get(name)? {
             DeviceTensor::Vector(v) => Ok(v),
-            DeviceTensor::Matrix(_) => Err(self.rank_error(name, 1)),
+            _ => Err(self.rank_error(name, 1)),
         }
-    }
-
-    /// Replaces a weight (used for load-time transforms such as NormHead).
-    pub fn replace(&mut self, name: &str, tensor: DeviceTensor<B>) {
-        self.tensors.insert(name.to_string(), tensor);
     }
 
     fn rank_error(&self, name: &str, rank: usize) -> Error {
@@ -146,8 +144,13 @@ pub trait Architecture<B: Backend>: Send + Sync {
     /// Work shared by every layer of one pass (rotary tables, ...), done once.
     fn begin_pass(&self, pass: &PassInfo<B>, device: &B::Device) -> Box<dyn Any>;
 
-    /// Token ids `[batch, seq]` to hidden states `[batch, seq, hidden]`.
-    fn embed(&self, unit: &DeviceUnit<B>, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>>;
+    /// Token ids `[batch][seq]` to hidden states `[batch, seq, hidden]`.
+    fn embed(
+        &self,
+        unit: &DeviceUnit<B>,
+        tokens: &[Vec<u32>],
+        backend: &dyn ComputeBackend<B>,
+    ) -> Result<Tensor<B, 3>>;
 
     /// Decoder layer `index` on hidden states `[batch, seq, hidden]`.
     fn layer(

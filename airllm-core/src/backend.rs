@@ -3,7 +3,7 @@
 //! through it so a faster kernel can replace burn's matmul per device.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::{Error, HostTensor, Result};
 
@@ -32,23 +32,83 @@ impl std::str::FromStr for ComputeDType {
     }
 }
 
-/// A tensor decoded on the host, ready to upload (built on the reader thread
-/// so the compute thread only copies it to the device).
+/// A tensor prepared on the reader thread, ready to upload, so the compute
+/// thread only hands it to the device.
 #[derive(Debug)]
-pub struct StagedTensor {
-    /// Tensor name.
-    pub name: String,
+pub enum StagedTensor {
     /// Decoded values with their shape.
-    pub data: TensorData,
+    Decoded {
+        /// Tensor name.
+        name: String,
+        /// The values.
+        data: TensorData,
+    },
+    /// Kept in its stored encoding for a backend that computes on it directly.
+    Host(HostTensor),
 }
 
-/// A weight on the compute device.
+impl StagedTensor {
+    /// Decodes `tensor` to f32 data.
+    pub fn decode(tensor: &HostTensor) -> Result<Self> {
+        Ok(StagedTensor::Decoded {
+            name: tensor.name.clone(),
+            data: TensorData::new(tensor.to_f32()?, tensor.shape.clone()),
+        })
+    }
+}
+
+/// A weight ready for compute.
 #[derive(Clone, Debug)]
 pub enum DeviceTensor<B: Backend> {
-    /// A 1-D weight (norm scales, biases).
+    /// A 1-D weight on the device (norm scales, biases).
     Vector(Tensor<B, 1>),
-    /// A 2-D weight `[out, in]` (projections, embeddings).
+    /// A 2-D weight `[out, in]` on the device (projections, embeddings).
     Matrix(Tensor<B, 2>),
+    /// A 2-D weight `[out, in]` left in host memory in its stored encoding
+    /// (memory-mapped), for a backend whose linear op reads it directly.
+    Host(HostTensor),
+}
+
+/// `x · wᵀ` with burn's matmul, for activations `x: [batch, seq, in]` and a
+/// device weight `w: [out, in]`.
+pub fn matmul_linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
+    let [batch, seq, inner] = x.dims();
+    let out = w.dims()[0];
+    x.reshape([batch * seq, inner])
+        .matmul(w.clone().transpose())
+        .reshape([batch, seq, out])
+}
+
+/// Rows `ids` of a device matrix, `[ids, columns]`.
+pub fn select_rows<B: Backend>(table: &Tensor<B, 2>, ids: &[u32]) -> Tensor<B, 2> {
+    let device = table.device();
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let count = ids.len();
+    table.clone().select(
+        0,
+        Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [count]), &device),
+    )
+}
+
+/// Rows `ids` of a host matrix, decoded to f32: `[ids, columns]`.
+pub fn decode_rows(table: &HostTensor, ids: &[u32]) -> Result<(Vec<f32>, usize)> {
+    let [rows, columns] = table.shape[..] else {
+        return Err(Error::Backend(format!(
+            "tensor `{}` is not a matrix",
+            table.name
+        )));
+    };
+    let mut out = vec![0.0; ids.len() * columns];
+    for (row, &id) in out.chunks_mut(columns).zip(ids) {
+        if id as usize >= rows {
+            return Err(Error::Request(format!(
+                "token id {id} is outside `{}` ({rows} rows)",
+                table.name
+            )));
+        }
+        table.decode_range(id as usize * columns, row)?;
+    }
+    Ok((out, columns))
 }
 
 /// Where to compute: a burn device and the operations whose implementation
@@ -63,33 +123,54 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
     /// Memory the device can give to the model when no budget is set.
     fn default_budget(&self) -> u64;
 
-    /// Decodes a host tensor into uploadable data; runs on the reader thread.
+    /// Prepares a host tensor for upload; runs on the reader thread. By
+    /// default every tensor is decoded to f32 here.
     fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {
-        Ok(StagedTensor {
-            name: tensor.name.clone(),
-            data: TensorData::new(tensor.to_f32()?, tensor.shape.clone()),
-        })
+        StagedTensor::decode(tensor)
     }
 
-    /// Copies staged data to the device; runs on the compute thread.
+    /// Hands staged data to the device; runs on the compute thread.
     fn upload(&self, staged: StagedTensor) -> Result<DeviceTensor<B>> {
         let device = self.device();
-        match staged.data.shape.len() {
-            1 => Ok(DeviceTensor::Vector(Tensor::from_data(staged.data, device))),
-            2 => Ok(DeviceTensor::Matrix(Tensor::from_data(staged.data, device))),
-            rank => Err(Error::Backend(format!(
-                "tensor `{}` has rank {rank}; only 1-D and 2-D weights are supported",
-                staged.name
-            ))),
+        match staged {
+            StagedTensor::Host(tensor) => Ok(DeviceTensor::Host(tensor)),
+            StagedTensor::Decoded { name, data } => match data.shape.len() {
+                1 => Ok(DeviceTensor::Vector(Tensor::from_data(data, device))),
+                2 => Ok(DeviceTensor::Matrix(Tensor::from_data(data, device))),
+                rank => Err(Error::Backend(format!(
+                    "tensor `{name}` has rank {rank}; only 1-D and 2-D weights are supported"
+                ))),
+            },
         }
     }
 
     /// `x · wᵀ` for activations `x: [batch, seq, in]` and a weight `w: [out, in]`.
-    fn linear(&self, x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
-        let [batch, seq, inner] = x.dims();
-        let out = w.dims()[0];
-        x.reshape([batch * seq, inner])
-            .matmul(w.clone().transpose())
-            .reshape([batch, seq, out])
+    /// The default multiplies device matrices with burn's matmul and widens
+    /// host matrices first.
+    fn linear(&self, x: Tensor<B, 3>, w: &DeviceTensor<B>) -> Result<Tensor<B, 3>> {
+        match w {
+            DeviceTensor::Matrix(m) => Ok(matmul_linear(x, m)),
+            DeviceTensor::Host(h) => {
+                let m =
+                    Tensor::from_data(TensorData::new(h.to_f32()?, h.shape.clone()), self.device());
+                Ok(matmul_linear(x, &m))
+            }
+            DeviceTensor::Vector(_) => Err(Error::Backend("a linear op needs a matrix".into())),
+        }
+    }
+
+    /// Rows `ids` of an embedding table `[vocab, hidden]`: `[ids, hidden]`.
+    fn embedding(&self, table: &DeviceTensor<B>, ids: &[u32]) -> Result<Tensor<B, 2>> {
+        match table {
+            DeviceTensor::Matrix(m) => Ok(select_rows(m, ids)),
+            DeviceTensor::Host(h) => {
+                let (rows, columns) = decode_rows(h, ids)?;
+                Ok(Tensor::from_data(
+                    TensorData::new(rows, [ids.len(), columns]),
+                    self.device(),
+                ))
+            }
+            DeviceTensor::Vector(_) => Err(Error::Backend("an embedding needs a matrix".into())),
+        }
     }
 }

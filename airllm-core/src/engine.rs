@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::arch::LayerContext;
 use crate::backend::StagedTensor;
@@ -301,7 +301,7 @@ impl<B: Backend> Engine<B> {
             let arch = &*self.arch;
             match kind {
                 UnitKind::Embedding => {
-                    hidden = Some(arch.embed(unit, token_tensor(tokens, &device))?);
+                    hidden = Some(arch.embed(unit, tokens, &*self.backend)?);
                 }
                 UnitKind::Layer(layer) => {
                     let input = hidden.take().ok_or_else(missing_embedding)?;
@@ -360,11 +360,4 @@ fn load_unit<B: Backend>(
         bytes,
         read: started.elapsed(),
     })
-}
-
-fn token_tensor<B: Backend>(tokens: &[Vec<u32>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let batch = tokens.len();
-    let seq = tokens.first().map_or(0, Vec::len);
-    let flat: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
-    Tensor::from_data(TensorData::new(flat, [batch, seq]), device)
 }

@@ -76,25 +76,56 @@ impl HostTensor {
     /// Decodes the values to f32 (the host-side widening that feeds the
     /// compute device). Block kinds are decoded by the crates that own them.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        let bytes = self.bytes.as_slice();
-        match self.kind {
-            StorageKind::Dense(DType::F32) => Ok(bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()),
-            StorageKind::Dense(DType::BF16) => Ok(bytes
-                .chunks_exact(2)
-                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                .collect()),
-            StorageKind::Dense(DType::F16) => Ok(bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect()),
-            StorageKind::Block(_) => Err(Error::UnsupportedStorage {
+        let mut out = vec![0.0; self.elements()];
+        self.decode_range(0, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes `out.len()` values starting at element `start` (a row of a
+    /// matrix, say) into `out`.
+    pub fn decode_range(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let StorageKind::Dense(dtype) = self.kind else {
+            return Err(Error::UnsupportedStorage {
                 tensor: self.name.clone(),
                 kind: self.kind.to_string(),
                 detail: "cannot be decoded by this build yet".into(),
-            }),
+            });
+        };
+        let size = dtype.size();
+        let bytes = &self.bytes.as_slice()[start * size..(start + out.len()) * size];
+        decode_dense(dtype, bytes, out);
+        Ok(())
+    }
+}
+
+/// Widens little-endian `dtype` values in `bytes` into `out` (equal counts).
+/// Aligned input takes a path the compiler vectorizes.
+pub fn decode_dense(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(values) => out.copy_from_slice(values),
+            Err(_) => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        },
+        DType::BF16 => match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+            Ok(bits) => {
+                for (o, b) in out.iter_mut().zip(bits) {
+                    *o = f32::from_bits((*b as u32) << 16);
+                }
+            }
+            Err(_) => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                }
+            }
+        },
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
         }
     }
 }

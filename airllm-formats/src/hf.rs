@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo, UnitSpec};
 
 use crate::error::read_json;
-use crate::safetensors_file::{map_file, view, SafetensorsFile};
+use crate::safetensors_file::{MappedSpan, SafetensorsFile};
 use crate::{FormatError, Result};
 
 /// Single-file weights.
@@ -128,27 +128,31 @@ impl LayerStore for HfStore {
     }
 
     fn read_unit(&self, index: usize, only: Option<&[&str]>) -> airllm_core::Result<HostUnit> {
+        let wanted: Vec<&(usize, String)> = self.placements[index]
+            .iter()
+            .filter(|(_, name)| only.is_none_or(|names| names.contains(&name.as_str())))
+            .collect();
+        // One map per file, spanning just this unit's tensors in it.
+        let mut spans: HashMap<usize, std::ops::Range<usize>> = HashMap::new();
+        for (file_index, name) in &wanted {
+            let range = &self.files[*file_index].tensors[name].range;
+            spans
+                .entry(*file_index)
+                .and_modify(|s| *s = s.start.min(range.start)..s.end.max(range.end))
+                .or_insert(range.clone());
+        }
         let mut maps = HashMap::new();
-        let mut tensors = Vec::new();
-        for (file_index, name) in &self.placements[index] {
-            if only.is_some_and(|names| !names.contains(&name.as_str())) {
-                continue;
-            }
-            let file = &self.files[*file_index];
-            let map = match maps.get(file_index) {
-                Some(map) => map,
-                None => maps.entry(*file_index).or_insert(map_file(&file.path)?),
-            };
-            let entry = &file.tensors[name];
+        for (file_index, span) in spans {
+            maps.insert(
+                file_index,
+                MappedSpan::new(&self.files[file_index].path, span)?,
+            );
+        }
+        let mut tensors = Vec::with_capacity(wanted.len());
+        for (file_index, name) in wanted {
+            let entry = &self.files[*file_index].tensors[name];
             let kind = entry.kind.expect("checked readable at open");
-            tensors.push(view(
-                map,
-                &file.path,
-                name,
-                kind,
-                &entry.shape,
-                entry.range.clone(),
-            )?);
+            tensors.push(maps[file_index].view(name, kind, &entry.shape, entry.range.clone())?);
         }
         Ok(HostUnit { tensors })
     }

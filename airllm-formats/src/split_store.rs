@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo};
 
 use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
-use crate::safetensors_file::{map_file, view};
+use crate::safetensors_file::MappedSpan;
 use crate::{checksum, FormatError, Result};
 
 /// A split directory as a [`LayerStore`].
@@ -103,27 +103,16 @@ impl LayerStore for SplitStore {
 
     fn read_unit(&self, index: usize, only: Option<&[&str]>) -> airllm_core::Result<HostUnit> {
         let path = self.unit_path(index);
-        let map = map_file(&path)?;
+        self.check_size(index)?;
         let unit = &self.manifest.units[index];
-        if map.len() as u64 != unit.stored_bytes {
-            return Err(self
-                .bad_unit(
-                    index,
-                    format!(
-                        "has {} bytes, the manifest records {}",
-                        map.len(),
-                        unit.stored_bytes
-                    ),
-                )
-                .into());
-        }
+        let map = MappedSpan::new(&path, 0..unit.stored_bytes as usize)?;
         let tensors = unit
             .tensors
             .iter()
             .filter(|t| only.is_none_or(|names| names.contains(&t.name.as_str())))
             .map(|t| {
                 let range = t.range[0] as usize..t.range[1] as usize;
-                view(&map, &path, &t.name, t.kind, &t.shape, range)
+                map.view(&t.name, t.kind, &t.shape, range)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(HostUnit { tensors })

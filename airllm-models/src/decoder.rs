@@ -12,7 +12,7 @@ use airllm_core::{
     UnitSpec,
 };
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 
 use crate::blocks::attention::Attention;
 use crate::blocks::linear::LinearNames;
@@ -145,10 +145,15 @@ impl<B: Backend> Architecture<B> for Decoder {
         Box::new(self.config.rope.tables::<B>(&pass.positions, device))
     }
 
-    fn embed(&self, unit: &DeviceUnit<B>, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>> {
-        let [batch, seq] = tokens.dims();
-        let table = unit.matrix(&self.config.embed)?;
-        let rows = table.clone().select(0, tokens.reshape([batch * seq]));
+    fn embed(
+        &self,
+        unit: &DeviceUnit<B>,
+        tokens: &[Vec<u32>],
+        backend: &dyn ComputeBackend<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let (batch, seq) = (tokens.len(), tokens.first().map_or(0, Vec::len));
+        let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let rows = backend.embedding(unit.matrix(&self.config.embed)?, &ids)?;
         Ok(rows.reshape([batch, seq, self.config.dims.hidden]))
     }
 
@@ -183,6 +188,6 @@ impl<B: Backend> Architecture<B> for Decoder {
             unit.vector(&self.config.final_norm)?,
             self.config.eps,
         );
-        Ok(backend.linear(normed, unit.matrix(&self.config.lm_head)?))
+        backend.linear(normed, unit.matrix(&self.config.lm_head)?)
     }
 }

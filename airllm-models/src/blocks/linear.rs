@@ -29,7 +29,7 @@ impl LinearNames {
         backend: &dyn ComputeBackend<B>,
         x: Tensor<B, 3>,
     ) -> Result<Tensor<B, 3>> {
-        let y = backend.linear(x, unit.matrix(&self.weight)?);
+        let y = backend.linear(x, unit.matrix(&self.weight)?)?;
         Ok(match &self.bias {
             Some(bias) => y + unit.vector(bias)?.clone().unsqueeze::<3>(),
             None => y,

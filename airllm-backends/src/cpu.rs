@@ -1,0 +1,213 @@
+//! The CPU backend: burn's flex for everything but the linear op, which reads
+//! matrices straight from their memory-mapped encoding (f32, bf16 or f16),
+//! widening inside the kernel. Nothing is copied or widened on upload, and a
+//! bf16 model moves half the bytes through memory per token that an f32 copy
+//! would.
+
+use airllm_core::backend::{decode_rows, DeviceTensor, StagedTensor};
+use airllm_core::{ComputeBackend, Error, HostTensor, Result, StorageKind};
+use burn::backend::flex::{Flex, FlexDevice};
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Output columns one task computes at least (keeps task overhead small).
+const MIN_COLUMNS_PER_TASK: usize = 64;
+
+/// burn's flex device with the skinny-product kernel below.
+pub struct CpuBackend {
+    device: FlexDevice,
+}
+
+impl CpuBackend {
+    /// The CPU device.
+    pub fn new() -> Self {
+        CpuBackend { device: FlexDevice }
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ComputeBackend<Flex> for CpuBackend {
+    fn device(&self) -> &FlexDevice {
+        &self.device
+    }
+
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn default_budget(&self) -> u64 {
+        airllm_core::memory::default_host_budget()
+    }
+
+    fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {
+        match (tensor.shape.len(), tensor.kind) {
+            (2, StorageKind::Dense(_)) => Ok(StagedTensor::Host(tensor.clone())),
+            _ => StagedTensor::decode(tensor),
+        }
+    }
+
+    fn linear(&self, x: Tensor<Flex, 3>, w: &DeviceTensor<Flex>) -> Result<Tensor<Flex, 3>> {
+        let DeviceTensor::Host(w) = w else {
+            return Err(Error::Backend(
+                "the cpu backend keeps matrices on the host".into(),
+            ));
+        };
+        let [batch, seq, inner] = x.dims();
+        let (outputs, columns) = matrix_shape(w)?;
+        if columns != inner {
+            return Err(Error::Backend(format!(
+                "`{}` has {columns} columns, the input has {inner}",
+                w.name
+            )));
+        }
+        let rows = batch * seq;
+        let input: Vec<f32> = x
+            .into_data()
+            .into_vec()
+            .map_err(|e| Error::Backend(format!("reading activations: {e:?}")))?;
+        let product = skinny_product(&input, rows, w, outputs, columns)?;
+        Ok(Tensor::from_data(
+            TensorData::new(product, [batch, seq, outputs]),
+            &self.device,
+        ))
+    }
+
+    fn embedding(&self, table: &DeviceTensor<Flex>, ids: &[u32]) -> Result<Tensor<Flex, 2>> {
+        let DeviceTensor::Host(table) = table else {
+            return Err(Error::Backend(
+                "the cpu backend keeps matrices on the host".into(),
+            ));
+        };
+        let (rows, columns) = decode_rows(table, ids)?;
+        Ok(Tensor::from_data(
+            TensorData::new(rows, [ids.len(), columns]),
+            &self.device,
+        ))
+    }
+}
+
+fn matrix_shape(w: &HostTensor) -> Result<(usize, usize)> {
+    match w.shape[..] {
+        [outputs, columns] => Ok((outputs, columns)),
+        _ => Err(Error::Backend(format!(
+            "tensor `{}` is not a matrix",
+            w.name
+        ))),
+    }
+}
+
+/// `x · wᵀ` for `x: [rows, columns]` (f32) and `w: [outputs, columns]` in its
+/// stored encoding; returns `[rows, outputs]`. Each weight row is widened
+/// once into a small buffer and dotted with every input row, so the weight
+/// bytes stream through memory once per call whatever the batch.
+fn skinny_product(
+    x: &[f32],
+    rows: usize,
+    w: &HostTensor,
+    outputs: usize,
+    columns: usize,
+) -> Result<Vec<f32>> {
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = outputs.div_ceil(threads * 4).max(MIN_COLUMNS_PER_TASK);
+    // Transposed result: each task owns a contiguous run of outputs.
+    let mut transposed = vec![0.0f32; outputs * rows];
+    transposed
+        .par_chunks_mut(per_task * rows)
+        .enumerate()
+        .try_for_each(|(task, out)| -> Result<()> {
+            let mut row = vec![0.0f32; columns];
+            let first = task * per_task;
+            for (offset, out) in out.chunks_mut(rows).enumerate() {
+                w.decode_range((first + offset) * columns, &mut row)?;
+                for (r, value) in out.iter_mut().enumerate() {
+                    *value = dot(&x[r * columns..(r + 1) * columns], &row);
+                }
+            }
+            Ok(())
+        })?;
+    let mut product = vec![0.0f32; rows * outputs];
+    for (o, column) in transposed.chunks(rows).enumerate() {
+        for (r, value) in column.iter().enumerate() {
+            product[r * outputs + o] = *value;
+        }
+    }
+    Ok(product)
+}
+
+/// Dot product with eight independent accumulators (vectorizes).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, a_rest) = a.split_at(a.len() - a.len() % 8);
+    let (b8, b_rest) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airllm_core::{DType, HostBytes};
+
+    fn host(values: &[f32], shape: [usize; 2], dtype: DType) -> HostTensor {
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            DType::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
+        HostTensor {
+            name: "w".into(),
+            kind: StorageKind::Dense(dtype),
+            shape: shape.to_vec(),
+            bytes: HostBytes::from_vec(bytes),
+        }
+    }
+
+    #[test]
+    fn matches_a_plain_product_for_every_dtype() {
+        let (rows, outputs, columns) = (3, 130, 19);
+        let x: Vec<f32> = (0..rows * columns)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0)
+            .collect();
+        let w: Vec<f32> = (0..outputs * columns)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 16.0)
+            .collect();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let got = skinny_product(
+                &x,
+                rows,
+                &host(&w, [outputs, columns], dtype),
+                outputs,
+                columns,
+            )
+            .unwrap();
+            for r in 0..rows {
+                for o in 0..outputs {
+                    let want: f32 = (0..columns)
+                        .map(|c| x[r * columns + c] * w[o * columns + c])
+                        .sum();
+                    assert!(
+                        (got[r * outputs + o] - want).abs() < 1e-4,
+                        "{dtype:?} [{r},{o}]"
+                    );
+                }
+            }
+        }
+    }
+}
