@@ -124,9 +124,7 @@ fn skinny_product(
             let first = task * per_task;
             for (offset, out) in out.chunks_mut(rows).enumerate() {
                 w.decode_range((first + offset) * columns, &mut row)?;
-                for (r, value) in out.iter_mut().enumerate() {
-                    *value = dot(&x[r * columns..(r + 1) * columns], &row);
-                }
+                dot_rows(x, &row, out);
             }
             Ok(())
         })?;
@@ -139,15 +137,47 @@ fn skinny_product(
     Ok(product)
 }
 
-/// Dot product with eight independent accumulators (vectorizes).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, a_rest) = a.split_at(a.len() - a.len() % 8);
-    let (b8, b_rest) = b.split_at(a8.len());
-    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
+/// `out[r] = x[r] · row` for every row `r` of `x` (`out.len()` rows of
+/// `row.len()` values), with AVX2 and FMA where the CPU has them.
+fn dot_rows(x: &[f32], row: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { dot_rows_avx2_fma(x, row, out) };
+    }
+    dot_rows_with::<false>(x, row, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2_fma(x: &[f32], row: &[f32], out: &mut [f32]) {
+    dot_rows_with::<true>(x, row, out);
+}
+
+#[inline(always)]
+fn dot_rows_with<const FMA: bool>(x: &[f32], row: &[f32], out: &mut [f32]) {
+    let columns = row.len();
+    for (r, value) in out.iter_mut().enumerate() {
+        *value = dot::<FMA>(&x[r * columns..(r + 1) * columns], row);
+    }
+}
+
+/// Dot product with sixteen independent accumulators (vectorizes); `FMA`
+/// fuses multiply and add, which is only fast where the CPU has FMA.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let split = a.len() - a.len() % LANES;
+    let (a_body, a_rest) = a.split_at(split);
+    let (b_body, b_rest) = b.split_at(split);
+    for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            lanes[i] = if FMA {
+                x[i].mul_add(y[i], lanes[i])
+            } else {
+                lanes[i] + x[i] * y[i]
+            };
         }
     }
     let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
