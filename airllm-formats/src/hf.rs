@@ -21,6 +21,10 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
+/// Largest gap between two tensors of a unit that is mapped rather than
+/// split into two maps.
+const MAX_MAPPED_GAP: usize = 1 << 20;
+
 /// Where a unit's tensor lives: file index and tensor name.
 type Placement = Vec<(usize, String)>;
 
@@ -132,27 +136,41 @@ impl LayerStore for HfStore {
             .iter()
             .filter(|(_, name)| only.is_none_or(|names| names.contains(&name.as_str())))
             .collect();
-        // One map per file, spanning just this unit's tensors in it.
-        let mut spans: HashMap<usize, std::ops::Range<usize>> = HashMap::new();
-        for (file_index, name) in &wanted {
-            let range = &self.files[*file_index].tensors[name].range;
-            spans
-                .entry(*file_index)
-                .and_modify(|s| *s = s.start.min(range.start)..s.end.max(range.end))
-                .or_insert(range.clone());
+        // Map runs of neighbouring tensors, never the bytes between distant
+        // ones (a tied head's embedding sits far from the final norm).
+        let mut ordered: Vec<(usize, std::ops::Range<usize>)> = wanted
+            .iter()
+            .map(|(file, name)| (*file, self.files[*file].tensors[name].range.clone()))
+            .collect();
+        ordered.sort_by_key(|(file, range)| (*file, range.start));
+        let mut spans: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (file, range) in ordered {
+            match spans.last_mut() {
+                Some((f, span)) if *f == file && range.start <= span.end + MAX_MAPPED_GAP => {
+                    span.end = span.end.max(range.end);
+                }
+                _ => spans.push((file, range)),
+            }
         }
-        let mut maps = HashMap::new();
-        for (file_index, span) in spans {
-            maps.insert(
-                file_index,
-                MappedSpan::new(&self.files[file_index].path, span)?,
-            );
-        }
+        let maps = spans
+            .into_iter()
+            .map(|(file, span)| {
+                Ok((
+                    file,
+                    span.clone(),
+                    MappedSpan::new(&self.files[file].path, span)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut tensors = Vec::with_capacity(wanted.len());
         for (file_index, name) in wanted {
             let entry = &self.files[*file_index].tensors[name];
             let kind = entry.kind.expect("checked readable at open");
-            tensors.push(maps[file_index].view(name, kind, &entry.shape, entry.range.clone())?);
+            let (_, _, map) = maps
+                .iter()
+                .find(|(file, span, _)| file == file_index && span.contains(&entry.range.start))
+                .expect("every wanted tensor lies in a mapped span");
+            tensors.push(map.view(name, kind, &entry.shape, entry.range.clone())?);
         }
         Ok(HostUnit { tensors })
     }
