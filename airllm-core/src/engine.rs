@@ -256,6 +256,7 @@ impl<B: Backend> Engine<B> {
             self.run_units(tokens, pass, kv, logits, unit_rx, permit_tx, &in_flight)
         });
         self.stats.passes += 1;
+        self.stats.sample_rss();
         self.stats.peak_streamed_units = self
             .stats
             .peak_streamed_units
