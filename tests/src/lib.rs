@@ -14,7 +14,12 @@ use airllm_formats::{HfStore, ModelDir};
 use burn::tensor::backend::Backend;
 
 /// The fixture models the generator writes.
-pub const FIXTURES: [&str; 3] = ["llama-gqa", "llama-tied-bf16", "llama3-rope-sharded"];
+pub const FIXTURES: [&str; 4] = [
+    "llama-gqa",
+    "llama-tied-bf16",
+    "llama3-rope-sharded",
+    "llama-linear-rope",
+];
 
 /// Absolute tolerance on logits (f32).
 pub const LOGIT_TOLERANCE: f32 = 1e-3;
