@@ -88,7 +88,6 @@ impl BackendJob for RunJob {
             }
         };
         let answers = engine.generate(&ids, &config, &mut on_token)?;
-        drop(on_token);
         if echo {
             writeln!(stdout).map_err(|e| Error::io("stdout", e))?;
         }

@@ -112,10 +112,8 @@ impl<B: Backend> DeviceUnit<B> {
 pub struct PassInfo<B: Backend> {
     /// Position of each new token, per sequence: `[batch][seq]`.
     pub positions: Vec<Vec<usize>>,
-    /// Additive attention mask `[batch, 1, seq, past + seq]` (0 or a large negative).
+    /// Additive attention mask `[batch, 1, seq, cached + seq]` (0 or a large negative).
     pub mask: Tensor<B, 4>,
-    /// Tokens already in the KV cache.
-    pub past: usize,
 }
 
 /// Per-layer context handed to [`Architecture::layer`].

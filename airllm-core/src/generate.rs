@@ -312,6 +312,5 @@ fn pass_info<B: Backend>(
     PassInfo {
         positions,
         mask: Tensor::from_data(TensorData::new(mask, [rows.len(), 1, seq, total]), device),
-        past: start,
     }
 }

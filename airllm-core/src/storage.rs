@@ -97,19 +97,6 @@ pub enum StorageKind {
     Block(BlockKind),
 }
 
-impl StorageKind {
-    /// Bytes needed to store `elements` values, or `None` when a block kind
-    /// does not divide them evenly.
-    pub fn byte_len(self, elements: usize) -> Option<usize> {
-        match self {
-            StorageKind::Dense(d) => elements.checked_mul(d.size()),
-            StorageKind::Block(b) => {
-                (elements % b.block_len() == 0).then(|| elements / b.block_len() * b.block_bytes())
-            }
-        }
-    }
-}
-
 impl fmt::Display for StorageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
