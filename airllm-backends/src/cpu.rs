@@ -4,7 +4,7 @@
 //! bf16 model moves half the bytes through memory per token that an f32 copy
 //! would.
 
-use airllm_core::backend::{decode_rows, DeviceTensor, StagedTensor};
+use airllm_core::backend::{DeviceTensor, StagedTensor};
 use airllm_core::{ComputeBackend, Error, HostTensor, Result, StorageKind};
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::{Tensor, TensorData};
@@ -73,19 +73,6 @@ impl ComputeBackend<Flex> for CpuBackend {
         let product = skinny_product(&input, rows, w, outputs, columns)?;
         Ok(Tensor::from_data(
             TensorData::new(product, [batch, seq, outputs]),
-            &self.device,
-        ))
-    }
-
-    fn embedding(&self, table: &DeviceTensor<Flex>, ids: &[u32]) -> Result<Tensor<Flex, 2>> {
-        let DeviceTensor::Host(table) = table else {
-            return Err(Error::Backend(
-                "the cpu backend keeps matrices on the host".into(),
-            ));
-        };
-        let (rows, columns) = decode_rows(table, ids)?;
-        Ok(Tensor::from_data(
-            TensorData::new(rows, [ids.len(), columns]),
             &self.device,
         ))
     }

@@ -71,7 +71,7 @@ pub enum DeviceTensor<B: Backend> {
 
 /// `x · wᵀ` with burn's matmul, for activations `x: [batch, seq, in]` and a
 /// device weight `w: [out, in]`.
-pub fn matmul_linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
+fn matmul_linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
     let [batch, seq, inner] = x.dims();
     let out = w.dims()[0];
     x.reshape([batch * seq, inner])
@@ -80,7 +80,7 @@ pub fn matmul_linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B,
 }
 
 /// Rows `ids` of a device matrix, `[ids, columns]`.
-pub fn select_rows<B: Backend>(table: &Tensor<B, 2>, ids: &[u32]) -> Tensor<B, 2> {
+fn select_rows<B: Backend>(table: &Tensor<B, 2>, ids: &[u32]) -> Tensor<B, 2> {
     let device = table.device();
     let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let count = ids.len();
@@ -91,7 +91,7 @@ pub fn select_rows<B: Backend>(table: &Tensor<B, 2>, ids: &[u32]) -> Tensor<B, 2
 }
 
 /// Rows `ids` of a host matrix, decoded to f32: `[ids, columns]`.
-pub fn decode_rows(table: &HostTensor, ids: &[u32]) -> Result<(Vec<f32>, usize)> {
+fn decode_rows(table: &HostTensor, ids: &[u32]) -> Result<(Vec<f32>, usize)> {
     let [rows, columns] = table.shape[..] else {
         return Err(Error::Backend(format!(
             "tensor `{}` is not a matrix",

@@ -100,7 +100,7 @@ impl HostTensor {
 
 /// Widens little-endian `dtype` values in `bytes` into `out` (equal counts).
 /// Aligned input takes a path the compiler vectorizes.
-pub fn decode_dense(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+fn decode_dense(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     match dtype {
         DType::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
             Ok(values) => out.copy_from_slice(values),

@@ -154,6 +154,18 @@ impl MappedSpan {
         shape: &[usize],
         range: Range<usize>,
     ) -> Result<HostTensor> {
+        if let StorageKind::Dense(dtype) = kind {
+            let expected = shape.iter().product::<usize>() * dtype.size();
+            if range.len() != expected {
+                return Err(FormatError::BadSafetensors {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "tensor `{name}` of shape {shape:?} needs {expected} bytes, its range {range:?} holds {}",
+                        range.len()
+                    ),
+                });
+            }
+        }
         let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = self.map.clone();
         let local = range.start.wrapping_sub(self.start)..range.end.wrapping_sub(self.start);
         let bytes = HostBytes::new(owner, local).ok_or_else(|| FormatError::BadSafetensors {

@@ -216,3 +216,21 @@ fn too_little_disk_writes_nothing() {
     assert!(!out.join("manifest.json").exists());
     assert_eq!(std::fs::read_dir(out.join("units")).unwrap().count(), 0);
 }
+
+#[test]
+fn manifest_range_that_disagrees_with_the_shape_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = split_fixture("llama-gqa", &tmp.path().join("split"));
+    let path = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let range = &mut manifest["units"][1]["tensors"][0]["range"][1];
+    *range = (range.as_u64().unwrap() - 4).into();
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let store = SplitStore::open(&out).unwrap();
+    let err = store.read_unit(1, None).unwrap_err().to_string();
+    assert!(
+        err.contains("001-layer.000.safetensors") && err.contains("needs"),
+        "{err}"
+    );
+}

@@ -63,9 +63,10 @@ impl BackendJob for CheckModel {
             }
         }
         for record in &reference.prompts {
-            let answer = engine.generate(&[record.ids.clone()], &greedy(), &mut |_, _| {
-                TokenControl::Continue
-            })?;
+            let answer =
+                engine.generate(std::slice::from_ref(&record.ids), &greedy(), &mut |_, _| {
+                    TokenControl::Continue
+                })?;
             assert_eq!(answer[0].tokens, record.greedy, "{label}: greedy tokens");
         }
         let prompts: Vec<Vec<u32>> = reference.prompts.iter().map(|r| r.ids.clone()).collect();
