@@ -5,7 +5,7 @@
 //! would.
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
-use airllm_core::{ComputeBackend, Error, HostTensor, Result, StorageKind};
+use airllm_core::{ComputeBackend, Error, HostTensor, Result};
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
@@ -46,7 +46,7 @@ impl ComputeBackend<Flex> for CpuBackend {
 
     fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {
         match (tensor.shape.len(), tensor.kind) {
-            (2, StorageKind::Dense(_)) => Ok(StagedTensor::Host(tensor.clone())),
+            (2, _) => Ok(StagedTensor::Host(tensor.clone())),
             _ => StagedTensor::decode(tensor),
         }
     }

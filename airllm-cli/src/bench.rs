@@ -71,7 +71,7 @@ fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
     let layout = airllm_models::layout(&config)?;
     let store = SyntheticStore::new(&layout.units, 0x5eed);
     eprintln!("writing synthetic {name} to {}", out.display());
-    split::write_split(&store, &out, &config, None)?;
+    split::write_split(&store, &out, &config, Vec::new())?;
     std::fs::write(
         out.join("config.json"),
         serde_json::to_vec_pretty(&config).expect("json"),

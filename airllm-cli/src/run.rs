@@ -56,7 +56,7 @@ impl BackendJob for RunJob {
         let args = self.args;
         let prompts = prompts::collect(&args)?;
         let dir = model::open_dir(&args.model)?;
-        let tokenizer = text::load_tokenizer(&dir.path)?;
+        let tokenizer = dir.tokenizer()?;
         let ids = tokenize(tokenizer.as_ref(), &prompts, &dir)?;
         let config = generation::config(&dir, &args.sampling, args.engine.prefill_chunk)?;
         let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;

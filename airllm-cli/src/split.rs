@@ -2,7 +2,7 @@
 
 use airllm_core::Result;
 use airllm_formats::split::{file_system_free_space, split_model, SplitOptions, SplitProgress};
-use airllm_formats::{HfStore, ModelKind};
+use airllm_formats::ModelKind;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::SplitArgs;
@@ -11,16 +11,16 @@ use crate::model;
 /// Runs the command.
 pub fn run(args: SplitArgs) -> Result<()> {
     let dir = model::open_dir(&args.model)?;
-    if dir.kind != ModelKind::HuggingFace {
+    if dir.kind == ModelKind::Split {
         return Err(airllm_core::Error::Request(format!(
             "{} is already a split directory",
             args.model.display()
         )));
     }
     let specs = airllm_models::layout(&dir.config)?.units;
-    let store = HfStore::open(&dir.path, &specs)?;
-    airllm_core::check_units(airllm_core::LayerStore::units(&store), &specs)?;
-    let manifest = write_split(&store, &args.out, &dir.config, Some(dir.path.clone()))?;
+    let store = dir.open_store(&specs)?;
+    airllm_core::check_units(store.units(), &specs)?;
+    let manifest = write_split(store.as_ref(), &args.out, &dir.config, dir.side_files()?)?;
     eprintln!(
         "wrote {} units to {}",
         manifest.units.len(),
@@ -34,7 +34,7 @@ pub fn write_split(
     store: &dyn airllm_core::LayerStore,
     out: &std::path::Path,
     config: &serde_json::Value,
-    side_files_from: Option<std::path::PathBuf>,
+    side_files: Vec<(String, Vec<u8>)>,
 ) -> Result<airllm_formats::Manifest> {
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -72,7 +72,7 @@ pub fn write_split(
         SplitOptions {
             architecture,
             config: config.clone(),
-            side_files_from,
+            side_files,
             free_space: &file_system_free_space,
             progress: &mut progress,
         },

@@ -1,20 +1,7 @@
 //! Tokenizer access, incremental decoding for streaming, and stop strings.
 
-use std::path::Path;
-
 use airllm_core::{Error, Result};
 use tokenizers::Tokenizer;
-
-/// Loads `tokenizer.json` from a model directory, if it has one.
-pub fn load_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
-    let path = dir.join("tokenizer.json");
-    if !path.is_file() {
-        return Ok(None);
-    }
-    Tokenizer::from_file(&path)
-        .map(Some)
-        .map_err(|e| Error::Request(format!("{}: cannot load tokenizer: {e}", path.display())))
-}
 
 /// Decodes ids to text.
 pub fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {

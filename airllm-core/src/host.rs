@@ -82,18 +82,34 @@ impl HostTensor {
     }
 
     /// Decodes `out.len()` values starting at element `start` (a row of a
-    /// matrix, say) into `out`.
+    /// matrix, say) into `out`. For block kinds both must be multiples of
+    /// the block length (rows of GGUF matrices always are).
     pub fn decode_range(&self, start: usize, out: &mut [f32]) -> Result<()> {
-        let StorageKind::Dense(dtype) = self.kind else {
+        let granule = self.kind.granule();
+        let end = start + out.len();
+        let byte_range = match (start % granule, end % granule) {
+            (0, 0) => self
+                .kind
+                .encoded_bytes(start)
+                .zip(self.kind.encoded_bytes(end)),
+            _ => None,
+        }
+        .filter(|(_, to)| *to <= self.bytes.len());
+        let Some((from, to)) = byte_range else {
             return Err(Error::UnsupportedStorage {
                 tensor: self.name.clone(),
                 kind: self.kind.to_string(),
-                detail: "cannot be decoded by this build yet".into(),
+                detail: format!(
+                    "values {start}..{end} are not whole blocks inside its {} bytes",
+                    self.bytes.len()
+                ),
             });
         };
-        let size = dtype.size();
-        let bytes = &self.bytes.as_slice()[start * size..(start + out.len()) * size];
-        decode_dense(dtype, bytes, out);
+        let bytes = &self.bytes.as_slice()[from..to];
+        match self.kind {
+            StorageKind::Dense(dtype) => decode_dense(dtype, bytes, out),
+            StorageKind::Block(kind) => crate::dequant::dequantize(kind, bytes, out),
+        }
         Ok(())
     }
 }

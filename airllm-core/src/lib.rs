@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod backend;
+pub mod dequant;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -97,6 +97,27 @@ pub enum StorageKind {
     Block(BlockKind),
 }
 
+impl StorageKind {
+    /// Bytes that `elements` values take in this encoding; `None` when a
+    /// block kind's block length does not divide `elements`.
+    pub fn encoded_bytes(self, elements: usize) -> Option<usize> {
+        match self {
+            StorageKind::Dense(dtype) => Some(elements * dtype.size()),
+            StorageKind::Block(kind) => (elements % kind.block_len() == 0)
+                .then(|| elements / kind.block_len() * kind.block_bytes()),
+        }
+    }
+
+    /// Values that are decoded together: 1 for dense kinds, the block length
+    /// for block kinds. Decoded ranges start and end on multiples of it.
+    pub fn granule(self) -> usize {
+        match self {
+            StorageKind::Dense(_) => 1,
+            StorageKind::Block(kind) => kind.block_len(),
+        }
+    }
+}
+
 impl fmt::Display for StorageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -22,6 +22,31 @@ pub enum FormatError {
         /// The parser's complaint.
         detail: String,
     },
+    /// A GGUF file is truncated or malformed.
+    #[error("{} is not a valid GGUF file ({detail}); it is probably truncated or corrupt: download it again", path.display())]
+    BadGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field or tensor.
+        detail: String,
+    },
+    /// A GGUF file uses something this crate does not read (an architecture,
+    /// a tensor type).
+    #[error("{}: {detail}", path.display())]
+    UnsupportedGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is unsupported and what is.
+        detail: String,
+    },
+    /// A file's bytes end before a tensor's data does.
+    #[error("{}: {detail}; the file is truncated or corrupt: download it again", path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Which bytes are missing.
+        detail: String,
+    },
     /// A tensor uses a dtype this crate does not read.
     #[error("tensor `{tensor}` in {} has dtype {dtype}; supported: F32, F16, BF16", path.display())]
     UnsupportedDtype {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo, UnitSpec};
 
 use crate::error::read_json;
-use crate::safetensors_file::{MappedSpan, SafetensorsFile};
+use crate::mapped::{map_tensors, TensorPlacement};
+use crate::safetensors_file::SafetensorsFile;
 use crate::{FormatError, Result};
 
 /// Single-file weights.
@@ -20,10 +21,6 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
-
-/// Largest gap between two tensors of a unit that is mapped rather than
-/// split into two maps.
-const MAX_MAPPED_GAP: usize = 1 << 20;
 
 /// Where a unit's tensor lives: file index and tensor name.
 type Placement = Vec<(usize, String)>;
@@ -132,47 +129,24 @@ impl LayerStore for HfStore {
     }
 
     fn read_unit(&self, index: usize, only: Option<&[&str]>) -> airllm_core::Result<HostUnit> {
-        let wanted: Vec<&(usize, String)> = self.placements[index]
+        let wanted: Vec<TensorPlacement<'_>> = self.placements[index]
             .iter()
             .filter(|(_, name)| only.is_none_or(|names| names.contains(&name.as_str())))
-            .collect();
-        // Map runs of neighbouring tensors, never the bytes between distant
-        // ones (a tied head's embedding sits far from the final norm).
-        let mut ordered: Vec<(usize, std::ops::Range<usize>)> = wanted
-            .iter()
-            .map(|(file, name)| (*file, self.files[*file].tensors[name].range.clone()))
-            .collect();
-        ordered.sort_by_key(|(file, range)| (*file, range.start));
-        let mut spans: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-        for (file, range) in ordered {
-            match spans.last_mut() {
-                Some((f, span)) if *f == file && range.start <= span.end + MAX_MAPPED_GAP => {
-                    span.end = span.end.max(range.end);
+            .map(|(file, name)| {
+                let file = &self.files[*file];
+                let entry = &file.tensors[name];
+                TensorPlacement {
+                    path: &file.path,
+                    name,
+                    kind: entry.kind.expect("checked readable at open"),
+                    shape: &entry.shape,
+                    range: entry.range.clone(),
                 }
-                _ => spans.push((file, range)),
-            }
-        }
-        let maps = spans
-            .into_iter()
-            .map(|(file, span)| {
-                Ok((
-                    file,
-                    span.clone(),
-                    MappedSpan::new(&self.files[file].path, span)?,
-                ))
             })
-            .collect::<Result<Vec<_>>>()?;
-        let mut tensors = Vec::with_capacity(wanted.len());
-        for (file_index, name) in wanted {
-            let entry = &self.files[*file_index].tensors[name];
-            let kind = entry.kind.expect("checked readable at open");
-            let (_, _, map) = maps
-                .iter()
-                .find(|(file, span, _)| file == file_index && span.contains(&entry.range.start))
-                .expect("every wanted tensor lies in a mapped span");
-            tensors.push(map.view(name, kind, &entry.shape, entry.range.clone())?);
-        }
-        Ok(HostUnit { tensors })
+            .collect();
+        Ok(HostUnit {
+            tensors: map_tensors(&wanted)?,
+        })
     }
 
     fn verify_unit(&self, index: usize) -> airllm_core::Result<()> {

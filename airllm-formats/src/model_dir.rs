@@ -1,68 +1,83 @@
-//! Recognises what a model path is (a Hugging Face directory or a split
-//! directory) and opens its config, side files and weight store.
+//! Recognises what a model path is (a Hugging Face directory, a split
+//! directory or a GGUF file) and opens its config, tokenizer, chat template,
+//! side files and weight store.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airllm_core::{LayerStore, UnitSpec};
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
 
 use crate::error::read_json;
+use crate::gguf::{is_gguf, GgufFamily, GgufFile, GgufStore};
 use crate::manifest::{Manifest, MANIFEST_FILE};
-use crate::{FormatError, HfStore, Result, SplitStore};
+use crate::split::SIDE_FILES;
+use crate::{tokenizer, FormatError, HfStore, Result, SplitStore};
 
-/// The kind of model directory.
+/// The kind of model path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelKind {
     /// A Hugging Face directory (config.json + safetensors).
     HuggingFace,
     /// The split per-layer layout (manifest.json + units/).
     Split,
+    /// A GGUF file.
+    Gguf,
 }
 
-/// A model directory with its config.
+/// A model path with its config.
 #[derive(Clone, Debug)]
 pub struct ModelDir {
-    /// The directory.
+    /// The directory (or, for GGUF, the file).
     pub path: PathBuf,
     /// What kind it is.
     pub kind: ModelKind,
-    /// Its config.json (from the manifest for a split).
-    pub config: serde_json::Value,
+    /// Its config.json (from the manifest for a split, implied by the
+    /// metadata for GGUF).
+    pub config: Value,
+    gguf: Option<Arc<GgufFile>>,
 }
 
 impl ModelDir {
     /// Recognises `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        let not_a_model = |detail: &str| FormatError::NotAModel {
+            path: path.to_path_buf(),
+            detail: detail.into(),
+        };
         if !path.exists() {
-            return Err(FormatError::NotAModel {
-                path: path.to_path_buf(),
-                detail: "no such file or directory".into(),
+            return Err(not_a_model("no such file or directory"));
+        }
+        let opened = |kind, config| ModelDir {
+            path: path.to_path_buf(),
+            kind,
+            config,
+            gguf: None,
+        };
+        if path.is_file() {
+            if !is_gguf(path) {
+                return Err(not_a_model(
+                    "this file is not GGUF; pass a GGUF file, a Hugging Face model directory or a split directory",
+                ));
+            }
+            let file = Arc::new(GgufFile::open(path)?);
+            let config = GgufFamily::of(&file)?.config(&file)?;
+            return Ok(ModelDir {
+                gguf: Some(file),
+                ..opened(ModelKind::Gguf, config)
             });
         }
         let manifest = path.join(MANIFEST_FILE);
         let config = path.join("config.json");
         if manifest.is_file() {
-            Ok(ModelDir {
-                path: path.to_path_buf(),
-                kind: ModelKind::Split,
-                config: Manifest::read(&manifest)?.config,
-            })
+            Ok(opened(ModelKind::Split, Manifest::read(&manifest)?.config))
         } else if config.is_file() {
-            Ok(ModelDir {
-                path: path.to_path_buf(),
-                kind: ModelKind::HuggingFace,
-                config: read_json(&config)?,
-            })
+            Ok(opened(ModelKind::HuggingFace, read_json(&config)?))
         } else if path.join(crate::manifest::JOURNAL_FILE).is_file() {
-            Err(FormatError::NotAModel {
-                path: path.to_path_buf(),
-                detail: "this split was interrupted before it finished; rerun `airllm split` with the same arguments".into(),
-            })
+            Err(not_a_model("this split was interrupted before it finished; rerun `airllm split` with the same arguments"))
         } else {
-            Err(FormatError::NotAModel {
-                path: path.to_path_buf(),
-                detail: "neither config.json (a Hugging Face model directory) nor manifest.json (a split directory) is here".into(),
-            })
+            Err(not_a_model("neither config.json (a Hugging Face model directory) nor manifest.json (a split directory) is here"))
         }
     }
 
@@ -71,23 +86,108 @@ impl ModelDir {
         self.config.get("architectures")?.get(0)?.as_str()
     }
 
-    /// A side file (tokenizer.json, generation_config.json, ...) if present.
+    /// A side file (tokenizer.json, generation_config.json, ...) of a
+    /// directory, if present.
     pub fn side_file(&self, name: &str) -> Option<PathBuf> {
-        Some(self.path.join(name)).filter(|p| p.is_file())
+        Some(self.path.join(name)).filter(|p| self.gguf.is_none() && p.is_file())
     }
 
-    /// generation_config.json, if present.
-    pub fn generation_config(&self) -> Result<Option<serde_json::Value>> {
+    /// generation_config.json, if present (for GGUF: the BOS and EOS ids of
+    /// its metadata).
+    pub fn generation_config(&self) -> Result<Option<Value>> {
+        if self.gguf.is_some() {
+            let id = |key: &str| self.config.get(key).cloned().unwrap_or(Value::Null);
+            return Ok(Some(json!({
+                "bos_token_id": id("bos_token_id"),
+                "eos_token_id": id("eos_token_id"),
+            })));
+        }
         self.side_file("generation_config.json")
             .map(|p| read_json(&p))
             .transpose()
     }
 
+    /// The tokenizer: tokenizer.json of a directory, or the one a GGUF
+    /// file's metadata describes. `None` when the model has none.
+    pub fn tokenizer(&self) -> Result<Option<Tokenizer>> {
+        match &self.gguf {
+            Some(file) => tokenizer::gguf::tokenizer(file).map(Some),
+            None => self
+                .side_file("tokenizer.json")
+                .map(|p| tokenizer::from_file(&p))
+                .transpose(),
+        }
+    }
+
+    /// The chat template: `chat_template.jinja`, the `chat_template` of
+    /// tokenizer_config.json (a string, or the entry named `default`), or
+    /// GGUF's `tokenizer.chat_template`.
+    pub fn chat_template(&self) -> Result<Option<String>> {
+        if let Some(file) = &self.gguf {
+            return Ok(file.string("tokenizer.chat_template").map(str::to_string));
+        }
+        if let Some(path) = self.side_file("chat_template.jinja") {
+            return std::fs::read_to_string(&path)
+                .map(Some)
+                .map_err(|e| FormatError::io(&path, e));
+        }
+        let Some(path) = self.side_file("tokenizer_config.json") else {
+            return Ok(None);
+        };
+        let config: Value = read_json(&path)?;
+        Ok(match config.get("chat_template") {
+            Some(Value::String(template)) => Some(template.clone()),
+            Some(Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str())
+                .map(str::to_string),
+            _ => None,
+        })
+    }
+
+    /// The tokenizer and config files a split of this model carries, as
+    /// (file name, contents): copies for a directory, generated from the
+    /// metadata for GGUF.
+    pub fn side_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let Some(file) = &self.gguf else {
+            return SIDE_FILES
+                .iter()
+                .filter_map(|name| self.side_file(name).map(|p| (name, p)))
+                .map(|(name, path)| {
+                    std::fs::read(&path)
+                        .map(|bytes| (name.to_string(), bytes))
+                        .map_err(|e| FormatError::io(&path, e))
+                })
+                .collect();
+        };
+        let pretty =
+            |value: &Value| serde_json::to_vec_pretty(value).expect("JSON values serialize");
+        let mut files = vec![
+            ("config.json".to_string(), pretty(&self.config)),
+            (
+                "generation_config.json".to_string(),
+                pretty(&self.generation_config()?.unwrap_or(Value::Null)),
+            ),
+        ];
+        if file.get("tokenizer.ggml.tokens").is_some() {
+            let tokenizer = tokenizer::gguf::tokenizer_json(file)?;
+            files.push(("tokenizer.json".to_string(), pretty(&tokenizer)));
+        }
+        if let Some(template) = self.chat_template()? {
+            files.push(("chat_template.jinja".to_string(), template.into_bytes()));
+        }
+        Ok(files)
+    }
+
     /// Opens the weights as a store grouped into `specs` units.
     pub fn open_store(&self, specs: &[UnitSpec]) -> Result<Arc<dyn LayerStore>> {
-        Ok(match self.kind {
-            ModelKind::HuggingFace => Arc::new(HfStore::open(&self.path, specs)?),
-            ModelKind::Split => Arc::new(SplitStore::open(&self.path)?),
+        Ok(match (self.kind, &self.gguf) {
+            (ModelKind::Gguf, Some(file)) => {
+                Arc::new(GgufStore::open(file.clone(), specs, &self.config)?)
+            }
+            (ModelKind::Split, _) => Arc::new(SplitStore::open(&self.path)?),
+            _ => Arc::new(HfStore::open(&self.path, specs)?),
         })
     }
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use airllm_core::{DType, HostBytes, HostTensor, StorageKind};
+use airllm_core::{DType, HostTensor, StorageKind};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::{FormatError, Result};
@@ -106,78 +106,6 @@ impl SafetensorsFile {
             dtype: entry.dtype_name.clone(),
         })?;
         Ok(Some((entry, kind)))
-    }
-}
-
-/// A read-only, pre-faulted map of a byte span of a file: the pages are read
-/// in by the thread that maps it (the reader thread), not on first touch by
-/// the compute thread, and are released when the last view is dropped.
-pub struct MappedSpan {
-    map: Arc<memmap2::Mmap>,
-    start: usize,
-    path: PathBuf,
-}
-
-impl MappedSpan {
-    /// Maps `span` of the file at `path`, reading its pages in.
-    pub fn new(path: &Path, span: Range<usize>) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
-        let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
-        if span.end as u64 > len {
-            return Err(FormatError::BadSafetensors {
-                path: path.to_path_buf(),
-                detail: format!("bytes {span:?} lie past the end of the {len}-byte file"),
-            });
-        }
-        // SAFETY: read-only map of a file this process does not write; the
-        // split writer only renames finished files into place.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(span.start as u64)
-                .len(span.len())
-                .populate()
-                .map(&file)
-        }
-        .map_err(|e| FormatError::io(path, e))?;
-        Ok(MappedSpan {
-            map: Arc::new(map),
-            start: span.start,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// A host tensor viewing file bytes `range` (which must lie in the span).
-    pub fn view(
-        &self,
-        name: &str,
-        kind: StorageKind,
-        shape: &[usize],
-        range: Range<usize>,
-    ) -> Result<HostTensor> {
-        if let StorageKind::Dense(dtype) = kind {
-            let expected = shape.iter().product::<usize>() * dtype.size();
-            if range.len() != expected {
-                return Err(FormatError::BadSafetensors {
-                    path: self.path.clone(),
-                    detail: format!(
-                        "tensor `{name}` of shape {shape:?} needs {expected} bytes, its range {range:?} holds {}",
-                        range.len()
-                    ),
-                });
-            }
-        }
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = self.map.clone();
-        let local = range.start.wrapping_sub(self.start)..range.end.wrapping_sub(self.start);
-        let bytes = HostBytes::new(owner, local).ok_or_else(|| FormatError::BadSafetensors {
-            path: self.path.clone(),
-            detail: format!("tensor `{name}` spans bytes {range:?}, outside the mapped data"),
-        })?;
-        Ok(HostTensor {
-            name: name.to_string(),
-            kind,
-            shape: shape.to_vec(),
-            bytes,
-        })
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use airllm_core::{ByteSize, LayerStore};
+use airllm_core::{ByteSize, DType, HostBytes, HostTensor, LayerStore, StorageKind, UnitInfo};
 
 use crate::manifest::{
     rename_synced, write_atomic, Manifest, ManifestTensor, ManifestUnit, FORMAT_NAME,
@@ -57,8 +57,9 @@ pub struct SplitOptions<'a> {
     pub architecture: String,
     /// The model's config.json.
     pub config: serde_json::Value,
-    /// Directory to copy tokenizer and config files from.
-    pub side_files_from: Option<PathBuf>,
+    /// Tokenizer and config files written next to the manifest, as (file
+    /// name, contents); [`crate::ModelDir::side_files`] gives them.
+    pub side_files: Vec<(String, Vec<u8>)>,
     /// Reports free bytes at a path (the default asks the file system).
     pub free_space: &'a dyn Fn(&Path) -> std::io::Result<u64>,
     /// Called after each step; returning `false` stops the split (as Ctrl-C would).
@@ -86,7 +87,7 @@ pub fn split_model(
     let todo: Vec<usize> = (0..units.len())
         .filter(|&i| !done.iter().any(|u| u.name == units[i].name))
         .collect();
-    let needed: u64 = todo.iter().map(|&i| units[i].bytes).sum();
+    let needed: u64 = todo.iter().map(|&i| written_bytes(&units[i])).sum();
     let available = (options.free_space)(out).map_err(|e| FormatError::io(out, e))?;
     if !todo.is_empty() && available < needed + DISK_MARGIN {
         return Err(FormatError::DiskFull {
@@ -115,8 +116,8 @@ pub fn split_model(
             return Err(interrupted(out));
         }
     }
-    if let Some(from) = &options.side_files_from {
-        copy_side_files(from, out)?;
+    for (name, bytes) in &options.side_files {
+        write_atomic(&out.join(name), bytes)?;
     }
     done.sort_by_key(|u| units.iter().position(|s| s.name == u.name));
     let manifest = Manifest {
@@ -195,11 +196,45 @@ fn finished_units(out: &Path) -> Result<Vec<ManifestUnit>> {
     Ok(kept)
 }
 
+/// Bytes a unit's tensors take in its unit file: their own size for dense
+/// tensors, f32 for block-quantized ones (which the split widens).
+fn written_bytes(unit: &UnitInfo) -> u64 {
+    unit.tensors
+        .iter()
+        .map(|t| {
+            let elements = t.shape.iter().product::<usize>();
+            match t.kind {
+                StorageKind::Dense(dtype) => (elements * dtype.size()) as u64,
+                StorageKind::Block(_) => (elements * DType::F32.size()) as u64,
+            }
+        })
+        .sum()
+}
+
+/// `tensor` as the unit file stores it: block-quantized tensors widened to f32.
+fn dense(tensor: HostTensor) -> airllm_core::Result<HostTensor> {
+    if let StorageKind::Dense(_) = tensor.kind {
+        return Ok(tensor);
+    }
+    let values = tensor.to_f32()?;
+    Ok(HostTensor {
+        kind: StorageKind::Dense(DType::F32),
+        bytes: HostBytes::from_vec(bytemuck::cast_slice(&values).to_vec()),
+        ..tensor
+    })
+}
+
 /// Writes one unit file crash-safely and describes it.
 fn write_unit(source: &dyn LayerStore, index: usize, units_dir: &Path) -> Result<ManifestUnit> {
     let info = &source.units()[index];
     let host = source
         .read_unit(index, None)
+        .and_then(|unit| {
+            unit.tensors
+                .into_iter()
+                .map(dense)
+                .collect::<airllm_core::Result<Vec<_>>>()
+        })
         .map_err(|e| FormatError::NotAModel {
             path: PathBuf::from(source.describe()),
             detail: format!("reading unit `{}`: {e}", info.name),
@@ -207,10 +242,7 @@ fn write_unit(source: &dyn LayerStore, index: usize, units_dir: &Path) -> Result
     let file_name = format!("{index:03}-{}.safetensors", info.name);
     let path = units_dir.join(&file_name);
     let tmp = path.with_extension("safetensors.tmp");
-    let views = host
-        .tensors
-        .iter()
-        .map(|t| (t.name.clone(), TensorWriteView(t)));
+    let views = host.iter().map(|t| (t.name.clone(), TensorWriteView(t)));
     let written = safetensors::serialize_to_file(views, None, &tmp)
         .map_err(|e| match e {
             safetensors::SafeTensorError::IoError(io) => FormatError::io(&tmp, io),
@@ -251,15 +283,4 @@ fn write_unit(source: &dyn LayerStore, index: usize, units_dir: &Path) -> Result
         checksum: checksum::of_file(&path)?,
         tensors,
     })
-}
-
-fn copy_side_files(from: &Path, out: &Path) -> Result<()> {
-    for name in SIDE_FILES {
-        let src = from.join(name);
-        if src.is_file() {
-            let bytes = std::fs::read(&src).map_err(|e| FormatError::io(&src, e))?;
-            write_atomic(&out.join(name), &bytes)?;
-        }
-    }
-    Ok(())
 }

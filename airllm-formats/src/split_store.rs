@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo};
 
 use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
-use crate::safetensors_file::MappedSpan;
+use crate::mapped::{map_tensors, TensorPlacement};
 use crate::{checksum, FormatError, Result};
 
 /// A split directory as a [`LayerStore`].
@@ -105,16 +105,19 @@ impl LayerStore for SplitStore {
         let path = self.unit_path(index);
         self.check_size(index)?;
         let unit = &self.manifest.units[index];
-        let map = MappedSpan::new(&path, 0..unit.stored_bytes as usize)?;
-        let tensors = unit
+        let wanted: Vec<TensorPlacement<'_>> = unit
             .tensors
             .iter()
             .filter(|t| only.is_none_or(|names| names.contains(&t.name.as_str())))
-            .map(|t| {
-                let range = t.range[0] as usize..t.range[1] as usize;
-                map.view(&t.name, t.kind, &t.shape, range)
+            .map(|t| TensorPlacement {
+                path: &path,
+                name: &t.name,
+                kind: t.kind,
+                shape: &t.shape,
+                range: t.range[0] as usize..t.range[1] as usize,
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
+        let tensors = map_tensors(&wanted)?;
         Ok(HostUnit { tensors })
     }
 

@@ -121,7 +121,7 @@ pub fn split_fixture(name: &str, out: &Path) -> PathBuf {
         SplitOptions {
             architecture: dir.architecture().unwrap_or_default().to_string(),
             config: dir.config.clone(),
-            side_files_from: Some(dir.path.clone()),
+            side_files: dir.side_files().expect("side files"),
             free_space: &airllm_formats::split::file_system_free_space,
             progress: &mut |_| true,
         },

@@ -139,7 +139,7 @@ fn split_with(
         SplitOptions {
             architecture: "LlamaForCausalLM".into(),
             config: dir.config.clone(),
-            side_files_from: Some(source.to_path_buf()),
+            side_files: dir.side_files().unwrap(),
             free_space: free,
             progress,
         },

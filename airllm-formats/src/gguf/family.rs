@@ -1,0 +1,234 @@
+//! What a GGUF architecture means in Hugging Face terms: the `config.json`
+//! its metadata implies, and the GGUF name of each tensor the adapter asks
+//! for by its Hugging Face name.
+
+use serde_json::{json, Map, Value};
+
+use super::file::GgufFile;
+use crate::{FormatError, Result};
+
+/// A GGUF architecture this crate maps.
+#[derive(Debug)]
+pub struct GgufFamily {
+    /// `general.architecture` in the file.
+    pub gguf_name: &'static str,
+    /// `architectures[0]` of the implied config.
+    pub architecture: &'static str,
+    /// `model_type` of the implied config.
+    pub model_type: &'static str,
+    /// Whether llama.cpp's converter permuted the rows of q and k (for its
+    /// interleaved rotary layout); reading undoes it.
+    pub permuted_qk: bool,
+}
+
+const FAMILIES: &[GgufFamily] = &[GgufFamily {
+    gguf_name: "llama",
+    architecture: "LlamaForCausalLM",
+    model_type: "llama",
+    permuted_qk: true,
+}];
+
+/// Hugging Face names outside the layers and their GGUF names.
+const GLOBAL_NAMES: &[(&str, &str)] = &[
+    ("model.embed_tokens", "token_embd"),
+    ("model.norm", "output_norm"),
+    ("lm_head", "output"),
+];
+
+/// Hugging Face names inside `model.layers.N.` and their GGUF names inside `blk.N.`.
+const LAYER_NAMES: &[(&str, &str)] = &[
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Which rows of a tensor were permuted, as the number of heads they form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PermutedRows {
+    /// Heads the rows are grouped into.
+    pub heads: usize,
+}
+
+impl GgufFamily {
+    /// The family of `file`, or an error naming the supported ones.
+    pub fn of(file: &GgufFile) -> Result<&'static GgufFamily> {
+        let name = file.architecture()?;
+        FAMILIES
+            .iter()
+            .find(|f| f.gguf_name == name)
+            .ok_or_else(|| FormatError::UnsupportedGguf {
+                path: file.path.clone(),
+                detail: format!(
+                    "GGUF architecture `{name}` is not supported; supported: {}",
+                    FAMILIES
+                        .iter()
+                        .map(|f| f.gguf_name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    /// The GGUF name of the tensor the adapter calls `hf_name`.
+    pub fn gguf_name(&self, hf_name: &str) -> Option<String> {
+        let (stem, suffix) = hf_name.rsplit_once('.')?;
+        if let Some(rest) = stem.strip_prefix("model.layers.") {
+            let (layer, inner) = rest.split_once('.')?;
+            let (_, gguf) = LAYER_NAMES.iter().find(|(hf, _)| *hf == inner)?;
+            return Some(format!("blk.{layer}.{gguf}.{suffix}"));
+        }
+        let (_, gguf) = GLOBAL_NAMES.iter().find(|(hf, _)| *hf == stem)?;
+        Some(format!("{gguf}.{suffix}"))
+    }
+
+    /// Whether (and how) the rows of `hf_name` were permuted on conversion.
+    pub fn permuted_rows(&self, hf_name: &str, config: &Value) -> Option<PermutedRows> {
+        if !self.permuted_qk {
+            return None;
+        }
+        let heads = |key: &str| config.get(key).and_then(Value::as_u64).map(|n| n as usize);
+        if hf_name.contains(".self_attn.q_proj.") {
+            heads("num_attention_heads").map(|heads| PermutedRows { heads })
+        } else if hf_name.contains(".self_attn.k_proj.") {
+            heads("num_key_value_heads").map(|heads| PermutedRows { heads })
+        } else {
+            None
+        }
+    }
+
+    /// The `config.json` the file's metadata implies.
+    pub fn config(&self, file: &GgufFile) -> Result<Value> {
+        let arch = self.gguf_name;
+        let meta = |key: &str| file.get(&format!("{arch}.{key}"));
+        let number = |key: &str| meta(key).and_then(|v| v.as_f64());
+        let required = |key: &str| {
+            meta(key)
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| FormatError::BadGguf {
+                    path: file.path.clone(),
+                    detail: format!("metadata `{arch}.{key}` is missing or not an integer"),
+                })
+        };
+        let hidden = required("embedding_length")?;
+        let heads = required("attention.head_count")?;
+        let vocab = meta("vocab_size")
+            .and_then(|v| v.as_u64())
+            .or_else(|| {
+                file.get("tokenizer.ggml.tokens")
+                    .and_then(|t| t.as_array())
+                    .map(|t| t.len() as u64)
+            })
+            .or_else(|| file.tensor("token_embd.weight").map(|t| t.shape[0] as u64));
+        let mut config = Map::new();
+        config.insert("architectures".into(), json!([self.architecture]));
+        config.insert("model_type".into(), json!(self.model_type));
+        config.insert("hidden_size".into(), json!(hidden));
+        config.insert(
+            "intermediate_size".into(),
+            json!(required("feed_forward_length")?),
+        );
+        config.insert("num_hidden_layers".into(), json!(required("block_count")?));
+        config.insert("num_attention_heads".into(), json!(heads));
+        config.insert(
+            "num_key_value_heads".into(),
+            json!(meta("attention.head_count_kv")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(heads)),
+        );
+        if let Some(head_dim) = meta("attention.key_length").and_then(|v| v.as_u64()) {
+            config.insert("head_dim".into(), json!(head_dim));
+        }
+        config.insert(
+            "rms_norm_eps".into(),
+            json!(number("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)),
+        );
+        config.insert(
+            "rope_theta".into(),
+            json!(number("rope.freq_base").unwrap_or(10000.0)),
+        );
+        if let Some(kind) = meta("rope.scaling.type").and_then(|v| v.as_str()) {
+            if kind != "none" {
+                config.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": kind, "factor": number("rope.scaling.factor").unwrap_or(1.0)}),
+                );
+            }
+        }
+        if let Some(context) = meta("context_length").and_then(|v| v.as_u64()) {
+            config.insert("max_position_embeddings".into(), json!(context));
+        }
+        if let Some(vocab) = vocab {
+            config.insert("vocab_size".into(), json!(vocab));
+        }
+        config.insert(
+            "tie_word_embeddings".into(),
+            json!(file.tensor("output.weight").is_none()),
+        );
+        for (hf, gguf) in [
+            ("bos_token_id", "bos_token_id"),
+            ("eos_token_id", "eos_token_id"),
+            ("pad_token_id", "padding_token_id"),
+        ] {
+            if let Some(id) = file
+                .get(&format!("tokenizer.ggml.{gguf}"))
+                .and_then(|v| v.as_u64())
+            {
+                config.insert(hf.into(), json!(id));
+            }
+        }
+        Ok(Value::Object(config))
+    }
+}
+
+/// Rearranges the rows of a q or k projection from llama.cpp's order back
+/// to the Hugging Face order. `bytes` holds `rows` rows of `row_bytes` each;
+/// within each head of `rows / heads` rows, GGUF row `2i + s` is Hugging
+/// Face row `s · half + i` (`half` = half the head's rows).
+pub fn unpermute_rows(bytes: &[u8], row_bytes: usize, rows: usize, heads: usize) -> Vec<u8> {
+    let head_rows = rows / heads;
+    let half = head_rows / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for head in 0..heads {
+        for s in 0..2 {
+            for i in 0..half {
+                let hf = head * head_rows + s * half + i;
+                let gguf = head * head_rows + 2 * i + s;
+                out[hf * row_bytes..(hf + 1) * row_bytes]
+                    .copy_from_slice(&bytes[gguf * row_bytes..(gguf + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways_of_a_layer() {
+        let llama = &FAMILIES[0];
+        assert_eq!(
+            llama.gguf_name("model.layers.12.self_attn.o_proj.weight"),
+            Some("blk.12.attn_output.weight".into())
+        );
+        assert_eq!(
+            llama.gguf_name("model.embed_tokens.weight"),
+            Some("token_embd.weight".into())
+        );
+        assert_eq!(llama.gguf_name("model.layers.0.unknown.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_the_converters_permutation() {
+        // One head of 4 rows: llama.cpp stores HF rows [0, 2, 1, 3].
+        let gguf = [0u8, 2, 1, 3];
+        assert_eq!(unpermute_rows(&gguf, 1, 4, 1), vec![0, 1, 2, 3]);
+    }
+}
