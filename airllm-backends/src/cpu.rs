@@ -174,7 +174,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airllm_core::{DType, HostBytes};
+    use airllm_core::{DType, HostBytes, StorageKind};
 
     fn host(values: &[f32], shape: [usize; 2], dtype: DType) -> HostTensor {
         let bytes: Vec<u8> = match dtype {

@@ -1,5 +1,5 @@
 //! Streams a model through the public API: open, plan within 64 MiB, generate.
-//! Run: `cargo run --release --example stream -- MODEL_DIR`
+//! Run: `cargo run --release --example stream -- MODEL` (a GGUF file or a directory)
 use std::sync::Arc;
 
 use airllm_backends::cpu::CpuBackend;
@@ -8,7 +8,7 @@ use airllm_formats::ModelDir;
 use burn::backend::flex::Flex;
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let path = std::env::args().nth(1).ok_or("usage: stream MODEL_DIR")?;
+    let path = std::env::args().nth(1).ok_or("usage: stream MODEL")?;
     let model = ModelDir::open(path.as_ref())?;
     let arch = airllm_models::architecture::<Flex>(&model.config)?;
     let store = model.open_store(arch.units())?;
@@ -19,8 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let mut engine = Engine::new(store, arch, backend, options)?;
 
-    let tokenizer = tokenizers::Tokenizer::from_file(model.path.join("tokenizer.json"))?;
-    let prompt = tokenizer.encode("The capital of", true)?.get_ids().to_vec();
+    let tokenizer = model.tokenizer()?.ok_or("the model has no tokenizer")?;
+    let prompt = tokenizer
+        .encode("The capital of France is", true)?
+        .get_ids()
+        .to_vec();
     let config = GenerationConfig {
         max_new_tokens: 16,
         ..Default::default()

@@ -24,6 +24,8 @@ pub enum Command {
     Split(SplitArgs),
     /// Generate text for one or more prompts.
     Run(RunArgs),
+    /// Chat with a model interactively, with its chat template and history.
+    Chat(ChatArgs),
     /// Show a model's family, units and residency plan.
     Inspect(InspectArgs),
     /// Measure prefill and decode speed, read rate and memory.
@@ -33,7 +35,8 @@ pub enum Command {
 /// `airllm split`.
 #[derive(Args)]
 pub struct SplitArgs {
-    /// Hugging Face model directory.
+    /// Model: a GGUF file (stored dequantized to f32), a Hugging Face
+    /// directory, or a Hugging Face hub id (org/name).
     pub model: PathBuf,
     /// Output directory (rerun the same command to resume).
     pub out: PathBuf,
@@ -94,7 +97,8 @@ pub struct SamplingArgs {
 /// `airllm run`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Model: a Hugging Face directory or a split directory.
+    /// Model: a GGUF file, a Hugging Face directory, a split directory, or a
+    /// Hugging Face hub id (org/name).
     pub model: PathBuf,
     /// A text prompt (repeatable: all prompts run as one batch).
     #[arg(long)]
@@ -108,6 +112,27 @@ pub struct RunArgs {
     /// Print one JSON object per prompt on stdout, and nothing else.
     #[arg(long)]
     pub json: bool,
+    /// Apply the model's chat template: each text prompt becomes a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message placed before each prompt (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `airllm chat`.
+#[derive(Args)]
+pub struct ChatArgs {
+    /// Model: a GGUF file, a Hugging Face directory, a split directory, or a
+    /// Hugging Face hub id (org/name).
+    pub model: PathBuf,
+    /// System message that opens the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
@@ -117,7 +142,8 @@ pub struct RunArgs {
 /// `airllm inspect`.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Model: a Hugging Face directory or a split directory.
+    /// Model: a GGUF file, a Hugging Face directory, a split directory, or a
+    /// Hugging Face hub id (org/name).
     pub model: PathBuf,
     /// Memory budget to plan for.
     #[arg(long)]

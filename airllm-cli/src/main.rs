@@ -1,6 +1,7 @@
 //! `airllm`: run language models larger than memory, layer by layer.
 
 mod bench;
+mod chat;
 mod cli;
 mod generation;
 mod inspect;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Split(args) => split::run(args),
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Chat(args) => chat::run(args),
         cli::Command::Inspect(args) => inspect::run(args),
         cli::Command::Bench(args) => bench::run(args),
     };

@@ -2,10 +2,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use airllm_core::{ComputeBackend, Engine, EngineOptions, Result};
+use airllm_core::{ComputeBackend, Engine, EngineOptions, LoadObserver, LoadProgress, Result};
 use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::EngineArgs;
 
@@ -22,7 +24,7 @@ pub fn open_engine<B: Backend>(
 ) -> Result<Engine<B>> {
     let arch = airllm_models::architecture::<B>(&dir.config)?;
     let store = dir.open_store(arch.units())?;
-    Engine::new(
+    let mut engine = Engine::new(
         store,
         arch,
         backend,
@@ -31,5 +33,29 @@ pub fn open_engine<B: Backend>(
             max_memory: args.max_memory.map(|m| m.0),
             verify: args.verify,
         },
-    )
+    )?;
+    engine.on_load(load_bar());
+    Ok(engine)
+}
+
+/// A progress bar on stderr for loading resident units (drawn only on a
+/// terminal, and only for loads that take a moment).
+fn load_bar() -> LoadObserver {
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("loading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    Box::new(move |progress: LoadProgress| {
+        if bar.is_hidden() && started.elapsed() > Duration::from_millis(500) {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        bar.set_length(progress.total_bytes);
+        bar.set_position(progress.bytes);
+        if progress.units == progress.total_units {
+            bar.finish_and_clear();
+        }
+    })
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use airllm_backends::{dispatch, BackendJob};
 use airllm_core::{ComputeBackend, Error, Generated, Result, TokenControl};
-use airllm_formats::ModelDir;
+use airllm_formats::{Message, ModelDir};
 use burn::tensor::backend::Backend;
 use tokenizers::Tokenizer;
 
@@ -25,25 +25,44 @@ struct RunJob {
 }
 
 fn tokenize(
+    args: &RunArgs,
     tokenizer: Option<&Tokenizer>,
     prompts: &[Prompt],
     dir: &ModelDir,
 ) -> Result<Vec<Vec<u32>>> {
+    let needs_text = || {
+        tokenizer.ok_or_else(|| {
+            Error::Request(format!(
+                "{} has no tokenizer; give prompts as token ids with --prompt-ids",
+                dir.path.display()
+            ))
+        })
+    };
+    let template = match args.chat {
+        true => Some(dir.chat_template()?.ok_or_else(|| {
+            Error::Request(format!(
+                "{} has no chat template (tokenizer_config.json, chat_template.jinja or GGUF metadata); drop --chat",
+                dir.path.display()
+            ))
+        })?),
+        false => None,
+    };
     prompts
         .iter()
-        .map(|p| match p {
-            Prompt::Ids(ids) => Ok(ids.clone()),
-            Prompt::Text(text) => {
-                let tokenizer = tokenizer.ok_or_else(|| {
-                    Error::Request(format!(
-                        "{} has no tokenizer.json; give prompts as token ids with --prompt-ids",
-                        dir.path.display()
-                    ))
-                })?;
-                tokenizer
-                    .encode(text.as_str(), true)
-                    .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| Error::Request(format!("tokenizing a prompt: {e}")))
+        .map(|p| match (p, &template) {
+            (Prompt::Ids(ids), None) => Ok(ids.clone()),
+            (Prompt::Ids(_), Some(_)) => Err(Error::Request(
+                "--chat applies the template to text prompts; token-id prompts are used as given, without --chat".into(),
+            )),
+            (Prompt::Text(text), None) => text::encode(needs_text()?, text),
+            (Prompt::Text(text), Some(template)) => {
+                let mut messages: Vec<Message> = args
+                    .system
+                    .iter()
+                    .map(|s| Message::new("system", s.as_str()))
+                    .collect();
+                messages.push(Message::new("user", text.as_str()));
+                text::encode_chat(needs_text()?, template, &messages)
             }
         })
         .collect()
@@ -57,7 +76,7 @@ impl BackendJob for RunJob {
         let prompts = prompts::collect(&args)?;
         let dir = model::open_dir(&args.model)?;
         let tokenizer = dir.tokenizer()?;
-        let ids = tokenize(tokenizer.as_ref(), &prompts, &dir)?;
+        let ids = tokenize(&args, tokenizer.as_ref(), &prompts, &dir)?;
         let config = generation::config(&dir, &args.sampling, args.engine.prefill_chunk)?;
         let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
 

@@ -1,7 +1,31 @@
 //! Tokenizer access, incremental decoding for streaming, and stop strings.
 
 use airllm_core::{Error, Result};
+use airllm_formats::{ChatTemplate, Message};
 use tokenizers::Tokenizer;
+
+/// Tokenizes `text` as a prompt (with the special tokens the tokenizer adds).
+pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    tokenizer
+        .encode(text, true)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| Error::Request(format!("tokenizing a prompt: {e}")))
+}
+
+/// Renders `messages` with the chat template, ready for the assistant's
+/// turn, and tokenizes the result as transformers does (the template
+/// already holds every special token).
+pub fn encode_chat(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+) -> Result<Vec<u32>> {
+    let text = template.render(messages, true)?;
+    tokenizer
+        .encode(text.as_str(), false)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| Error::Request(format!("tokenizing the chat: {e}")))
+}
 
 /// Decodes ids to text.
 pub fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {

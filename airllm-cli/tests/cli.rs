@@ -200,3 +200,39 @@ fn bench_synthetic_reports_the_contract_fields() {
         assert_eq!(report["units_streamed"], 2);
     }
 }
+
+#[test]
+fn smollm2_gguf_end_to_end_says_paris() {
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(fixture("../gguf/smollm2.json")).unwrap()).unwrap();
+    let model = airllm_tests::smollm2();
+    let output = airllm(&[
+        "run",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--max-new-tokens",
+        "32",
+        "--greedy",
+        "--json",
+    ]);
+    let answers = json_lines(&output);
+    assert_eq!(ids(&answers[0]["tokens"]), ids(&record["greedy"]));
+    let text = answers[0]["text"].as_str().unwrap();
+    assert!(text.starts_with(" Paris."), "{text:?}");
+
+    let chat = airllm(&[
+        "run",
+        model.to_str().unwrap(),
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "12",
+        "--greedy",
+        "--json",
+    ]);
+    let answer = &json_lines(&chat)[0];
+    let text = answer["text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+}

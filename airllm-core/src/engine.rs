@@ -76,6 +76,22 @@ impl InFlight {
     }
 }
 
+/// Where loading the resident units stands, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadProgress {
+    /// Units loaded so far in this [`Engine::prepare`].
+    pub units: usize,
+    /// Units it loads in all.
+    pub total_units: usize,
+    /// Stored bytes read so far.
+    pub bytes: u64,
+    /// Stored bytes it reads in all.
+    pub total_bytes: u64,
+}
+
+/// Receives [`LoadProgress`] after each resident unit is loaded.
+pub type LoadObserver = Box<dyn FnMut(LoadProgress) + Send>;
+
 /// Runs forward passes of one model over a store, an architecture and a backend.
 pub struct Engine<B: Backend> {
     store: Arc<dyn LayerStore>,
@@ -85,6 +101,7 @@ pub struct Engine<B: Backend> {
     resident: Vec<Option<DeviceUnit<B>>>,
     plan: Option<ResidencyPlan>,
     stats: RunStats,
+    on_load: Option<LoadObserver>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -112,7 +129,14 @@ impl<B: Backend> Engine<B> {
             resident: (0..count).map(|_| None).collect(),
             plan: None,
             stats,
+            on_load: None,
         })
+    }
+
+    /// Reports progress while [`Engine::prepare`] loads resident units (a
+    /// large model takes a while to load once).
+    pub fn on_load(&mut self, observer: LoadObserver) {
+        self.on_load = Some(observer);
     }
 
     /// The model's architecture.
@@ -172,15 +196,28 @@ impl<B: Backend> Engine<B> {
     /// to match. Cheap when the placements do not change.
     pub fn prepare(&mut self, batch: usize, chunk: usize, context: usize) -> Result<()> {
         let plan = self.plan_for(batch, chunk, context)?;
+        let mut to_load = Vec::new();
         for (index, placement) in plan.placements.iter().enumerate() {
             match placement {
                 UnitPlacement::Streamed => self.resident[index] = None,
-                UnitPlacement::Resident if self.resident[index].is_none() => {
-                    let loaded = load_unit(&*self.store, &*self.backend, index)?;
-                    let unit = self.upload(loaded)?;
-                    self.resident[index] = Some(unit);
-                }
+                UnitPlacement::Resident if self.resident[index].is_none() => to_load.push(index),
                 UnitPlacement::Resident => {}
+            }
+        }
+        let units = self.store.units();
+        let mut progress = LoadProgress {
+            units: 0,
+            total_units: to_load.len(),
+            bytes: 0,
+            total_bytes: to_load.iter().map(|&i| units[i].bytes).sum(),
+        };
+        for index in to_load {
+            let loaded = load_unit(&*self.store, &*self.backend, index)?;
+            progress.units += 1;
+            progress.bytes += loaded.bytes;
+            self.resident[index] = Some(self.upload(loaded)?);
+            if let Some(observer) = self.on_load.as_mut() {
+                observer(progress);
             }
         }
         tracing::debug!(

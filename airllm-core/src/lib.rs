@@ -24,7 +24,7 @@ pub mod telemetry;
 
 pub use arch::{Architecture, DeviceUnit, ModelDims, PassInfo};
 pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
-pub use engine::{Engine, EngineOptions, Logits};
+pub use engine::{Engine, EngineOptions, LoadObserver, LoadProgress, Logits};
 pub use error::{Error, Result};
 pub use generate::{Finish, Generated, GenerationConfig, TokenControl};
 pub use host::{HostBytes, HostTensor, HostUnit};

@@ -40,13 +40,16 @@ pub enum FormatError {
         detail: String,
     },
     /// A file's bytes end before a tensor's data does.
-    #[error("{}: {detail}; the file is truncated or corrupt: download it again", path.display())]
+    #[error("{}: {detail}; the file is truncated or corrupt: download the model again (for a unit of a split, rerun `airllm split`)", path.display())]
     Truncated {
         /// The file.
         path: PathBuf,
         /// Which bytes are missing.
         detail: String,
     },
+    /// A chat template does not compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
     /// A tensor uses a dtype this crate does not read.
     #[error("tensor `{tensor}` in {} has dtype {dtype}; supported: F32, F16, BF16", path.display())]
     UnsupportedDtype {

@@ -8,10 +8,12 @@
 //! This crate reads and writes files; it must not compute with tensors or
 //! know a model family beyond the unit list the architecture hands it.
 
+pub mod chat;
 pub mod checksum;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod hub;
 pub mod manifest;
 pub mod mapped;
 pub mod model_dir;
@@ -21,6 +23,7 @@ pub mod split_store;
 pub mod synthetic;
 pub mod tokenizer;
 
+pub use chat::{ChatTemplate, Message};
 pub use error::{FormatError, Result};
 pub use gguf::{GgufFile, GgufStore};
 pub use hf::HfStore;

@@ -107,11 +107,16 @@ impl MappedSpan {
         range: Range<usize>,
     ) -> Result<HostTensor> {
         let elements = shape.iter().product::<usize>();
-        if kind.encoded_bytes(elements) != Some(range.len()) {
+        let expected = kind.encoded_bytes(elements);
+        if expected != Some(range.len()) {
+            let needs = match expected {
+                Some(bytes) => format!("needs {bytes} bytes"),
+                None => "is not a whole number of blocks".into(),
+            };
             return Err(FormatError::Truncated {
                 path: self.path.clone(),
                 detail: format!(
-                    "tensor `{name}` ({kind}, shape {shape:?}) cannot be encoded in its {} bytes {range:?}",
+                    "tensor `{name}` ({kind}, shape {shape:?}) {needs}, its range {range:?} holds {}",
                     range.len()
                 ),
             });

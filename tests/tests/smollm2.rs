@@ -1,0 +1,119 @@
+//! The demo model, SmolLM2-135M-Instruct (its Q4_1 GGUF, fetched by
+//! `scripts/fetch-smollm2`), against the record `generate_gguf.py` took from
+//! transformers on the same file: greedy tokens equal, resident, streaming
+//! and from its split; the tokenizer built from the GGUF encodes and decodes
+//! as transformers' does; the chat template renders the same text.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use airllm_backends::BackendJob;
+use airllm_core::{BatchShape, ComputeBackend, GenerationConfig, Result, TokenControl};
+use airllm_formats::{Message, ModelDir};
+use airllm_tests::*;
+use burn::tensor::backend::Backend;
+
+#[derive(serde::Deserialize)]
+struct ChatRecord {
+    messages: Vec<Message>,
+    rendered: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Record {
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    greedy: Vec<u32>,
+    greedy_text: String,
+    tokenizer: Vec<TokenizerCase>,
+    chat: ChatRecord,
+}
+
+fn record() -> Record {
+    let path = fixtures_dir().join("gguf/smollm2.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The prompt encodes to the recorded ids.
+fn check_prompt(tokenizer: &tokenizers::Tokenizer, record: &Record) {
+    let ids = tokenizer.encode(record.prompt.as_str(), true).unwrap();
+    assert_eq!(ids.get_ids(), record.prompt_ids);
+}
+
+#[test]
+fn tokenizer_encodes_and_decodes_as_transformers_does() {
+    let dir = ModelDir::open(&smollm2()).unwrap();
+    let tokenizer = dir.tokenizer().unwrap().unwrap();
+    let record = record();
+    check_prompt(&tokenizer, &record);
+    check_tokenizer(&tokenizer, &record.tokenizer);
+    let greedy = tokenizer.decode(&record.greedy, false).unwrap();
+    assert_eq!(greedy, record.greedy_text);
+}
+
+#[test]
+fn chat_template_renders_as_transformers_does() {
+    let record = record();
+    let dir = ModelDir::open(&smollm2()).unwrap();
+    let template = dir.chat_template().unwrap().unwrap();
+    let rendered = template.render(&record.chat.messages, true).unwrap();
+    assert_eq!(rendered, record.chat.rendered);
+}
+
+/// Greedy decoding of the recorded prompt on the device under test.
+struct Greedy {
+    model: PathBuf,
+    budget: Budget,
+}
+
+impl BackendJob for Greedy {
+    type Output = Vec<u32>;
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Vec<u32>> {
+        let record = record();
+        let shape = BatchShape {
+            batch: 1,
+            chunk: record.prompt_ids.len(),
+            context: record.prompt_ids.len() + record.greedy.len(),
+        };
+        let mut engine = engine(&self.model, backend, self.budget, 1, shape)?;
+        let config = GenerationConfig {
+            max_new_tokens: record.greedy.len(),
+            eos: vec![2],
+            ..Default::default()
+        };
+        let answer = engine.generate(&[record.prompt_ids], &config, &mut |_, _| {
+            TokenControl::Continue
+        })?;
+        Ok(answer[0].tokens.clone())
+    }
+}
+
+fn greedy(model: PathBuf, budget: Budget) -> Vec<u32> {
+    on_test_device(Greedy { model, budget }).unwrap_or_else(|e| panic!("{budget:?}: {e}"))
+}
+
+#[test]
+fn greedy_tokens_equal_transformers_resident_and_streaming() {
+    let record = record();
+    assert!(
+        record.greedy_text.starts_with(" Paris."),
+        "{:?}",
+        record.greedy_text
+    );
+    assert_eq!(greedy(smollm2(), Budget::Resident), record.greedy);
+    assert_eq!(greedy(smollm2(), Budget::StreamAll), record.greedy);
+}
+
+#[test]
+fn split_of_the_gguf_gives_the_same_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("split");
+    split_to(&smollm2(), &out);
+    let split = ModelDir::open(&out).unwrap();
+    let tokenizer = split.tokenizer().unwrap().expect("tokenizer.json written");
+    let record = record();
+    check_prompt(&tokenizer, &record);
+    assert!(split.chat_template().unwrap().is_some());
+    assert_eq!(greedy(out, Budget::StreamAll), record.greedy);
+}
