@@ -7,31 +7,77 @@
 use crate::BlockKind;
 
 /// Decodes whole blocks of `kind` from `bytes` into `out`
-/// (`out.len() == bytes.len() / block_bytes * block_len`).
+/// (`out.len() == bytes.len() / block_bytes * block_len`). The 32-value
+/// kinds models use most have AVX2 versions that give the same values.
 pub fn dequantize(kind: BlockKind, bytes: &[u8], out: &mut [f32]) {
-    let (len, size) = (kind.block_len(), kind.block_bytes());
-    debug_assert_eq!(bytes.len() / size * len, out.len());
-    let decode_block: fn(&[u8], &mut [f32]) = match kind {
-        BlockKind::Q8_0 => q8_0,
-        BlockKind::Q4_0 => q4_0,
-        BlockKind::Q4_1 => q4_1,
-        BlockKind::Q5_0 => q5_0,
-        BlockKind::Q5_1 => q5_1,
-        BlockKind::Q4_K => q4_k,
-        BlockKind::Q5_K => q5_k,
-        BlockKind::Q6_K => q6_k,
+    debug_assert_eq!(
+        bytes.len() / kind.block_bytes() * kind.block_len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        let done = match kind {
+            // SAFETY (all three): the CPU supports AVX2, checked just above.
+            BlockKind::Q8_0 => unsafe { simd::q8_0(bytes, out) },
+            BlockKind::Q4_0 => unsafe { simd::q4(bytes, out, 2, Some(-8.0)) },
+            BlockKind::Q4_1 => unsafe { simd::q4(bytes, out, 4, None) },
+            _ => false,
+        };
+        if done {
+            return;
+        }
+    }
+    dequantize_with(kind, bytes, out);
+}
+
+/// Decodes each block with `$decode` (a direct call, which inlines).
+macro_rules! each_block {
+    ($bytes:expr, $out:expr, $decode:ident, $size:literal, $len:literal) => {
+        for (block, values) in $bytes.chunks_exact($size).zip($out.chunks_exact_mut($len)) {
+            $decode(
+                block.try_into().expect("whole block"),
+                values.try_into().expect("whole block"),
+            );
+        }
     };
-    for (block, values) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(len)) {
-        decode_block(block, values);
+}
+
+fn dequantize_with(kind: BlockKind, bytes: &[u8], out: &mut [f32]) {
+    match kind {
+        BlockKind::Q8_0 => each_block!(bytes, out, q8_0, 34, 32),
+        BlockKind::Q4_0 => each_block!(bytes, out, q4_0, 18, 32),
+        BlockKind::Q4_1 => each_block!(bytes, out, q4_1, 20, 32),
+        BlockKind::Q5_0 => each_block!(bytes, out, q5_0, 22, 32),
+        BlockKind::Q5_1 => each_block!(bytes, out, q5_1, 24, 32),
+        BlockKind::Q4_K => each_block!(bytes, out, q4_k, 144, 256),
+        BlockKind::Q5_K => each_block!(bytes, out, q5_k, 176, 256),
+        BlockKind::Q6_K => each_block!(bytes, out, q6_k, 210, 256),
     }
 }
 
+/// IEEE half to single precision, exactly (inlined; no run-time dispatch).
+#[inline(always)]
+fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits & 0x8000) as u32) << 16;
+    let exponent = ((bits >> 10) & 0x1f) as u32;
+    let mantissa = (bits & 0x3ff) as u32;
+    let magnitude = match exponent {
+        // Zero and subnormals: mantissa · 2⁻²⁴.
+        0 => (mantissa as f32 * (1.0 / 16_777_216.0)).to_bits(),
+        31 => 0x7f80_0000 | (mantissa << 13),
+        _ => ((exponent + 112) << 23) | (mantissa << 13),
+    };
+    f32::from_bits(sign | magnitude)
+}
+
+#[inline(always)]
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+    f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
 }
 
 /// `d: f16, qs: [i8; 32]`.
-fn q8_0(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q8_0(block: &[u8; 34], out: &mut [f32; 32]) {
     let d = f16_at(block, 0);
     for (o, q) in out.iter_mut().zip(&block[2..34]) {
         *o = (*q as i8) as f32 * d;
@@ -39,58 +85,74 @@ fn q8_0(block: &[u8], out: &mut [f32]) {
 }
 
 /// `d: f16, qs: [u8; 16]`; low nibbles are values 0..16, high nibbles 16..32.
-fn q4_0(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q4_0(block: &[u8; 18], out: &mut [f32; 32]) {
     let d = f16_at(block, 0);
-    let (low, high) = out.split_at_mut(16);
+    let (low, high) = halves(out);
     for (j, q) in block[2..18].iter().enumerate() {
         low[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
+    }
+    for (j, q) in block[2..18].iter().enumerate() {
         high[j] = ((q >> 4) as i32 - 8) as f32 * d;
     }
 }
 
 /// `d: f16, m: f16, qs: [u8; 16]`.
-fn q4_1(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q4_1(block: &[u8; 20], out: &mut [f32; 32]) {
     let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-    let (low, high) = out.split_at_mut(16);
+    let (low, high) = halves(out);
     for (j, q) in block[4..20].iter().enumerate() {
         low[j] = (q & 0x0F) as f32 * d + m;
+    }
+    for (j, q) in block[4..20].iter().enumerate() {
         high[j] = (q >> 4) as f32 * d + m;
     }
 }
 
-/// The fifth bits of a Q5 block's 32 values: bit `j` of `qh` belongs to value `j`.
-fn fifth_bits(qh: &[u8], j: usize) -> (u8, u8) {
-    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
-    (
-        (((qh >> j) << 4) & 0x10) as u8,
-        ((qh >> (j + 12)) & 0x10) as u8,
-    )
+/// The fifth bit of value `j` of a Q5 block (bit `j` of `qh`), as 0 or 16.
+#[inline(always)]
+fn fifth_bit(qh: u32, j: usize) -> u8 {
+    (((qh >> j) & 1) << 4) as u8
+}
+
+/// The first and second 16 values of a 32-value block.
+#[inline(always)]
+fn halves(out: &mut [f32; 32]) -> (&mut [f32], &mut [f32]) {
+    out.split_at_mut(16)
 }
 
 /// `d: f16, qh: [u8; 4], qs: [u8; 16]`.
-fn q5_0(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q5_0(block: &[u8; 22], out: &mut [f32; 32]) {
     let d = f16_at(block, 0);
-    let (low, high) = out.split_at_mut(16);
+    let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    let (low, high) = halves(out);
     for (j, q) in block[6..22].iter().enumerate() {
-        let (h0, h1) = fifth_bits(&block[2..6], j);
-        low[j] = (((q & 0x0F) | h0) as i32 - 16) as f32 * d;
-        high[j] = (((q >> 4) | h1) as i32 - 16) as f32 * d;
+        low[j] = (((q & 0x0F) | fifth_bit(qh, j)) as i32 - 16) as f32 * d;
+    }
+    for (j, q) in block[6..22].iter().enumerate() {
+        high[j] = (((q >> 4) | fifth_bit(qh, j + 16)) as i32 - 16) as f32 * d;
     }
 }
 
 /// `d: f16, m: f16, qh: [u8; 4], qs: [u8; 16]`.
-fn q5_1(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q5_1(block: &[u8; 24], out: &mut [f32; 32]) {
     let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-    let (low, high) = out.split_at_mut(16);
+    let qh = u32::from_le_bytes([block[4], block[5], block[6], block[7]]);
+    let (low, high) = halves(out);
     for (j, q) in block[8..24].iter().enumerate() {
-        let (h0, h1) = fifth_bits(&block[4..8], j);
-        low[j] = ((q & 0x0F) | h0) as f32 * d + m;
-        high[j] = ((q >> 4) | h1) as f32 * d + m;
+        low[j] = ((q & 0x0F) | fifth_bit(qh, j)) as f32 * d + m;
+    }
+    for (j, q) in block[8..24].iter().enumerate() {
+        high[j] = ((q >> 4) | fifth_bit(qh, j + 16)) as f32 * d + m;
     }
 }
 
 /// Scale and min of sub-block `j` (of 8) from the 12 packed 6-bit pairs of
 /// a Q4_K / Q5_K super-block.
+#[inline(always)]
 fn scale_min_k4(j: usize, scales: &[u8]) -> (f32, f32) {
     let (scale, min) = if j < 4 {
         (scales[j] & 63, scales[j + 4] & 63)
@@ -104,7 +166,8 @@ fn scale_min_k4(j: usize, scales: &[u8]) -> (f32, f32) {
 }
 
 /// `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: 8 sub-blocks of 32.
-fn q4_k(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q4_k(block: &[u8; 144], out: &mut [f32; 256]) {
     let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
     let scales = &block[4..16];
     let qs = &block[16..144];
@@ -125,7 +188,8 @@ fn q4_k(block: &[u8], out: &mut [f32]) {
 }
 
 /// `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`.
-fn q5_k(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q5_k(block: &[u8; 176], out: &mut [f32; 256]) {
     let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
     let scales = &block[4..16];
     let qh = &block[16..48];
@@ -150,31 +214,121 @@ fn q5_k(block: &[u8], out: &mut [f32]) {
 }
 
 /// `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`: two halves of 128.
-fn q6_k(block: &[u8], out: &mut [f32]) {
+#[inline(always)]
+fn q6_k(block: &[u8; 210], out: &mut [f32; 256]) {
     let d = f16_at(block, 208);
     for half in 0..2 {
         let ql = &block[64 * half..64 * half + 64];
         let qh = &block[128 + 32 * half..128 + 32 * half + 32];
         let sc = &block[192 + 8 * half..192 + 8 * half + 8];
         let y = &mut out[128 * half..128 * half + 128];
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            let scale = |k: usize| d * (sc[is + k] as i8) as f32;
-            y[l] = scale(0) * q1 as f32;
-            y[l + 32] = scale(2) * q2 as f32;
-            y[l + 64] = scale(4) * q3 as f32;
-            y[l + 96] = scale(6) * q4 as f32;
+        // Quarter k of the 128 values: low or high nibbles of `ql[0..32]`
+        // or `ql[32..64]`, two high bits from `qh` at shift 2k, and the
+        // scales `sc[2k]` (first 16 values) and `sc[2k + 1]`.
+        for k in 0..4 {
+            let low_bits = &ql[32 * (k % 2)..32 * (k % 2) + 32];
+            let nibble_shift = 4 * (k / 2) as u32;
+            let scales = [
+                d * (sc[2 * k] as i8) as f32,
+                d * (sc[2 * k + 1] as i8) as f32,
+            ];
+            for l in 0..32 {
+                let q = ((low_bits[l] >> nibble_shift) & 0x0F) | (((qh[l] >> (2 * k)) & 3) << 4);
+                y[32 * k + l] = scales[l / 16] * (q as i32 - 32) as f32;
+            }
         }
+    }
+}
+
+/// AVX2 versions: the same arithmetic (a multiply, then an add; no fused
+/// multiply-add), so the values equal the portable code's bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::f16_at;
+
+    /// The low eight bytes of `bytes` widened to eight f32 values (signed or not).
+    #[inline(always)]
+    unsafe fn widen(bytes: __m128i, signed: bool) -> __m256 {
+        let ints = match signed {
+            true => _mm256_cvtepi8_epi32(bytes),
+            false => _mm256_cvtepu8_epi32(bytes),
+        };
+        _mm256_cvtepi32_ps(ints)
+    }
+
+    /// Q8_0: `d · q`. Returns true (it handles every Q8_0 input).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q8_0(bytes: &[u8], out: &mut [f32]) -> bool {
+        for (block, values) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+            let d = _mm256_set1_ps(f16_at(block, 0));
+            for part in 0..4 {
+                let q = _mm_loadl_epi64(block.as_ptr().add(2 + 8 * part) as *const __m128i);
+                let v = _mm256_mul_ps(widen(q, true), d);
+                _mm256_storeu_ps(values.as_mut_ptr().add(8 * part), v);
+            }
+        }
+        true
+    }
+
+    /// Q4_0 (`offset` −8: `d · (q − 8)`) and Q4_1 (`m` after `d`:
+    /// `d · q + m`); the nibbles start at byte `start` of each block.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn q4(bytes: &[u8], out: &mut [f32], start: usize, offset: Option<f32>) -> bool {
+        let size = start + 16;
+        let mask = _mm_set1_epi8(0x0F);
+        for (block, values) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(32)) {
+            let d = _mm256_set1_ps(f16_at(block, 0));
+            let q = _mm_loadu_si128(block.as_ptr().add(start) as *const __m128i);
+            let low = _mm_and_si128(q, mask);
+            let high = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+            let parts = [low, _mm_srli_si128(low, 8), high, _mm_srli_si128(high, 8)];
+            for (part, nibbles) in parts.into_iter().enumerate() {
+                let q = widen(nibbles, false);
+                let v = match offset {
+                    Some(offset) => _mm256_mul_ps(_mm256_add_ps(q, _mm256_set1_ps(offset)), d),
+                    None => _mm256_add_ps(_mm256_mul_ps(q, d), _mm256_set1_ps(f16_at(block, 2))),
+                };
+                _mm256_storeu_ps(values.as_mut_ptr().add(8 * part), v);
+            }
+        }
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_conversion_is_exact() {
+        for bits in 0..=u16::MAX {
+            let expected = half::f16::from_bits(bits).to_f32();
+            let ours = f16_to_f32(bits);
+            assert!(
+                ours.to_bits() == expected.to_bits() || (ours.is_nan() && expected.is_nan()),
+                "{bits:#06x}: {ours} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_decoding_agree() {
+        let bytes: Vec<u8> = (0..20 * 34 * 18).map(|i| (i * 7919 % 251) as u8).collect();
+        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1] {
+            let size = kind.block_bytes();
+            let mut blocks = bytes[..size * 20].to_vec();
+            for block in blocks.chunks_exact_mut(size) {
+                block[..2].copy_from_slice(&half::f16::from_f32(0.37).to_bits().to_le_bytes());
+            }
+            let mut fast = vec![0.0; 20 * 32];
+            let mut portable = vec![0.0; 20 * 32];
+            dequantize(kind, &blocks, &mut fast);
+            dequantize_with(kind, &blocks, &mut portable);
+            assert_eq!(fast, portable, "{kind:?}");
+        }
+    }
 
     #[test]
     fn q8_0_scales_signed_bytes() {

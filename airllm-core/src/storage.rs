@@ -103,7 +103,8 @@ impl StorageKind {
     pub fn encoded_bytes(self, elements: usize) -> Option<usize> {
         match self {
             StorageKind::Dense(dtype) => Some(elements * dtype.size()),
-            StorageKind::Block(kind) => (elements % kind.block_len() == 0)
+            StorageKind::Block(kind) => elements
+                .is_multiple_of(kind.block_len())
                 .then(|| elements / kind.block_len() * kind.block_bytes()),
         }
     }
