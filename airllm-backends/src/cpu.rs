@@ -1,14 +1,21 @@
 //! The CPU backend: burn's flex for everything but the linear op, which reads
-//! matrices straight from their memory-mapped encoding (f32, bf16 or f16),
-//! widening inside the kernel. Nothing is copied or widened on upload, and a
-//! bf16 model moves half the bytes through memory per token that an f32 copy
-//! would.
+//! matrices straight from their memory-mapped encoding (f32, bf16, f16 or
+//! GGUF's quantized blocks), widening or decoding inside the kernel; for one
+//! or two input rows, Q8_0/Q4_0/Q4_1 rows are dotted without decoding them.
+//! Nothing is copied or widened on upload, and a bf16 model moves half the
+//! bytes through memory per token that an f32 copy would (a Q4_1 model a
+//! sixth).
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
-use airllm_core::{ComputeBackend, Error, HostTensor, Result};
+use airllm_core::{dequant, BlockKind, ComputeBackend, Error, HostTensor, Result, StorageKind};
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
+
+/// Input rows up to which block-quantized weights are dotted in their
+/// encoding; above it, decoding each weight row once and reusing it for
+/// every input row is cheaper.
+const MAX_FUSED_ROWS: usize = 2;
 
 /// Output columns one task computes at least (keeps task overhead small).
 const MIN_COLUMNS_PER_TASK: usize = 64;
@@ -103,6 +110,10 @@ fn skinny_product(
     let per_task = outputs.div_ceil(threads * 4).max(MIN_COLUMNS_PER_TASK);
     // Transposed result: each task owns a contiguous run of outputs.
     let mut transposed = vec![0.0f32; outputs * rows];
+    let fused = match w.kind {
+        StorageKind::Block(kind) if rows <= MAX_FUSED_ROWS => Some(kind),
+        _ => None,
+    };
     transposed
         .par_chunks_mut(per_task * rows)
         .enumerate()
@@ -110,7 +121,13 @@ fn skinny_product(
             let mut row = vec![0.0f32; columns];
             let first = task * per_task;
             for (offset, out) in out.chunks_mut(rows).enumerate() {
-                w.decode_range((first + offset) * columns, &mut row)?;
+                let index = first + offset;
+                if let Some(kind) = fused {
+                    if fused_dots(kind, w, index, columns, x, out) {
+                        continue;
+                    }
+                }
+                w.decode_range(index * columns, &mut row)?;
                 dot_rows(x, &row, out);
             }
             Ok(())
@@ -122,6 +139,27 @@ fn skinny_product(
         }
     }
     Ok(product)
+}
+
+/// `out[r] = x[r] · w[index]` computed on the encoded blocks of weight row
+/// `index`; false where the kind has no fused dot on this CPU.
+fn fused_dots(
+    kind: BlockKind,
+    w: &HostTensor,
+    index: usize,
+    columns: usize,
+    x: &[f32],
+    out: &mut [f32],
+) -> bool {
+    let row_bytes = columns / kind.block_len() * kind.block_bytes();
+    let row = &w.bytes.as_slice()[index * row_bytes..(index + 1) * row_bytes];
+    for (r, value) in out.iter_mut().enumerate() {
+        match dequant::dot(kind, row, &x[r * columns..(r + 1) * columns]) {
+            Some(dot) => *value = dot,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// `out[r] = x[r] · row` for every row `r` of `x` (`out.len()` rows of
@@ -174,7 +212,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use airllm_core::{DType, HostBytes, StorageKind};
+    use airllm_core::{DType, HostBytes};
 
     fn host(values: &[f32], shape: [usize; 2], dtype: DType) -> HostTensor {
         let bytes: Vec<u8> = match dtype {
