@@ -7,10 +7,15 @@
 //! sixth).
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
-use airllm_core::{dequant, BlockKind, ComputeBackend, Error, HostTensor, Result, StorageKind};
+use airllm_core::{
+    dequant, BlockKind, ComputeBackend, Error, HostTensor, Result, StorageKind, WeightLayout,
+};
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
+
+/// Matrices stay in their stored encoding (see [`CpuBackend::stage`]).
+pub const CPU_WEIGHT_LAYOUT: WeightLayout = WeightLayout::MatricesAsStored;
 
 /// Input rows up to which block-quantized weights are dotted in their
 /// encoding; above it, decoding each weight row once and reusing it for
@@ -49,6 +54,10 @@ impl ComputeBackend<Flex> for CpuBackend {
 
     fn default_budget(&self) -> u64 {
         airllm_core::memory::default_host_budget()
+    }
+
+    fn weight_layout(&self) -> WeightLayout {
+        CPU_WEIGHT_LAYOUT
     }
 
     fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {

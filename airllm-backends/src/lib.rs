@@ -28,6 +28,18 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+impl DeviceChoice {
+    /// How this device's backend holds uploaded weights (for planning
+    /// without opening the device).
+    pub fn weight_layout(self) -> airllm_core::WeightLayout {
+        match self {
+            #[cfg(feature = "cpu")]
+            DeviceChoice::Cpu => cpu::CPU_WEIGHT_LAYOUT,
+            _ => airllm_core::WeightLayout::Widened,
+        }
+    }
+}
+
 impl FromStr for DeviceChoice {
     type Err = String;
 

@@ -148,6 +148,10 @@ pub struct InspectArgs {
     /// Memory budget to plan for.
     #[arg(long)]
     pub max_memory: Option<ByteSize>,
+    /// Device to plan for (it sets what weights cost there: the cpu keeps
+    /// matrices in their file encoding, other devices widen them to f32).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
     /// Layers read ahead of compute.
     #[arg(long, default_value_t = 1)]
     pub prefetch: usize,

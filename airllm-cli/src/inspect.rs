@@ -32,6 +32,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         shape,
         args.prefetch,
         budget,
+        args.device.weight_layout(),
     ))?;
     let units: Vec<_> = store
         .units()
@@ -41,7 +42,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             json!({
                 "name": u.name,
                 "file_bytes": u.bytes,
-                "device_bytes": u.elements() * 4,
+                "device_bytes": u.device_bytes(args.device.weight_layout()),
                 "placement": format!("{p:?}").to_lowercase(),
             })
         })
@@ -71,14 +72,14 @@ pub fn run(args: InspectArgs) -> Result<()> {
     );
     println!(
         "{:<12} {:>12} {:>12}  placement",
-        "unit", "file", "device f32"
+        "unit", "file", "on device"
     );
     for (u, p) in store.units().iter().zip(&plan.placements) {
         println!(
             "{:<12} {:>12} {:>12}  {p:?}",
             u.name,
             ByteSize(u.bytes).to_string(),
-            ByteSize(u.elements() * 4).to_string()
+            ByteSize(u.device_bytes(args.device.weight_layout())).to_string()
         );
     }
     println!(

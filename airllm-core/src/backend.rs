@@ -5,7 +5,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::{Error, HostTensor, Result};
+use crate::{Error, HostTensor, Result, WeightLayout};
 
 /// The dtype activations and weights are computed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -122,6 +122,11 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
 
     /// Memory the device can give to the model when no budget is set.
     fn default_budget(&self) -> u64;
+
+    /// How uploaded weights are held (by default widened to f32).
+    fn weight_layout(&self) -> WeightLayout {
+        WeightLayout::Widened
+    }
 
     /// Prepares a host tensor for upload; runs on the reader thread. By
     /// default every tensor is decoded to f32 here.

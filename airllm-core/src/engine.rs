@@ -189,6 +189,7 @@ impl<B: Backend> Engine<B> {
             },
             self.options.prefetch,
             self.budget(),
+            self.backend.weight_layout(),
         ))
     }
 

@@ -33,5 +33,5 @@ pub use memory::ByteSize;
 pub use plan::{BatchShape, PlanInput, ResidencyPlan, UnitPlacement};
 pub use sampling::{Sampler, SamplingConfig};
 pub use storage::{BlockKind, DType, StorageKind};
-pub use store::{check_units, LayerStore, TensorInfo, UnitInfo, UnitKind, UnitSpec};
+pub use store::{check_units, LayerStore, TensorInfo, UnitInfo, UnitKind, UnitSpec, WeightLayout};
 pub use telemetry::{RunStats, UnitStats};

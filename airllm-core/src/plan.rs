@@ -1,7 +1,7 @@
 //! The residency plan: from a memory budget, decide which units stay on the
 //! device across passes and which are streamed from the store every pass.
 
-use crate::{ByteSize, Error, ModelDims, Result, UnitInfo, UnitKind};
+use crate::{ByteSize, Error, ModelDims, Result, UnitInfo, UnitKind, WeightLayout};
 
 /// Where a unit lives between passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,16 +47,20 @@ pub struct ResidencyPlan {
 impl PlanInput {
     /// The input for a store's units and a model's sizes, for `batch`
     /// sequences of up to `context` tokens processed `chunk` tokens per pass.
-    /// Units are counted at their f32 size on the device.
+    /// Units are counted at their size on the device under `layout`.
     pub fn for_model(
         units: &[UnitInfo],
         dims: &ModelDims,
         shape: BatchShape,
         prefetch: usize,
         budget: u64,
+        layout: WeightLayout,
     ) -> Self {
         PlanInput {
-            units: units.iter().map(|u| (u.kind, u.elements() * 4)).collect(),
+            units: units
+                .iter()
+                .map(|u| (u.kind, u.device_bytes(layout)))
+                .collect(),
             kv_bytes: dims.kv_bytes_per_token() * (shape.batch * shape.context) as u64,
             activation_bytes: dims.activation_bytes(shape.batch * shape.chunk, shape.context),
             prefetch,

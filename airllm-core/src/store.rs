@@ -61,13 +61,40 @@ pub struct UnitInfo {
     pub bytes: u64,
 }
 
-impl UnitInfo {
-    /// Number of f32 values once all its tensors are decoded.
+/// How a backend holds weights once uploaded, which sets what a unit costs
+/// in the residency plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Every tensor widened to f32 on the device.
+    Widened,
+    /// Matrices kept in their stored encoding (a bf16 or Q4_1 matrix costs
+    /// its file bytes); vectors widened to f32.
+    MatricesAsStored,
+}
+
+impl TensorInfo {
+    /// Number of logical values.
     pub fn elements(&self) -> u64 {
-        self.tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<usize>() as u64)
-            .sum()
+        self.shape.iter().product::<usize>() as u64
+    }
+
+    /// Bytes the tensor takes once uploaded under `layout`.
+    pub fn device_bytes(&self, layout: WeightLayout) -> u64 {
+        let widened = self.elements() * 4;
+        match layout {
+            WeightLayout::MatricesAsStored if self.shape.len() == 2 => self
+                .kind
+                .encoded_bytes(self.elements() as usize)
+                .map_or(widened, |b| b as u64),
+            _ => widened,
+        }
+    }
+}
+
+impl UnitInfo {
+    /// Bytes the unit takes once uploaded under `layout`.
+    pub fn device_bytes(&self, layout: WeightLayout) -> u64 {
+        self.tensors.iter().map(|t| t.device_bytes(layout)).sum()
     }
 }
 

@@ -109,6 +109,7 @@ pub fn engine<B: Backend>(
             shape,
             prefetch,
             0,
+            backend.weight_layout(),
         )),
     };
     Engine::new(
