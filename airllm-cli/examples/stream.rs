@@ -20,15 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut engine = Engine::new(store, arch, backend, options)?;
 
     let tokenizer = model.tokenizer()?.ok_or("the model has no tokenizer")?;
-    let prompt = tokenizer
-        .encode("The capital of France is", true)?
-        .get_ids()
-        .to_vec();
+    let prompt = tokenizer.encode("The capital of France is", true)?;
     let config = GenerationConfig {
         max_new_tokens: 16,
         ..Default::default()
     };
-    let answers = engine.generate(&[prompt], &config, &mut |_, token| {
+    let answers = engine.generate(&[prompt.get_ids().to_vec()], &config, &mut |_, token| {
         print!("{}", tokenizer.decode(&[token], true).unwrap_or_default());
         TokenControl::Continue
     })?;
