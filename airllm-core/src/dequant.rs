@@ -184,6 +184,16 @@ fn scale_min_k4(j: usize, scales: &[u8]) -> (f32, f32) {
     (scale as f32, min as f32)
 }
 
+/// Scale and min of the two sub-blocks (`2·chunk`, `2·chunk + 1`) that
+/// share a chunk's bytes in a Q4_K / Q5_K super-block.
+#[inline(always)]
+fn sub_block_pair(chunk: usize, d: f32, dmin: f32, scales: &[u8]) -> [(f32, f32); 2] {
+    [2 * chunk, 2 * chunk + 1].map(|j| {
+        let (scale, min) = scale_min_k4(j, scales);
+        (d * scale, dmin * min)
+    })
+}
+
 /// `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: 8 sub-blocks of 32.
 #[inline(always)]
 fn q4_k(block: &[u8; 144], out: &mut [f32; 256]) {
@@ -195,9 +205,7 @@ fn q4_k(block: &[u8; 144], out: &mut [f32; 256]) {
         .zip(out.chunks_exact_mut(64))
         .enumerate()
     {
-        let (s1, m1) = scale_min_k4(2 * chunk, scales);
-        let (s2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, m1, d2, m2) = (d * s1, dmin * m1, d * s2, dmin * m2);
+        let [(d1, m1), (d2, m2)] = sub_block_pair(chunk, d, dmin, scales);
         let (low, high) = values.split_at_mut(32);
         for l in 0..32 {
             low[l] = d1 * (q[l] & 0x0F) as f32 - m1;
@@ -218,9 +226,7 @@ fn q5_k(block: &[u8; 176], out: &mut [f32; 256]) {
         .zip(out.chunks_exact_mut(64))
         .enumerate()
     {
-        let (s1, m1) = scale_min_k4(2 * chunk, scales);
-        let (s2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, m1, d2, m2) = (d * s1, dmin * m1, d * s2, dmin * m2);
+        let [(d1, m1), (d2, m2)] = sub_block_pair(chunk, d, dmin, scales);
         let (bit1, bit2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
         let (low, high) = values.split_at_mut(32);
         for l in 0..32 {
