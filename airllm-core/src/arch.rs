@@ -108,18 +108,49 @@ impl<B: Backend> DeviceUnit<B> {
     }
 }
 
-/// What one forward pass carries besides the hidden states.
-pub struct PassInfo<B: Backend> {
-    /// Position of each new token, per sequence: `[batch][seq]`.
-    pub positions: Vec<Vec<usize>>,
-    /// Additive attention mask `[batch, 1, seq, cached + seq]` (0 or a large negative).
-    pub mask: Tensor<B, 4>,
+/// Where the tokens of one forward pass sit. Every row of the batch has the
+/// same columns: the pass computes columns `start..total` and its queries
+/// attend over keys in columns `0..total` (the KV cache, then this pass).
+/// Left padding has no position; a family builds its own causal, window or
+/// ALiBi bias from these positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassInfo {
+    /// First column this pass computes.
+    pub start: usize,
+    /// Per row, the position of every column `0..total` (`None`: padding).
+    pub columns: Vec<Vec<Option<usize>>>,
+}
+
+impl PassInfo {
+    /// Rows in the batch.
+    pub fn batch(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Columns the keys cover (cached plus new).
+    pub fn total(&self) -> usize {
+        self.columns.first().map_or(0, Vec::len)
+    }
+
+    /// New tokens per row in this pass.
+    pub fn seq(&self) -> usize {
+        self.total().saturating_sub(self.start)
+    }
+
+    /// Position of each new token, `[batch][seq]`, padding counted as 0
+    /// (for rotary tables: a padding row's value is never seen).
+    pub fn query_positions(&self) -> Vec<Vec<usize>> {
+        self.columns
+            .iter()
+            .map(|row| row[self.start..].iter().map(|p| p.unwrap_or(0)).collect())
+            .collect()
+    }
 }
 
 /// Per-layer context handed to [`Architecture::layer`].
 pub struct LayerContext<'a, B: Backend> {
-    /// This pass's positions and mask.
-    pub pass: &'a PassInfo<B>,
+    /// This pass's positions.
+    pub pass: &'a PassInfo,
     /// What [`Architecture::begin_pass`] prepared once for all layers.
     pub prepared: &'a dyn Any,
     /// This layer's KV cache.
@@ -140,7 +171,7 @@ pub trait Architecture<B: Backend>: Send + Sync {
     fn units(&self) -> &[UnitSpec];
 
     /// Work shared by every layer of one pass (rotary tables, ...), done once.
-    fn begin_pass(&self, pass: &PassInfo<B>, device: &B::Device) -> Box<dyn Any>;
+    fn begin_pass(&self, pass: &PassInfo, device: &B::Device) -> Box<dyn Any>;
 
     /// Token ids `[batch][seq]` to hidden states `[batch, seq, hidden]`.
     fn embed(

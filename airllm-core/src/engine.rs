@@ -248,7 +248,7 @@ impl<B: Backend> Engine<B> {
     pub fn forward(
         &mut self,
         tokens: &[Vec<u32>],
-        pass: &PassInfo<B>,
+        pass: &PassInfo,
         kv: &mut KvCache<B>,
         logits: Logits,
     ) -> Result<Option<Tensor<B, 3>>> {
@@ -306,7 +306,7 @@ impl<B: Backend> Engine<B> {
     fn run_units(
         &mut self,
         tokens: &[Vec<u32>],
-        pass: &PassInfo<B>,
+        pass: &PassInfo,
         kv: &mut KvCache<B>,
         logits: Logits,
         units: Receiver<Result<LoadedUnit>>,

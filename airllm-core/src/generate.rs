@@ -2,12 +2,8 @@
 //! token per sequence per pass, sequences dropping out as they finish.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 
 use crate::{Engine, Error, KvCache, Logits, PassInfo, Result, Sampler, SamplingConfig};
-
-/// Masked-out score offset (large and finite, so no row is all `-inf`).
-const MASKED: f32 = -1.0e30;
 
 /// What to generate and when to stop.
 #[derive(Clone, Debug)]
@@ -253,7 +249,7 @@ impl<B: Backend> Engine<B> {
         kv: &mut KvCache<B>,
         want: Logits,
     ) -> Result<Option<Vec<Vec<Vec<f32>>>>> {
-        let pass = pass_info::<B>(rows, start, tokens[0].len(), self.backend().device());
+        let pass = pass_info(rows, start, tokens[0].len());
         let Some(logits) = self.forward(tokens, &pass, kv, want)? else {
             return Ok(None);
         };
@@ -281,36 +277,15 @@ fn last_positions(per_row: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Positions and the additive mask for columns `start..start + seq`: a key
-/// column is visible to a query column when it is not padding and not in the
-/// future; a padding query sees only itself.
-fn pass_info<B: Backend>(
-    rows: &[Row],
-    start: usize,
-    seq: usize,
-    device: &B::Device,
-) -> PassInfo<B> {
+/// Positions of columns `0..start + seq`: each row's prompt starts after its
+/// left padding at position 0.
+fn pass_info(rows: &[Row], start: usize, seq: usize) -> PassInfo {
     let total = start + seq;
-    let mut mask = vec![MASKED; rows.len() * seq * total];
-    let mut positions = Vec::with_capacity(rows.len());
-    for (r, row) in rows.iter().enumerate() {
-        positions.push(
-            (start..total)
-                .map(|col| col.saturating_sub(row.pad))
-                .collect(),
-        );
-        for i in 0..seq {
-            let query = start + i;
-            let line = &mut mask[(r * seq + i) * total..][..total];
-            if query < row.pad {
-                line[query] = 0.0;
-            } else {
-                line[row.pad..=query].fill(0.0);
-            }
-        }
-    }
     PassInfo {
-        positions,
-        mask: Tensor::from_data(TensorData::new(mask, [rows.len(), 1, seq, total]), device),
+        start,
+        columns: rows
+            .iter()
+            .map(|row| (0..total).map(|col| col.checked_sub(row.pad)).collect())
+            .collect(),
     }
 }

@@ -35,6 +35,16 @@ pub struct UnitSpec {
     pub tensors: Vec<TensorSpec>,
 }
 
+impl TensorSpec {
+    /// A tensor `name` of logical shape `shape`.
+    pub fn new(name: &str, shape: &[usize]) -> Self {
+        TensorSpec {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        }
+    }
+}
+
 /// A tensor as a store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TensorInfo {

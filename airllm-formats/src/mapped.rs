@@ -32,6 +32,15 @@ pub struct TensorPlacement<'a> {
 /// neighbouring tensors share one map; the bytes between distant ones (a
 /// tied head's embedding far from the final norm) are never mapped.
 pub fn map_tensors(wanted: &[TensorPlacement<'_>]) -> Result<Vec<HostTensor>> {
+    if let Some(bad) = wanted.iter().find(|t| t.range.start > t.range.end) {
+        return Err(FormatError::Truncated {
+            path: bad.path.to_path_buf(),
+            detail: format!(
+                "tensor `{}` has the reversed byte range {:?}",
+                bad.name, bad.range
+            ),
+        });
+    }
     let mut ordered: Vec<&TensorPlacement<'_>> = wanted.iter().collect();
     ordered.sort_by_key(|t| (t.path, t.range.start));
     let mut spans: Vec<(&Path, Range<usize>)> = Vec::new();
@@ -52,10 +61,18 @@ pub fn map_tensors(wanted: &[TensorPlacement<'_>]) -> Result<Vec<HostTensor>> {
     wanted
         .iter()
         .map(|t| {
+            let within =
+                |span: &Range<usize>| span.start <= t.range.start && t.range.end <= span.end;
             let (_, _, map) = maps
                 .iter()
-                .find(|(path, span, _)| *path == t.path && span.contains(&t.range.start))
-                .expect("every wanted tensor lies in a mapped span");
+                .find(|(path, span, _)| *path == t.path && within(span))
+                .ok_or_else(|| FormatError::Truncated {
+                    path: t.path.to_path_buf(),
+                    detail: format!(
+                        "tensor `{}` spans bytes {:?}, outside the mapped data",
+                        t.name, t.range
+                    ),
+                })?;
             map.view(t.name, t.kind, t.shape, t.range.clone())
         })
         .collect()

@@ -29,6 +29,27 @@ impl<'a> Config<'a> {
             .transpose()
     }
 
+    /// The first of `keys` present, as a required integer (families that
+    /// renamed their keys between releases).
+    pub fn usize_of(&self, keys: &[&str]) -> Result<usize> {
+        for key in keys {
+            if let Some(value) = self.opt_usize(key)? {
+                return Ok(value);
+            }
+        }
+        Err(Error::config(keys.join(" or "), "missing from config.json"))
+    }
+
+    /// An optional string.
+    pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key)
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| Error::config(key, format!("expected a string, found {v}")))
+            })
+            .transpose()
+    }
+
     /// An optional number.
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         self.get(key)
@@ -49,4 +70,46 @@ impl<'a> Config<'a> {
             .transpose()
             .map(|b| b.unwrap_or(default))
     }
+}
+
+/// Each layer's sliding window: `sliding_window` for the layers that
+/// transformers 5's `layer_types` marks `sliding_attention`, or, without
+/// `layer_types`, for the layers `slides_by_default` picks. A null or
+/// absent `sliding_window` means full attention everywhere.
+pub fn layer_windows(
+    c: &Config<'_>,
+    layers: usize,
+    slides_by_default: impl Fn(usize) -> bool,
+) -> Result<Vec<Option<usize>>> {
+    let Some(window) = c.opt_usize("sliding_window")? else {
+        return Ok(vec![None; layers]);
+    };
+    if window == 0 {
+        return Err(Error::config("sliding_window", "must be at least 1"));
+    }
+    let Some(types) = c.get("layer_types") else {
+        return Ok((0..layers)
+            .map(|i| slides_by_default(i).then_some(window))
+            .collect());
+    };
+    let types = types
+        .as_array()
+        .filter(|t| t.len() == layers)
+        .ok_or_else(|| {
+            Error::config(
+                "layer_types",
+                format!("expected a list of {layers} layer types (num_hidden_layers)"),
+            )
+        })?;
+    types
+        .iter()
+        .map(|kind| match kind.as_str() {
+            Some("sliding_attention") => Ok(Some(window)),
+            Some("full_attention") => Ok(None),
+            _ => Err(Error::config(
+                "layer_types",
+                format!("`{kind}` is not supported; supported: sliding_attention, full_attention"),
+            )),
+        })
+        .collect()
 }

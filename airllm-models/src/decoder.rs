@@ -4,6 +4,7 @@
 //! the unit list with expected shapes.
 
 use std::any::Any;
+use std::sync::OnceLock;
 
 use airllm_core::arch::LayerContext;
 use airllm_core::store::TensorSpec;
@@ -12,12 +13,12 @@ use airllm_core::{
     UnitSpec,
 };
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
-use crate::blocks::attention::Attention;
-use crate::blocks::linear::LinearNames;
+use crate::blocks::attention::{Attention, AttentionInputs};
+use crate::blocks::mask::{alibi_slopes, causal_mask, key_minus_query};
 use crate::blocks::mlp::GatedMlp;
-use crate::blocks::norm::rms_norm;
+use crate::blocks::norm::{rms_norm, row_norms};
 use crate::blocks::rope::{Rope, RopeTables};
 
 /// Tensor names of one decoder layer.
@@ -33,6 +34,28 @@ pub struct LayerNames {
     pub mlp: GatedMlp,
 }
 
+impl LayerNames {
+    /// A layer under `prefix` whose norms are `input_layernorm` and
+    /// `post_attention_layernorm` (Llama's names, kept by most families).
+    pub fn with_layernorm_names(prefix: &str, attention: Attention, mlp: GatedMlp) -> Self {
+        LayerNames {
+            input_norm: format!("{prefix}.input_layernorm.weight"),
+            post_norm: format!("{prefix}.post_attention_layernorm.weight"),
+            attention,
+            mlp,
+        }
+    }
+}
+
+/// How token positions enter attention.
+#[derive(Debug)]
+pub enum PositionEncoding {
+    /// Rotary embeddings on queries and keys.
+    Rotary(Rope),
+    /// ALiBi: a per-head linear penalty on key distance.
+    Alibi,
+}
+
 /// Everything a family decides.
 pub struct DecoderConfig {
     /// Family name.
@@ -41,14 +64,16 @@ pub struct DecoderConfig {
     pub dims: ModelDims,
     /// RMSNorm epsilon.
     pub eps: f64,
-    /// Rotary embedding.
-    pub rope: Rope,
+    /// Position encoding.
+    pub positions: PositionEncoding,
     /// Embedding matrix `[vocab, hidden]`.
     pub embed: String,
     /// Final norm scale.
     pub final_norm: String,
     /// LM head matrix `[vocab, hidden]` (the embedding's name when tied).
     pub lm_head: String,
+    /// Whether the LM head's rows are normalised to unit length (Baichuan 2's NormHead).
+    pub normalized_head: bool,
     /// Per-layer names.
     pub layers: Vec<LayerNames>,
 }
@@ -57,59 +82,60 @@ pub struct DecoderConfig {
 pub struct Decoder {
     config: DecoderConfig,
     units: Vec<UnitSpec>,
+    /// Distinct sliding windows of the layers (`None`: full attention).
+    windows: Vec<Option<usize>>,
+    /// Lengths of the LM head's rows, for a normalised head (computed once).
+    head_row_norms: OnceLock<Vec<f32>>,
 }
 
-fn spec(name: &str, shape: &[usize]) -> TensorSpec {
-    TensorSpec {
-        name: name.to_string(),
-        shape: shape.to_vec(),
-    }
-}
-
-fn linear_specs(names: &LinearNames, out: usize, inner: usize) -> Vec<TensorSpec> {
-    let mut specs = vec![spec(&names.weight, &[out, inner])];
-    if let Some(bias) = &names.bias {
-        specs.push(spec(bias, &[out]));
-    }
-    specs
+/// What [`Decoder`] prepares once per pass for all layers.
+struct PassState<B: Backend> {
+    rope: Option<RopeTables<B>>,
+    /// One attention bias per entry of [`Decoder::windows`].
+    biases: Vec<Tensor<B, 4>>,
 }
 
 impl Decoder {
     /// Builds the unit list from the config's names and sizes.
     pub fn new(config: DecoderConfig) -> Self {
         let d = &config.dims;
-        let (h, q_out, kv_out) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim);
+        let h = d.hidden;
         let mut units = vec![UnitSpec {
             kind: UnitKind::Embedding,
             name: "embed".into(),
-            tensors: vec![spec(&config.embed, &[d.vocab, h])],
+            tensors: vec![TensorSpec::new(&config.embed, &[d.vocab, h])],
         }];
+        let mut windows = Vec::new();
         for (i, layer) in config.layers.iter().enumerate() {
-            let a = &layer.attention;
-            let m = &layer.mlp;
-            let mut tensors = vec![spec(&layer.input_norm, &[h]), spec(&layer.post_norm, &[h])];
-            tensors.extend(linear_specs(&a.q, q_out, h));
-            tensors.extend(linear_specs(&a.k, kv_out, h));
-            tensors.extend(linear_specs(&a.v, kv_out, h));
-            tensors.extend(linear_specs(&a.o, h, q_out));
-            tensors.extend(linear_specs(&m.gate, d.intermediate, h));
-            tensors.extend(linear_specs(&m.up, d.intermediate, h));
-            tensors.extend(linear_specs(&m.down, h, d.intermediate));
+            let mut tensors = vec![
+                TensorSpec::new(&layer.input_norm, &[h]),
+                TensorSpec::new(&layer.post_norm, &[h]),
+            ];
+            tensors.extend(layer.attention.tensor_specs(h));
+            tensors.extend(layer.mlp.tensor_specs(h));
             units.push(UnitSpec {
                 kind: UnitKind::Layer(i),
                 name: format!("layer.{i:03}"),
                 tensors,
             });
+            if !windows.contains(&layer.attention.window) {
+                windows.push(layer.attention.window);
+            }
         }
         units.push(UnitSpec {
             kind: UnitKind::Head,
             name: "head".into(),
             tensors: vec![
-                spec(&config.final_norm, &[h]),
-                spec(&config.lm_head, &[d.vocab, h]),
+                TensorSpec::new(&config.final_norm, &[h]),
+                TensorSpec::new(&config.lm_head, &[d.vocab, h]),
             ],
         });
-        Decoder { config, units }
+        Decoder {
+            config,
+            units,
+            windows,
+            head_row_norms: OnceLock::new(),
+        }
     }
 
     /// Units in forward order with the tensors each needs.
@@ -126,6 +152,28 @@ impl Decoder {
     pub fn family_name(&self) -> &'static str {
         self.config.family
     }
+
+    /// The additive attention bias for layers with sliding window `window`.
+    fn attention_bias<B: Backend>(
+        &self,
+        pass: &PassInfo,
+        window: Option<usize>,
+        device: &B::Device,
+    ) -> Tensor<B, 4> {
+        let mask = causal_mask::<B>(pass, window, device);
+        match self.config.positions {
+            PositionEncoding::Rotary(_) => mask,
+            PositionEncoding::Alibi => {
+                let heads = self.config.dims.heads;
+                let slopes = Tensor::<B, 1>::from_data(
+                    TensorData::new(alibi_slopes(heads), [heads]),
+                    device,
+                )
+                .reshape([1, heads, 1, 1]);
+                mask + key_minus_query::<B>(pass, device) * slopes
+            }
+        }
+    }
 }
 
 impl<B: Backend> Architecture<B> for Decoder {
@@ -141,8 +189,19 @@ impl<B: Backend> Architecture<B> for Decoder {
         self.unit_specs()
     }
 
-    fn begin_pass(&self, pass: &PassInfo<B>, device: &B::Device) -> Box<dyn Any> {
-        Box::new(self.config.rope.tables::<B>(&pass.positions, device))
+    fn begin_pass(&self, pass: &PassInfo, device: &B::Device) -> Box<dyn Any> {
+        let rope = match &self.config.positions {
+            PositionEncoding::Rotary(rope) => {
+                Some(rope.tables::<B>(&pass.query_positions(), device))
+            }
+            PositionEncoding::Alibi => None,
+        };
+        let biases = self
+            .windows
+            .iter()
+            .map(|&window| self.attention_bias::<B>(pass, window, device))
+            .collect();
+        Box::new(PassState { rope, biases })
     }
 
     fn embed(
@@ -165,14 +224,22 @@ impl<B: Backend> Architecture<B> for Decoder {
         ctx: LayerContext<'_, B>,
     ) -> Result<Tensor<B, 3>> {
         let names = &self.config.layers[index];
-        let rope = ctx
+        let state = ctx
             .prepared
-            .downcast_ref::<RopeTables<B>>()
+            .downcast_ref::<PassState<B>>()
             .ok_or_else(|| Error::Backend("pass state is not this decoder's".into()))?;
+        let window = self
+            .windows
+            .iter()
+            .position(|w| *w == names.attention.window);
+        let inputs = AttentionInputs {
+            rope: state.rope.as_ref(),
+            bias: &state.biases[window.expect("every layer's window is listed")],
+        };
         let backend = ctx.backend;
         let eps = self.config.eps;
         let normed = rms_norm(hidden.clone(), unit.vector(&names.input_norm)?, eps);
-        let hidden = hidden + names.attention.forward(unit, normed, rope, ctx)?;
+        let hidden = hidden + names.attention.forward(unit, normed, inputs, ctx)?;
         let normed = rms_norm(hidden.clone(), unit.vector(&names.post_norm)?, eps);
         Ok(hidden + names.mlp.forward(unit, backend, normed)?)
     }
@@ -188,6 +255,21 @@ impl<B: Backend> Architecture<B> for Decoder {
             unit.vector(&self.config.final_norm)?,
             self.config.eps,
         );
-        backend.linear(normed, unit.matrix(&self.config.lm_head)?)
+        let head = unit.matrix(&self.config.lm_head)?;
+        let logits = backend.linear(normed, head)?;
+        if !self.config.normalized_head {
+            return Ok(logits);
+        }
+        let norms = match self.head_row_norms.get() {
+            Some(norms) => norms,
+            None => {
+                let norms = row_norms(head)?;
+                self.head_row_norms.get_or_init(|| norms)
+            }
+        };
+        let vocab = norms.len();
+        let norms =
+            Tensor::<B, 1>::from_data(TensorData::new(norms.clone(), [vocab]), backend.device());
+        Ok(logits / norms.reshape([1, 1, vocab]))
     }
 }

@@ -13,4 +13,4 @@ pub mod llama;
 pub mod presets;
 pub mod registry;
 
-pub use registry::{architecture, layout, Layout, SUPPORTED};
+pub use registry::{architecture, family, layout, Family, Layout, SUPPORTED};

@@ -1,21 +1,74 @@
 //! Llama (1, 2, 3, 3.1; `LlamaForCausalLM`): config keys and tensor names
 //! over the shared decoder. GQA, `head_dim` override, tied embeddings,
 //! attention/MLP biases and `rope_scaling` come from config.json.
+//!
+//! The families that keep Llama's layout and names (Qwen2, Mistral,
+//! Baichuan) build through [`llama_layout`] with their own [`LlamaVariant`].
 
 use airllm_core::{Error, ModelDims, Result};
 use serde_json::Value;
 
-use crate::blocks::attention::Attention;
+use crate::blocks::attention::{Attention, QkvProjection};
 use crate::blocks::linear::LinearNames;
-use crate::blocks::mlp::GatedMlp;
+use crate::blocks::mlp::{GateUp, GatedMlp};
 use crate::blocks::rope::Rope;
 use crate::config::Config;
-use crate::decoder::{Decoder, DecoderConfig, LayerNames};
+use crate::decoder::{Decoder, DecoderConfig, LayerNames, PositionEncoding};
 
-/// Builds the Llama decoder from config.json.
-pub fn from_config(config: &Value) -> Result<Decoder> {
-    let c = Config(config);
-    let hidden = c.usize("hidden_size")?;
+/// What a family with Llama's layout changes.
+pub(crate) struct LlamaVariant {
+    /// Family name.
+    pub family: &'static str,
+    /// Bias on the q, k and v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    /// Bias on the MLP projections.
+    pub mlp_bias: bool,
+    /// q, k and v stacked in one `self_attn.W_pack` matrix (Baichuan).
+    pub packed_qkv: bool,
+    /// Sliding window of each layer.
+    pub windows: Vec<Option<usize>>,
+    /// ALiBi instead of rotary positions (Baichuan 13B).
+    pub alibi: bool,
+    /// Longest context, when the family does not read it from
+    /// `max_position_embeddings`.
+    pub max_positions: Option<usize>,
+    /// LM head rows normalised to unit length (Baichuan 2).
+    pub normalized_head: bool,
+}
+
+impl LlamaVariant {
+    /// Llama's own choices under `family`'s name: no biases, separate q/k/v,
+    /// full attention, rotary positions.
+    pub fn plain(family: &'static str) -> Self {
+        LlamaVariant {
+            family,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            packed_qkv: false,
+            windows: Vec::new(),
+            alibi: false,
+            max_positions: None,
+            normalized_head: false,
+        }
+    }
+
+    /// Llama with the biases config.json asks for.
+    fn llama(c: &Config<'_>) -> Result<Self> {
+        let attention_bias = c.bool_or("attention_bias", false)?;
+        Ok(LlamaVariant {
+            qkv_bias: attention_bias,
+            o_bias: attention_bias,
+            mlp_bias: c.bool_or("mlp_bias", false)?,
+            ..LlamaVariant::plain("llama")
+        })
+    }
+}
+
+/// Attention heads as config.json gives them: `(heads, kv_heads)`.
+pub(crate) fn heads(c: &Config<'_>) -> Result<(usize, usize)> {
     let heads = c.usize("num_attention_heads")?;
     let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
@@ -24,51 +77,82 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
             format!("{kv_heads} does not divide num_attention_heads = {heads}"),
         ));
     }
+    Ok((heads, kv_heads))
+}
+
+/// Builds the Llama decoder from config.json.
+pub fn from_config(config: &Value) -> Result<Decoder> {
+    let c = Config(config);
+    llama_layout(&c, LlamaVariant::llama(&c)?)
+}
+
+/// A decoder with Llama's config keys and tensor names, as `variant` changes them.
+pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Decoder> {
+    let hidden = c.usize("hidden_size")?;
+    let (heads, kv_heads) = heads(c)?;
     let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / heads);
     let layers = c.usize("num_hidden_layers")?;
-    let attention_bias = c.bool_or("attention_bias", false)?;
-    let mlp_bias = c.bool_or("mlp_bias", false)?;
     let tied = c.bool_or("tie_word_embeddings", false)?;
-    let rope = Rope::from_config(&c, head_dim)?;
+    let rope = Rope::from_config(c, head_dim)?;
+    let intermediate = c.usize("intermediate_size")?;
     let dims = ModelDims {
         layers,
         hidden,
-        intermediate: c.usize("intermediate_size")?,
+        intermediate,
         heads,
         kv_heads,
         head_dim,
         vocab: c.usize("vocab_size")?,
-        max_positions: rope.context_limit(),
+        max_positions: variant.max_positions.unwrap_or(rope.context_limit()),
     };
     let layer_names = (0..layers)
         .map(|i| {
             let p = format!("model.layers.{i}");
-            LayerNames {
-                input_norm: format!("{p}.input_layernorm.weight"),
-                post_norm: format!("{p}.post_attention_layernorm.weight"),
-                attention: Attention {
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    q: LinearNames::new(&format!("{p}.self_attn.q_proj"), attention_bias),
-                    k: LinearNames::new(&format!("{p}.self_attn.k_proj"), attention_bias),
-                    v: LinearNames::new(&format!("{p}.self_attn.v_proj"), attention_bias),
-                    o: LinearNames::new(&format!("{p}.self_attn.o_proj"), attention_bias),
-                },
-                mlp: GatedMlp {
-                    gate: LinearNames::new(&format!("{p}.mlp.gate_proj"), mlp_bias),
-                    up: LinearNames::new(&format!("{p}.mlp.up_proj"), mlp_bias),
-                    down: LinearNames::new(&format!("{p}.mlp.down_proj"), mlp_bias),
-                },
-            }
+            let qkv = if variant.packed_qkv {
+                QkvProjection::Stacked(LinearNames::new(
+                    &format!("{p}.self_attn.W_pack"),
+                    variant.qkv_bias,
+                ))
+            } else {
+                let projection = |name: &str| {
+                    LinearNames::new(&format!("{p}.self_attn.{name}"), variant.qkv_bias)
+                };
+                QkvProjection::Separate {
+                    q: projection("q_proj"),
+                    k: projection("k_proj"),
+                    v: projection("v_proj"),
+                }
+            };
+            let mlp = |name: &str| LinearNames::new(&format!("{p}.mlp.{name}"), variant.mlp_bias);
+            let attention = Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                qkv,
+                o: LinearNames::new(&format!("{p}.self_attn.o_proj"), variant.o_bias),
+                window: variant.windows.get(i).copied().flatten(),
+            };
+            let gate_up = GateUp::Separate {
+                gate: mlp("gate_proj"),
+                up: mlp("up_proj"),
+            };
+            let mlp = GatedMlp {
+                inner: intermediate,
+                gate_up,
+                down: mlp("down_proj"),
+            };
+            LayerNames::with_layernorm_names(&p, attention, mlp)
         })
         .collect();
     let embed = "model.embed_tokens.weight".to_string();
     Ok(Decoder::new(DecoderConfig {
-        family: "llama",
+        family: variant.family,
         dims,
         eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-        rope,
+        positions: match variant.alibi {
+            true => PositionEncoding::Alibi,
+            false => PositionEncoding::Rotary(rope),
+        },
         lm_head: if tied {
             embed.clone()
         } else {
@@ -76,6 +160,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
         },
         embed,
         final_norm: "model.norm.weight".into(),
+        normalized_head: variant.normalized_head,
         layers: layer_names,
     }))
 }

@@ -9,8 +9,25 @@ use serde_json::Value;
 
 use crate::decoder::Decoder;
 
-/// `architectures` names (and `model_type`s) this build supports.
-pub const SUPPORTED: &[(&str, &str)] = &[("LlamaForCausalLM", "llama")];
+/// One supported family: the names config.json may give it and the reader
+/// that checks its config and builds its decoder.
+pub struct Family {
+    /// `architectures[0]` values.
+    pub architectures: &'static [&'static str],
+    /// `model_type` value (used when `architectures` is absent).
+    pub model_type: &'static str,
+    /// Checks config.json and builds the decoder.
+    pub build: fn(&Value) -> Result<Decoder>,
+}
+
+/// Every family this build supports.
+pub const SUPPORTED: &[Family] = &[
+    Family {
+        architectures: &["LlamaForCausalLM"],
+        model_type: "llama",
+        build: crate::llama::from_config,
+    },
+];
 
 /// Builds the architecture config.json describes.
 pub fn architecture<B: Backend>(config: &Value) -> Result<Arc<dyn Architecture<B>>> {
@@ -38,30 +55,30 @@ pub fn layout(config: &Value) -> Result<Layout> {
     })
 }
 
-fn build(config: &Value) -> Result<Decoder> {
+/// The family config.json names: `architectures[0]`, else `model_type`.
+pub fn family(config: &Value) -> Result<&'static Family> {
     let declared = config
         .get("architectures")
         .and_then(|a| a.get(0))
         .and_then(Value::as_str);
     let model_type = config.get("model_type").and_then(Value::as_str);
-    let family = SUPPORTED
-        .iter()
-        .find(|(arch, ty)| {
-            Some(*arch) == declared || (declared.is_none() && Some(*ty) == model_type)
-        })
-        .map(|(_, ty)| *ty);
-    match family {
-        Some("llama") => crate::llama::from_config(config),
-        _ => Err(Error::UnknownArchitecture {
-            name: declared
-                .or(model_type)
-                .unwrap_or("(none given)")
-                .to_string(),
-            known: SUPPORTED
-                .iter()
-                .map(|(a, _)| *a)
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
-    }
+    let found = match declared {
+        Some(name) => SUPPORTED.iter().find(|f| f.architectures.contains(&name)),
+        None => SUPPORTED.iter().find(|f| Some(f.model_type) == model_type),
+    };
+    found.ok_or_else(|| Error::UnknownArchitecture {
+        name: declared
+            .or(model_type)
+            .unwrap_or("(none given)")
+            .to_string(),
+        known: SUPPORTED
+            .iter()
+            .flat_map(|f| f.architectures.iter().copied())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn build(config: &Value) -> Result<Decoder> {
+    (family(config)?.build)(config)
 }

@@ -14,7 +14,8 @@ use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 
 /// The fixture models the generators write: Hugging Face directories
-/// (`generate.py`) and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
+/// (`generate.py` for Llama, `generate_families.py` for the other families)
+/// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
 pub const FIXTURES: [&str; 5] = [
     "llama-gqa",
     "llama-tied-bf16",
@@ -22,6 +23,20 @@ pub const FIXTURES: [&str; 5] = [
     "llama-linear-rope",
     "llama-mixed.gguf",
 ];
+
+/// Fixtures the wgpu run leaves out: on software Vulkan every fixture costs
+/// tens of seconds, and another fixture of the same family runs there.
+const NOT_ON_WGPU: [&str; 0] = [];
+
+/// The fixtures to check on the device under test: all of them, except
+/// [`NOT_ON_WGPU`] on wgpu.
+pub fn fixtures_for_test_device() -> Vec<&'static str> {
+    let on_wgpu = matches!(test_device(), DeviceChoice::Wgpu(_));
+    FIXTURES
+        .into_iter()
+        .filter(|name| !(on_wgpu && NOT_ON_WGPU.contains(name)))
+        .collect()
+}
 
 /// Absolute tolerance on logits (f32).
 pub const LOGIT_TOLERANCE: f32 = 1e-3;

@@ -234,3 +234,20 @@ fn manifest_range_that_disagrees_with_the_shape_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn manifest_with_a_reversed_range_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = split_fixture("llama-gqa", &tmp.path().join("split"));
+    let path = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["units"][1]["tensors"][0]["range"] = serde_json::json!([200, 100]);
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let store = SplitStore::open(&out).unwrap();
+    let err = store.read_unit(1, None).unwrap_err().to_string();
+    assert!(
+        err.contains("001-layer.000.safetensors") && err.contains("reversed byte range"),
+        "{err}"
+    );
+}

@@ -2,7 +2,7 @@
 //! does, tokenizers built from GGUF metadata equal the tokenizer.json a
 //! byte-level vocabulary was made from and transformers' tokenizer for a
 //! SentencePiece vocabulary, and bad files give named errors. (The GGUF model itself is
-//! checked against transformers with the other fixtures in llama_fixtures.rs.)
+//! checked against transformers with the other fixtures in fixtures.rs.)
 
 use std::path::{Path, PathBuf};
 

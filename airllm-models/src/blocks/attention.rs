@@ -1,7 +1,10 @@
-//! Causal self-attention with grouped KV heads, rotary positions and the KV
-//! cache. Query head `h` reads KV head `h / (heads / kv_heads)`.
+//! Self-attention with grouped KV heads over the KV cache. Query head `h`
+//! reads KV head `h / (heads / kv_heads)`. Queries and keys are projected
+//! separately or by one fused matrix, optionally rotated; the family's bias
+//! (causal, sliding window, ALiBi) comes prepared for the pass.
 
 use airllm_core::arch::LayerContext;
+use airllm_core::store::TensorSpec;
 use airllm_core::{DeviceUnit, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
@@ -9,6 +12,27 @@ use burn::tensor::Tensor;
 
 use super::linear::LinearNames;
 use super::rope::RopeTables;
+
+/// How q, k and v are projected from the hidden states.
+#[derive(Clone, Debug)]
+pub enum QkvProjection {
+    /// Three matrices.
+    Separate {
+        /// Query projection.
+        q: LinearNames,
+        /// Key projection.
+        k: LinearNames,
+        /// Value projection.
+        v: LinearNames,
+    },
+    /// One matrix whose rows are all of q, then all of k, then all of v
+    /// (Qwen-1 `c_attn`, Baichuan `W_pack`, ChatGLM `query_key_value` with
+    /// multi-query groups).
+    Stacked(LinearNames),
+    /// One matrix whose rows hold each head's q, k and v in turn (ChatGLM
+    /// `query_key_value` without multi-query groups; heads = KV heads).
+    PerHead(LinearNames),
+}
 
 /// Shape and tensor names of one attention block.
 #[derive(Clone, Debug)]
@@ -19,21 +43,84 @@ pub struct Attention {
     pub kv_heads: usize,
     /// Dims per head.
     pub head_dim: usize,
-    /// Query projection.
-    pub q: LinearNames,
-    /// Key projection.
-    pub k: LinearNames,
-    /// Value projection.
-    pub v: LinearNames,
+    /// The q, k, v projections.
+    pub qkv: QkvProjection,
     /// Output projection.
     pub o: LinearNames,
+    /// Sliding window (keys more than `window - 1` positions back are hidden).
+    pub window: Option<usize>,
+}
+
+/// What a layer's attention reads from the pass state.
+pub struct AttentionInputs<'a, B: Backend> {
+    /// Rotary tables, for families with rotary positions.
+    pub rope: Option<&'a RopeTables<B>>,
+    /// Additive bias `[batch, 1 or heads, seq, total]`.
+    pub bias: &'a Tensor<B, 4>,
 }
 
 impl Attention {
+    /// The tensors this block reads, with their shapes, for hidden size `hidden`.
+    pub fn tensor_specs(&self, hidden: usize) -> Vec<TensorSpec> {
+        let (q_out, kv_out) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let mut specs = match &self.qkv {
+            QkvProjection::Separate { q, k, v } => {
+                let mut specs = q.specs(q_out, hidden);
+                specs.extend(k.specs(kv_out, hidden));
+                specs.extend(v.specs(kv_out, hidden));
+                specs
+            }
+            QkvProjection::Stacked(qkv) | QkvProjection::PerHead(qkv) => {
+                qkv.specs(q_out + 2 * kv_out, hidden)
+            }
+        };
+        specs.extend(self.o.specs(hidden, q_out));
+        specs
+    }
+
     fn split_heads<B: Backend>(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
         let [batch, seq, _] = x.dims();
         x.reshape([batch, seq, heads, self.head_dim])
             .swap_dims(1, 2)
+    }
+
+    /// q, k, v as `[batch, seq, heads * head_dim]` (k and v with KV heads).
+    fn project<B: Backend>(
+        &self,
+        unit: &DeviceUnit<B>,
+        ctx: &LayerContext<'_, B>,
+        x: Tensor<B, 3>,
+    ) -> Result<[Tensor<B, 3>; 3]> {
+        let backend = ctx.backend;
+        let (q_out, kv_out) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        Ok(match &self.qkv {
+            QkvProjection::Separate { q, k, v } => [
+                q.forward(unit, backend, x.clone())?,
+                k.forward(unit, backend, x.clone())?,
+                v.forward(unit, backend, x)?,
+            ],
+            QkvProjection::Stacked(qkv) => {
+                let fused = qkv.forward(unit, backend, x)?;
+                [
+                    fused.clone().narrow(2, 0, q_out),
+                    fused.clone().narrow(2, q_out, kv_out),
+                    fused.narrow(2, q_out + kv_out, kv_out),
+                ]
+            }
+            QkvProjection::PerHead(qkv) => {
+                let fused = qkv.forward(unit, backend, x)?;
+                let [batch, seq, _] = fused.dims();
+                let d = self.head_dim;
+                let per_head: Tensor<B, 4> = fused.reshape([batch, seq, self.heads, 3 * d]);
+                let part = |i: usize| {
+                    per_head
+                        .clone()
+                        .narrow(3, i * d, d)
+                        .reshape([batch, seq, self.heads * d])
+                };
+                [part(0), part(1), part(2)]
+            }
+        })
     }
 
     /// Attends `x: [batch, seq, hidden]` over the cache plus itself.
@@ -41,15 +128,18 @@ impl Attention {
         &self,
         unit: &DeviceUnit<B>,
         x: Tensor<B, 3>,
-        rope: &RopeTables<B>,
+        inputs: AttentionInputs<'_, B>,
         ctx: LayerContext<'_, B>,
     ) -> Result<Tensor<B, 3>> {
-        let backend = ctx.backend;
         let [batch, seq, _] = x.dims();
-        let q = self.split_heads(self.q.forward(unit, backend, x.clone())?, self.heads);
-        let k = self.split_heads(self.k.forward(unit, backend, x.clone())?, self.kv_heads);
-        let v = self.split_heads(self.v.forward(unit, backend, x)?, self.kv_heads);
-        let (q, k) = (rope.apply(q), rope.apply(k));
+        let [q, k, v] = self.project(unit, &ctx, x)?;
+        let q = self.split_heads(q, self.heads);
+        let k = self.split_heads(k, self.kv_heads);
+        let v = self.split_heads(v, self.kv_heads);
+        let (q, k) = match inputs.rope {
+            Some(rope) => (rope.apply(q), rope.apply(k)),
+            None => (q, k),
+        };
         let (keys, values) = ctx.kv.append(k, v);
         let total = keys.dims()[2];
 
@@ -58,13 +148,13 @@ impl Attention {
         let q = q.reshape([batch, self.kv_heads, group * seq, self.head_dim]);
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale);
-        let scores = scores.reshape([batch, self.heads, seq, total]) + ctx.pass.mask.clone();
+        let scores = scores.reshape([batch, self.heads, seq, total]) + inputs.bias.clone();
         let probs = softmax(scores, 3).reshape([batch, self.kv_heads, group * seq, total]);
         let out = probs
             .matmul(values)
             .reshape([batch, self.heads, seq, self.head_dim])
             .swap_dims(1, 2)
             .reshape([batch, seq, self.heads * self.head_dim]);
-        self.o.forward(unit, backend, out)
+        self.o.forward(unit, ctx.backend, out)
     }
 }

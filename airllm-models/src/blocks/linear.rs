@@ -1,5 +1,6 @@
 //! A projection by name: the backend's linear op plus an optional bias.
 
+use airllm_core::store::TensorSpec;
 use airllm_core::{ComputeBackend, DeviceUnit, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -20,6 +21,15 @@ impl LinearNames {
             weight: format!("{prefix}.weight"),
             bias: bias.then(|| format!("{prefix}.bias")),
         }
+    }
+
+    /// The weight `[out, inner]` and bias `[out]` this projection reads.
+    pub fn specs(&self, out: usize, inner: usize) -> Vec<TensorSpec> {
+        let mut specs = vec![TensorSpec::new(&self.weight, &[out, inner])];
+        if let Some(bias) = &self.bias {
+            specs.push(TensorSpec::new(bias, &[out]));
+        }
+        specs
     }
 
     /// `x · Wᵀ (+ b)`.

@@ -1,8 +1,9 @@
 //! Building blocks shared by the families: norms, rotary embeddings,
-//! attention and MLPs.
+//! attention, its masks and MLPs.
 
 pub mod attention;
 pub mod linear;
+pub mod mask;
 pub mod mlp;
 pub mod norm;
 pub mod rope;

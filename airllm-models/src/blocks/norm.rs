@@ -1,5 +1,7 @@
-//! RMSNorm: `weight * x / sqrt(mean(x²) + eps)`, computed in f32.
+//! RMSNorm: `weight * x / sqrt(mean(x²) + eps)`, computed in f32; row
+//! lengths of a weight matrix (for a normalised LM head).
 
+use airllm_core::{DeviceTensor, Error, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -7,4 +9,35 @@ use burn::tensor::Tensor;
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let mean_square = x.clone().powi_scalar(2).mean_dim(2);
     x * mean_square.add_scalar(eps).sqrt().recip() * weight.clone().unsqueeze::<3>()
+}
+
+/// The Euclidean length of each row of matrix `w` (`[out]` values).
+pub fn row_norms<B: Backend>(w: &DeviceTensor<B>) -> Result<Vec<f32>> {
+    match w {
+        DeviceTensor::Matrix(m) => {
+            let rows = m.dims()[0];
+            m.clone()
+                .powi_scalar(2)
+                .sum_dim(1)
+                .sqrt()
+                .reshape([rows])
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| Error::Backend(format!("reading row norms: {e:?}")))
+        }
+        DeviceTensor::Host(h) => {
+            let [rows, columns] = h.shape[..] else {
+                return Err(Error::Backend(format!("`{}` is not a matrix", h.name)));
+            };
+            let mut row = vec![0.0; columns];
+            (0..rows)
+                .map(|r| {
+                    h.decode_range(r * columns, &mut row)?;
+                    Ok(row.iter().map(|v| v * v).sum::<f32>().sqrt())
+                })
+                .collect()
+        }
+        DeviceTensor::Vector(_) => Err(Error::Backend("row norms need a matrix".into())),
+    }
 }

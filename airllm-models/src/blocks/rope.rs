@@ -1,6 +1,7 @@
 //! Rotary position embeddings: inverse frequencies with the scaling variants
-//! of `rope_scaling` (linear, dynamic NTK, llama3), and the `rotate_half`
-//! application over the first `dim` dims of each head.
+//! of `rope_scaling` (linear, dynamic NTK, llama3), applied to the first
+//! `dim` dims of each head either as two halves (`rotate_half`: Llama, Qwen,
+//! Mistral) or as interleaved pairs (ChatGLM).
 
 use std::sync::Mutex;
 
@@ -39,10 +40,20 @@ pub enum RopeScaling {
     },
 }
 
+/// Which dims of the rotated span form a rotating pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dim `i` pairs with dim `i + dim/2` (`rotate_half`).
+    Halves,
+    /// Dim `2i` pairs with dim `2i + 1`.
+    Interleaved,
+}
+
 /// Rotary embedding settings for one model.
 #[derive(Debug)]
 pub struct Rope {
     dim: usize,
+    style: RopeStyle,
     theta: f64,
     scaling: RopeScaling,
     max_positions: usize,
@@ -50,8 +61,11 @@ pub struct Rope {
     dynamic_len: Mutex<usize>,
 }
 
-/// cos and sin tables for one pass, `[batch, 1, seq, dim]`.
+/// cos and sin tables for one pass: `[batch, 1, seq, dim]` for
+/// [`RopeStyle::Halves`] (each frequency twice), `[batch, 1, seq, dim / 2]`
+/// for [`RopeStyle::Interleaved`].
 pub struct RopeTables<B: Backend> {
+    style: RopeStyle,
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
 }
@@ -109,12 +123,27 @@ impl Rope {
             }
         };
         Ok(Rope {
-            dim,
-            theta,
             scaling,
+            ..Rope::new(dim, theta, max_positions)
+        })
+    }
+
+    /// Unscaled rotate-half RoPE over `dim` dims with base `theta`, for
+    /// contexts up to `max_positions`.
+    pub fn new(dim: usize, theta: f64, max_positions: usize) -> Rope {
+        Rope {
+            dim,
+            style: RopeStyle::Halves,
+            theta,
+            scaling: RopeScaling::None,
             max_positions,
             dynamic_len: Mutex::new(max_positions),
-        })
+        }
+    }
+
+    /// The same settings with `style` pairing.
+    pub fn with_style(self, style: RopeStyle) -> Rope {
+        Rope { style, ..self }
     }
 
     /// Longest context the scaling admits (dynamic NTK extends it by `factor`).
@@ -190,11 +219,15 @@ impl Rope {
         let seq = positions.first().map_or(0, Vec::len);
         let longest = positions.iter().flatten().max().map_or(0, |p| p + 1);
         let inv_freq = self.inv_freq(longest);
-        let half = self.dim / 2;
-        let mut cos = Vec::with_capacity(batch * seq * self.dim);
-        let mut sin = Vec::with_capacity(batch * seq * self.dim);
+        let repeats = match self.style {
+            RopeStyle::Halves => 2,
+            RopeStyle::Interleaved => 1,
+        };
+        let width = inv_freq.len() * repeats;
+        let mut cos = Vec::with_capacity(batch * seq * width);
+        let mut sin = Vec::with_capacity(batch * seq * width);
         for &position in positions.iter().flatten() {
-            for _ in 0..2 {
+            for _ in 0..repeats {
                 for f in &inv_freq {
                     let angle = (position as f64 * f) as f32;
                     cos.push(angle.cos());
@@ -202,9 +235,9 @@ impl Rope {
                 }
             }
         }
-        debug_assert_eq!(cos.len(), batch * seq * 2 * half);
-        let shape = [batch, 1, seq, self.dim];
+        let shape = [batch, 1, seq, width];
         RopeTables {
+            style: self.style,
             cos: Tensor::from_data(TensorData::new(cos, shape), device),
             sin: Tensor::from_data(TensorData::new(sin, shape), device),
         }
@@ -212,11 +245,11 @@ impl Rope {
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Applies `rotate_half` rotary embedding to the first `dim` dims of
-    /// `x: [batch, heads, seq, head_dim]`; the rest pass through.
+    /// Rotates the first `dim` dims of `x: [batch, heads, seq, head_dim]`;
+    /// the rest pass through.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, heads, seq, head_dim] = x.dims();
-        let dim = self.cos.dims()[3];
+        let head_dim = x.dims()[3];
+        let dim = self.rotated_dims();
         let (rot, pass) = if dim == head_dim {
             (x, None)
         } else {
@@ -225,16 +258,43 @@ impl<B: Backend> RopeTables<B> {
                 Some(x.narrow(3, dim, head_dim - dim)),
             )
         };
-        let half = dim / 2;
-        let first = rot.clone().narrow(3, 0, half);
-        let second = rot.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        let out = rot * self.cos.clone() + rotated * self.sin.clone();
-        debug_assert_eq!(out.dims(), [batch, heads, seq, dim]);
+        let out = match self.style {
+            RopeStyle::Halves => self.rotate_halves(rot),
+            RopeStyle::Interleaved => self.rotate_pairs(rot),
+        };
         match pass {
             Some(pass) => Tensor::cat(vec![out, pass], 3),
             None => out,
         }
+    }
+
+    fn rotated_dims(&self) -> usize {
+        match self.style {
+            RopeStyle::Halves => self.cos.dims()[3],
+            RopeStyle::Interleaved => 2 * self.cos.dims()[3],
+        }
+    }
+
+    /// `x * cos + rotate_half(x) * sin`.
+    fn rotate_halves(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let half = x.dims()[3] / 2;
+        let first = x.clone().narrow(3, 0, half);
+        let second = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+
+    /// `(a, b) -> (a cos - b sin, b cos + a sin)` for each pair `(x[2i], x[2i+1])`.
+    fn rotate_pairs(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, heads, seq, dim] = x.dims();
+        let pairs: Tensor<B, 5> = x.reshape([batch, heads, seq, dim / 2, 2]);
+        let a = pairs.clone().narrow(4, 0, 1);
+        let b = pairs.narrow(4, 1, 1);
+        let cos: Tensor<B, 5> = self.cos.clone().unsqueeze_dim(4);
+        let sin: Tensor<B, 5> = self.sin.clone().unsqueeze_dim(4);
+        let first = a.clone() * cos.clone() - b.clone() * sin.clone();
+        let second = b * cos + a * sin;
+        Tensor::cat(vec![first, second], 4).reshape([batch, heads, seq, dim])
     }
 }
 

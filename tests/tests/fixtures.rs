@@ -1,4 +1,4 @@
-//! The Llama adapter against transformers' records: logits within 1e-3 and
+//! Every family's fixtures against their reference records: logits within 1e-3 and
 //! greedy tokens exactly, resident and streaming, from the Hugging Face
 //! directory and from its split; batches equal solo runs; streaming never
 //! holds more than prefetch + 1 units.
@@ -116,21 +116,21 @@ fn check(name: &'static str, dir: &Path, budget: Budget, prefetch: usize) {
 
 #[test]
 fn resident_from_hf_dir() {
-    for name in FIXTURES {
+    for name in fixtures_for_test_device() {
         check(name, &fixture(name), Budget::Resident, 1);
     }
 }
 
 #[test]
 fn streaming_from_hf_dir() {
-    for name in FIXTURES {
+    for name in fixtures_for_test_device() {
         check(name, &fixture(name), Budget::StreamAll, 1);
     }
 }
 
 #[test]
 fn streaming_and_resident_from_split_dir() {
-    for name in FIXTURES {
+    for name in fixtures_for_test_device() {
         let tmp = tempfile::tempdir().unwrap();
         let split = split_fixture(name, &tmp.path().join("split"));
         check(name, &split, Budget::StreamAll, 1);
