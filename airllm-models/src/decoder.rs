@@ -57,6 +57,7 @@ pub enum PositionEncoding {
 }
 
 /// Everything a family decides.
+#[derive(Debug)]
 pub struct DecoderConfig {
     /// Family name.
     pub family: &'static str,
@@ -79,6 +80,7 @@ pub struct DecoderConfig {
 }
 
 /// A pre-norm decoder-only transformer.
+#[derive(Debug)]
 pub struct Decoder {
     config: DecoderConfig,
     units: Vec<UnitSpec>,
@@ -151,6 +153,11 @@ impl Decoder {
     /// Family name.
     pub fn family_name(&self) -> &'static str {
         self.config.family
+    }
+
+    /// What the family decided: names, sizes, positions, head.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
     }
 
     /// The additive attention bias for layers with sliding window `window`.

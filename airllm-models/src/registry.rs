@@ -27,6 +27,31 @@ pub const SUPPORTED: &[Family] = &[
         model_type: "llama",
         build: crate::llama::from_config,
     },
+    Family {
+        architectures: &["Qwen2ForCausalLM"],
+        model_type: "qwen2",
+        build: crate::qwen2::from_config,
+    },
+    Family {
+        architectures: &["QWenLMHeadModel"],
+        model_type: "qwen",
+        build: crate::qwen::from_config,
+    },
+    Family {
+        architectures: &["MistralForCausalLM"],
+        model_type: "mistral",
+        build: crate::mistral::from_config,
+    },
+    Family {
+        architectures: &["ChatGLMModel", "ChatGLMForConditionalGeneration"],
+        model_type: "chatglm",
+        build: crate::chatglm::from_config,
+    },
+    Family {
+        architectures: &["BaichuanForCausalLM", "BaiChuanForCausalLM"],
+        model_type: "baichuan",
+        build: crate::baichuan::from_config,
+    },
 ];
 
 /// Builds the architecture config.json describes.

@@ -16,17 +16,23 @@ use burn::tensor::backend::Backend;
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
-pub const FIXTURES: [&str; 5] = [
+pub const FIXTURES: [&str; 11] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
     "llama-linear-rope",
     "llama-mixed.gguf",
+    "qwen2-window",
+    "qwen-v1",
+    "mistral-window",
+    "chatglm3",
+    "baichuan2-rope",
+    "baichuan-alibi",
 ];
 
 /// Fixtures the wgpu run leaves out: on software Vulkan every fixture costs
 /// tens of seconds, and another fixture of the same family runs there.
-const NOT_ON_WGPU: [&str; 0] = [];
+const NOT_ON_WGPU: [&str; 1] = ["baichuan2-rope"];
 
 /// The fixtures to check on the device under test: all of them, except
 /// [`NOT_ON_WGPU`] on wgpu.

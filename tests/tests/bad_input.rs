@@ -97,7 +97,15 @@ fn unknown_architecture_lists_the_known_ones() {
     });
     let err = open_error(&dir);
     assert!(
-        err.contains("FooForCausalLM") && err.contains("LlamaForCausalLM"),
+        [
+            "FooForCausalLM",
+            "LlamaForCausalLM",
+            "QWenLMHeadModel",
+            "ChatGLMModel",
+            "BaiChuanForCausalLM"
+        ]
+        .iter()
+        .all(|name| err.contains(name)),
         "{err}"
     );
 }
@@ -248,6 +256,18 @@ fn manifest_with_a_reversed_range_is_an_error() {
     let err = store.read_unit(1, None).unwrap_err().to_string();
     assert!(
         err.contains("001-layer.000.safetensors") && err.contains("reversed byte range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fused_rows_that_do_not_split_as_configured_name_the_tensor() {
+    let (_tmp, dir) = copy_fixture("chatglm3");
+    edit_config(&dir, |c| c["multi_query_group_num"] = 1.into());
+    let err = open_error(&dir);
+    assert!(
+        err.contains("transformer.encoder.layers.0.self_attention.query_key_value.weight")
+            && err.contains("[144, 64]"),
         "{err}"
     );
 }
