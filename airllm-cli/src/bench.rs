@@ -57,7 +57,7 @@ fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
             *field = value;
         }
     }
-    let config = shape.config();
+    let config = shape.config(&args.family)?;
     if out.join(MANIFEST_FILE).is_file() {
         let existing = model::open_dir(&out)?;
         if existing.config != config {
@@ -178,6 +178,10 @@ impl BackendJob for BenchJob {
             "read_gb_per_s": if read_s > 0.0 { bytes_read as f64 / read_s / 1e9 } else { 0.0 },
             "effective_gb_per_s": bytes_read as f64 / wall_s / 1e9,
             "read_wait_s": stats.read_wait.as_secs_f64(),
+            "bytes_read_per_token": bytes_read as f64 / generated.max(1) as f64,
+            "expert_wait_s": stats.expert_wait.as_secs_f64(),
+            "expert_cache_hit_rate": stats.expert_cache_hit_rate(),
+            "expert_cache_bytes": plan.expert_cache_bytes,
             "units_streamed": plan.streamed(),
             "peak_streamed_units": stats.peak_streamed_units,
             "passes": stats.passes,
@@ -210,6 +214,18 @@ impl BackendJob for BenchJob {
             f("effective_gb_per_s"),
             f("read_wait_s")
         );
+        println!(
+            "read {} per generated token",
+            ByteSize(f("bytes_read_per_token") as u64)
+        );
+        if let Some(rate) = stats.expert_cache_hit_rate() {
+            println!(
+                "experts: waited {:.3} s; cache of {} served {:.1}% of requests",
+                f("expert_wait_s"),
+                ByteSize(plan.expert_cache_bytes),
+                rate * 100.0
+            );
+        }
         println!(
             "peak RSS {} (anon {}, file {}); plan predicted {}",
             ByteSize(rss.peak),

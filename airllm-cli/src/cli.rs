@@ -63,6 +63,19 @@ pub struct EngineArgs {
     /// Check every unit's checksum before use.
     #[arg(long)]
     pub verify: bool,
+    /// Cache recently routed experts of streamed mixture-of-experts layers
+    /// in the memory the plan leaves over.
+    #[arg(long, value_enum, default_value = "on")]
+    pub expert_cache: Switch,
+}
+
+/// An on/off setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// Sampling and stopping.
@@ -175,9 +188,15 @@ pub struct BenchArgs {
     /// Model directory (omit with --synthetic).
     #[arg(required_unless_present = "synthetic")]
     pub model: Option<PathBuf>,
-    /// Benchmark a synthetic model of a named shape: smollm2-135m, llama-13b, llama-70b.
+    /// Benchmark a synthetic model of a named shape: smollm2-135m, llama-13b,
+    /// llama-70b, mixtral-8x7b.
     #[arg(long, requires = "out")]
     pub synthetic: Option<String>,
+    /// Family whose config keys and tensor names the synthetic model uses:
+    /// llama, qwen2, mistral, chatglm, baichuan (a preset with experts is
+    /// always mixtral).
+    #[arg(long, default_value = "llama", requires = "synthetic")]
+    pub family: String,
     /// Where the synthetic model is written (reused if already there).
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -28,6 +28,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     };
     let plan = ResidencyPlan::new(&PlanInput::for_model(
         store.units(),
+        &layout.units,
         &layout.dims,
         shape,
         args.prefetch,

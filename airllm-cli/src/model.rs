@@ -9,7 +9,7 @@ use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::EngineArgs;
+use crate::cli::{EngineArgs, Switch};
 
 /// Recognises the model at `path`.
 pub fn open_dir(path: &Path) -> Result<ModelDir> {
@@ -32,6 +32,7 @@ pub fn open_engine<B: Backend>(
             prefetch: args.prefetch,
             max_memory: args.max_memory.map(|m| m.0),
             verify: args.verify,
+            expert_cache: args.expert_cache == Switch::On,
         },
     )?;
     engine.on_load(load_bar());

@@ -4,6 +4,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -31,6 +32,8 @@ pub struct ModelDims {
     pub vocab: usize,
     /// Longest sequence the model accepts.
     pub max_positions: usize,
+    /// Experts each token is routed to (0 for dense models).
+    pub experts_per_token: usize,
 }
 
 impl ModelDims {
@@ -147,6 +150,22 @@ impl PassInfo {
     }
 }
 
+/// Reads routed experts' weights while a layer runs.
+pub trait ExpertLoader<B: Backend> {
+    /// The weights of `experts` (indices into the unit's
+    /// [`UnitSpec::experts`](crate::UnitSpec)), one unit per requested expert,
+    /// in the order asked.
+    fn load(&mut self, experts: &[usize]) -> Result<Vec<Arc<DeviceUnit<B>>>>;
+}
+
+/// Where a mixture-of-experts layer finds its experts.
+pub enum Experts<'a, B: Backend> {
+    /// In the layer's own unit (resident, or a dense layer).
+    InUnit,
+    /// Read on request: the unit holds only the shared tensors.
+    OnRequest(&'a mut dyn ExpertLoader<B>),
+}
+
 /// Per-layer context handed to [`Architecture::layer`].
 pub struct LayerContext<'a, B: Backend> {
     /// This pass's positions.
@@ -157,6 +176,8 @@ pub struct LayerContext<'a, B: Backend> {
     pub kv: &'a mut KvSlot<B>,
     /// The backend, for its linear op.
     pub backend: &'a dyn ComputeBackend<B>,
+    /// Where routed experts come from.
+    pub experts: Experts<'a, B>,
 }
 
 /// What to compute for a model family.

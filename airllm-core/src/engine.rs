@@ -3,15 +3,16 @@
 //! units the residency plan allows, and recording where the time goes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::arch::LayerContext;
+use crate::arch::{Experts, LayerContext};
 use crate::backend::StagedTensor;
+use crate::experts::{read_experts, ExpertCache, ExpertFetcher, LoadedExperts, ReaderRequest};
 use crate::plan::{BatchShape, PlanInput};
 use crate::{
     check_units, Architecture, ComputeBackend, DeviceUnit, Error, KvCache, LayerStore, PassInfo,
@@ -27,6 +28,9 @@ pub struct EngineOptions {
     pub max_memory: Option<u64>,
     /// Check every unit's checksum once before first use.
     pub verify: bool,
+    /// Keep recently routed experts of streamed mixture-of-experts layers
+    /// in the memory the plan leaves over.
+    pub expert_cache: bool,
 }
 
 impl Default for EngineOptions {
@@ -35,6 +39,7 @@ impl Default for EngineOptions {
             prefetch: 1,
             max_memory: None,
             verify: false,
+            expert_cache: true,
         }
     }
 }
@@ -102,6 +107,7 @@ pub struct Engine<B: Backend> {
     plan: Option<ResidencyPlan>,
     stats: RunStats,
     on_load: Option<LoadObserver>,
+    experts: ExpertCache<B>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -130,6 +136,7 @@ impl<B: Backend> Engine<B> {
             plan: None,
             stats,
             on_load: None,
+            experts: ExpertCache::new(0),
         })
     }
 
@@ -181,6 +188,7 @@ impl<B: Backend> Engine<B> {
     pub fn plan_for(&self, batch: usize, chunk: usize, context: usize) -> Result<ResidencyPlan> {
         ResidencyPlan::new(&PlanInput::for_model(
             self.store.units(),
+            self.arch.units(),
             self.arch.dims(),
             BatchShape {
                 batch,
@@ -213,7 +221,7 @@ impl<B: Backend> Engine<B> {
             total_bytes: to_load.iter().map(|&i| units[i].bytes).sum(),
         };
         for index in to_load {
-            let loaded = load_unit(&*self.store, &*self.backend, index)?;
+            let loaded = load_unit(&*self.store, &*self.backend, index, None)?;
             progress.units += 1;
             progress.bytes += loaded.bytes;
             self.resident[index] = Some(self.upload(loaded)?);
@@ -221,6 +229,10 @@ impl<B: Backend> Engine<B> {
                 observer(progress);
             }
         }
+        self.experts.resize(match self.options.expert_cache {
+            true => plan.expert_cache_bytes,
+            false => 0,
+        });
         tracing::debug!(
             streamed = plan.streamed(),
             resident_bytes = plan.resident_bytes,
@@ -269,29 +281,39 @@ impl<B: Backend> Engine<B> {
         let prefetch = self.options.prefetch;
         let in_flight = Arc::new(InFlight::default());
         let (unit_tx, unit_rx) = sync_channel::<Result<LoadedUnit>>(prefetch + 1);
-        let (permit_tx, permit_rx) = sync_channel::<()>(prefetch + 1);
+        let (expert_tx, expert_rx) = sync_channel::<Result<LoadedExperts>>(1);
+        let (request_tx, request_rx) = channel::<ReaderRequest>();
         for _ in 0..=prefetch {
-            permit_tx
-                .send(())
-                .expect("the permit channel holds prefetch + 1");
+            request_tx
+                .send(ReaderRequest::Permit)
+                .expect("the reader's request channel is open");
         }
-        let store = self.store.clone();
-        let backend = self.backend.clone();
-        let reader_flight = in_flight.clone();
+        let reader = Reader {
+            store: self.store.clone(),
+            backend: self.backend.clone(),
+            shared: self
+                .arch
+                .units()
+                .iter()
+                .map(|spec| {
+                    (!spec.experts.is_empty()).then(|| {
+                        spec.shared_tensors()
+                            .into_iter()
+                            .map(String::from)
+                            .collect()
+                    })
+                })
+                .collect(),
+            in_flight: in_flight.clone(),
+        };
         let result = std::thread::scope(|scope| {
-            scope.spawn(move || {
-                for index in streamed {
-                    if permit_rx.recv().is_err() {
-                        return;
-                    }
-                    reader_flight.enter();
-                    let loaded = load_unit(&*store, &*backend, index);
-                    if unit_tx.send(loaded).is_err() {
-                        return;
-                    }
-                }
-            });
-            self.run_units(tokens, pass, kv, logits, unit_rx, permit_tx, &in_flight)
+            scope.spawn(move || reader.run(streamed, request_rx, unit_tx, expert_tx));
+            let channels = PassChannels {
+                units: unit_rx,
+                requests: request_tx,
+                experts: expert_rx,
+            };
+            self.run_units(tokens, pass, kv, logits, channels, &in_flight)
         });
         self.stats.passes += 1;
         self.stats.sample_rss();
@@ -302,15 +324,13 @@ impl<B: Backend> Engine<B> {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_units(
         &mut self,
         tokens: &[Vec<u32>],
         pass: &PassInfo,
         kv: &mut KvCache<B>,
         logits: Logits,
-        units: Receiver<Result<LoadedUnit>>,
-        permits: SyncSender<()>,
+        channels: PassChannels,
         in_flight: &InFlight,
     ) -> Result<Option<Tensor<B, 3>>> {
         let device = self.backend.device().clone();
@@ -325,7 +345,7 @@ impl<B: Backend> Engine<B> {
             let mut streamed = None;
             if self.resident[index].is_none() {
                 let waited = Instant::now();
-                let loaded = units.recv().map_err(|_| {
+                let loaded = channels.units.recv().map_err(|_| {
                     Error::Backend("the reader thread stopped before the pass ended".into())
                 })??;
                 self.stats.read_wait += waited.elapsed();
@@ -336,6 +356,27 @@ impl<B: Backend> Engine<B> {
                 .as_ref()
                 .or(self.resident[index].as_ref())
                 .expect("a unit is either resident or streamed");
+            let spec = &self.arch.units()[index];
+            let store_unit = &self.store.units()[index];
+            let layout = self.backend.weight_layout();
+            let device_bytes = |name: &str| {
+                store_unit
+                    .tensors
+                    .iter()
+                    .filter(|t| t.name == name)
+                    .map(|t| t.device_bytes(layout))
+                    .sum()
+            };
+            let mut fetcher = ExpertFetcher {
+                index,
+                spec,
+                device_bytes: &device_bytes,
+                requests: &channels.requests,
+                replies: &channels.experts,
+                cache: &mut self.experts,
+                stats: &mut self.stats,
+                backend: &*self.backend,
+            };
             let started = Instant::now();
             let arch = &*self.arch;
             match kind {
@@ -344,11 +385,16 @@ impl<B: Backend> Engine<B> {
                 }
                 UnitKind::Layer(layer) => {
                     let input = hidden.take().ok_or_else(missing_embedding)?;
+                    let experts = match streamed.is_some() && !spec.experts.is_empty() {
+                        true => Experts::OnRequest(&mut fetcher),
+                        false => Experts::InUnit,
+                    };
                     let ctx = LayerContext {
                         pass,
                         prepared: &*prepared,
                         kv: kv.slot(layer),
                         backend: &*self.backend,
+                        experts,
                     };
                     hidden = Some(arch.layer(layer, unit, input, ctx)?);
                 }
@@ -367,7 +413,7 @@ impl<B: Backend> Engine<B> {
                 in_flight.leave();
                 self.stats.sample_rss();
                 // The reader may have finished and gone: a refused permit is fine.
-                let _ = permits.send(());
+                let _ = channels.requests.send(ReaderRequest::Permit);
             }
         }
         Ok(output)
@@ -378,25 +424,110 @@ fn missing_embedding() -> Error {
     Error::Backend("a pass must start with the embedding unit".into())
 }
 
-/// Reads and decodes one unit (on the reader thread, or once for residents).
+/// The compute thread's ends of one pass's channels to the reader thread.
+struct PassChannels {
+    /// Streamed units, in forward order.
+    units: Receiver<Result<LoadedUnit>>,
+    /// Permits and expert requests.
+    requests: Sender<ReaderRequest>,
+    /// Answers to expert requests.
+    experts: Receiver<Result<LoadedExperts>>,
+}
+
+/// The reader thread of one pass.
+struct Reader<B: Backend> {
+    store: Arc<dyn LayerStore>,
+    backend: Arc<dyn ComputeBackend<B>>,
+    /// Per unit, the tensors a streamed read takes when it is a
+    /// mixture-of-experts layer (its experts come on request).
+    shared: Vec<Option<Vec<String>>>,
+    in_flight: Arc<InFlight>,
+}
+
+impl<B: Backend> Reader<B> {
+    /// Reads the `streamed` units ahead as permits allow, serving expert
+    /// requests first; ends when the compute side hangs up.
+    fn run(
+        self,
+        streamed: Vec<usize>,
+        requests: Receiver<ReaderRequest>,
+        units: SyncSender<Result<LoadedUnit>>,
+        experts: SyncSender<Result<LoadedExperts>>,
+    ) {
+        let mut permits = 0usize;
+        let mut pending = streamed.into_iter().peekable();
+        loop {
+            let request = if permits > 0 && pending.peek().is_some() {
+                match requests.try_recv() {
+                    Ok(request) => Some(request),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match requests.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => return,
+                }
+            };
+            match request {
+                Some(ReaderRequest::Permit) => permits += 1,
+                Some(ReaderRequest::Experts {
+                    index,
+                    experts: names,
+                }) => {
+                    let loaded = read_experts(&*self.store, &*self.backend, index, &names);
+                    if experts.send(loaded).is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let index = pending.next().expect("a unit is pending");
+                    permits -= 1;
+                    self.in_flight.enter();
+                    let only: Option<Vec<&str>> = self.shared[index]
+                        .as_ref()
+                        .map(|names| names.iter().map(String::as_str).collect());
+                    let loaded = load_unit(&*self.store, &*self.backend, index, only.as_deref());
+                    if units.send(loaded).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads and decodes one unit, or only the tensors named in `only` (on the
+/// reader thread, or once for residents).
 fn load_unit<B: Backend>(
     store: &dyn LayerStore,
     backend: &dyn ComputeBackend<B>,
     index: usize,
+    only: Option<&[&str]>,
 ) -> Result<LoadedUnit> {
     let started = Instant::now();
-    let host = store.read_unit(index, None)?;
-    let bytes = host.bytes();
-    let tensors = host
-        .tensors
-        .iter()
-        .map(|t| backend.stage(t))
-        .collect::<Result<Vec<_>>>()?;
-    drop(host);
+    let (tensors, bytes) = read_staged(store, backend, index, only)?;
     Ok(LoadedUnit {
         index,
         tensors,
         bytes,
         read: started.elapsed(),
     })
+}
+
+/// Reads unit `index` (or its tensors named in `only`) and stages each
+/// tensor for upload; returns them with the stored bytes read.
+pub(crate) fn read_staged<B: Backend>(
+    store: &dyn LayerStore,
+    backend: &dyn ComputeBackend<B>,
+    index: usize,
+    only: Option<&[&str]>,
+) -> Result<(Vec<StagedTensor>, u64)> {
+    let host = store.read_unit(index, only)?;
+    let tensors = host
+        .tensors
+        .iter()
+        .map(|t| backend.stage(t))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((tensors, host.bytes()))
 }

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod dequant;
 pub mod engine;
 pub mod error;
+mod experts;
 pub mod generate;
 pub mod host;
 pub mod kv;
@@ -22,7 +23,7 @@ pub mod storage;
 pub mod store;
 pub mod telemetry;
 
-pub use arch::{Architecture, DeviceUnit, ModelDims, PassInfo};
+pub use arch::{Architecture, DeviceUnit, ExpertLoader, Experts, ModelDims, PassInfo};
 pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
 pub use engine::{Engine, EngineOptions, LoadObserver, LoadProgress, Logits};
 pub use error::{Error, Result};

@@ -1,7 +1,7 @@
 //! The residency plan: from a memory budget, decide which units stay on the
 //! device across passes and which are streamed from the store every pass.
 
-use crate::{ByteSize, Error, ModelDims, Result, UnitInfo, UnitKind, WeightLayout};
+use crate::{ByteSize, Error, ModelDims, Result, UnitInfo, UnitKind, UnitSpec, WeightLayout};
 
 /// Where a unit lives between passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +17,10 @@ pub enum UnitPlacement {
 pub struct PlanInput {
     /// Each unit's role and device bytes, in forward order.
     pub units: Vec<(UnitKind, u64)>,
+    /// Device bytes one pass brings in when the unit streams: the whole
+    /// unit, or for a mixture-of-experts layer its shared tensors plus as
+    /// many experts as the pass can route to.
+    pub stream_unit_bytes: Vec<u64>,
     /// KV-cache bytes for the whole batch at its longest.
     pub kv_bytes: u64,
     /// Activation bytes of the largest pass.
@@ -40,8 +44,41 @@ pub struct ResidencyPlan {
     pub kv_bytes: u64,
     /// Activation bytes.
     pub activation_bytes: u64,
+    /// Bytes left for the cache of recently routed experts (0 when no
+    /// mixture-of-experts layer streams).
+    pub expert_cache_bytes: u64,
     /// The budget planned against.
     pub budget: u64,
+}
+
+/// Device bytes one pass brings in for unit `info` of spec `spec` when it
+/// streams, for a pass over `rows` tokens routed to `per_token` experts each.
+fn streamed_bytes(
+    info: &UnitInfo,
+    spec: &UnitSpec,
+    rows: usize,
+    per_token: usize,
+    layout: WeightLayout,
+) -> u64 {
+    if spec.experts.is_empty() {
+        return info.device_bytes(layout);
+    }
+    let bytes_of = |name: &str| {
+        info.tensors
+            .iter()
+            .filter(|t| t.name == name)
+            .map(|t| t.device_bytes(layout))
+            .sum::<u64>()
+    };
+    let shared: u64 = spec.shared_tensors().into_iter().map(bytes_of).sum();
+    let largest_expert = spec
+        .experts
+        .iter()
+        .map(|names| names.iter().map(|n| bytes_of(n)).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    let routed = (rows * per_token).min(spec.experts.len());
+    shared + routed as u64 * largest_expert
 }
 
 impl PlanInput {
@@ -50,16 +87,25 @@ impl PlanInput {
     /// Units are counted at their size on the device under `layout`.
     pub fn for_model(
         units: &[UnitInfo],
+        specs: &[UnitSpec],
         dims: &ModelDims,
         shape: BatchShape,
         prefetch: usize,
         budget: u64,
         layout: WeightLayout,
     ) -> Self {
+        let rows = shape.batch * shape.chunk;
         PlanInput {
             units: units
                 .iter()
                 .map(|u| (u.kind, u.device_bytes(layout)))
+                .collect(),
+            stream_unit_bytes: units
+                .iter()
+                .zip(specs)
+                .map(|(info, spec)| {
+                    streamed_bytes(info, spec, rows, dims.experts_per_token, layout)
+                })
                 .collect(),
             kv_bytes: dims.kv_bytes_per_token() * (shape.batch * shape.context) as u64,
             activation_bytes: dims.activation_bytes(shape.batch * shape.chunk, shape.context),
@@ -88,8 +134,9 @@ impl PlanInput {
         let largest = self
             .units
             .iter()
-            .filter(|u| is_layer(u.0))
-            .map(|u| u.1)
+            .zip(&self.stream_unit_bytes)
+            .filter(|(u, _)| is_layer(u.0))
+            .map(|(_, streamed)| *streamed)
             .max();
         (self.prefetch as u64 + 1) * largest.unwrap_or(0)
     }
@@ -126,6 +173,7 @@ impl ResidencyPlan {
                 stream_buffer_bytes: 0,
                 kv_bytes: input.kv_bytes,
                 activation_bytes: input.activation_bytes,
+                expert_cache_bytes: 0,
                 budget: input.budget,
             });
         }
@@ -148,18 +196,22 @@ impl ResidencyPlan {
         }
         let mut room = input.budget - minimum;
         let mut resident_bytes = ends;
+        let mut streamed_experts = false;
+        let mut streaming = false;
         let placements = input
             .units
             .iter()
-            .map(|&(kind, bytes)| {
+            .zip(&input.stream_unit_bytes)
+            .map(|(&(kind, bytes), &streamed)| {
                 if !is_layer(kind) {
                     UnitPlacement::Resident
-                } else if bytes <= room {
+                } else if !streaming && bytes <= room {
                     room -= bytes;
                     resident_bytes += bytes;
                     UnitPlacement::Resident
                 } else {
-                    room = 0;
+                    streaming = true;
+                    streamed_experts |= streamed < bytes;
                     UnitPlacement::Streamed
                 }
             })
@@ -170,6 +222,7 @@ impl ResidencyPlan {
             stream_buffer_bytes: buffers,
             kv_bytes: input.kv_bytes,
             activation_bytes: input.activation_bytes,
+            expert_cache_bytes: if streamed_experts { room } else { 0 },
             budget: input.budget,
         })
     }
@@ -184,7 +237,11 @@ impl ResidencyPlan {
 
     /// Peak memory the plan predicts.
     pub fn predicted_peak(&self) -> u64 {
-        self.resident_bytes + self.stream_buffer_bytes + self.kv_bytes + self.activation_bytes
+        self.resident_bytes
+            + self.stream_buffer_bytes
+            + self.kv_bytes
+            + self.activation_bytes
+            + self.expert_cache_bytes
     }
 }
 
@@ -202,6 +259,7 @@ mod tests {
                 (UnitKind::Layer(3), 50),
                 (UnitKind::Head, 100),
             ],
+            stream_unit_bytes: vec![100, 50, 50, 50, 50, 100],
             kv_bytes: 10,
             activation_bytes: 10,
             prefetch,

@@ -33,6 +33,26 @@ pub struct UnitSpec {
     pub name: String,
     /// Tensors the unit needs.
     pub tensors: Vec<TensorSpec>,
+    /// For a mixture-of-experts layer, the names of each routed expert's
+    /// tensors (also listed in `tensors`). A streamed pass reads the other
+    /// tensors first and then only the experts its router picks.
+    pub experts: Vec<Vec<String>>,
+}
+
+impl UnitSpec {
+    /// Whether tensor `name` belongs to a routed expert.
+    pub fn is_expert_tensor(&self, name: &str) -> bool {
+        self.experts.iter().flatten().any(|t| t == name)
+    }
+
+    /// The tensors every pass reads: all of them but the experts'.
+    pub fn shared_tensors(&self) -> Vec<&str> {
+        self.tensors
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|name| !self.is_expert_tensor(name))
+            .collect()
+    }
 }
 
 impl TensorSpec {

@@ -31,6 +31,12 @@ pub struct RunStats {
     pub passes: u64,
     /// Time the compute thread waited for the reader.
     pub read_wait: Duration,
+    /// Time the compute thread waited for routed experts (reading and uploading).
+    pub expert_wait: Duration,
+    /// Routed experts found in the expert cache.
+    pub expert_hits: u64,
+    /// Routed experts read from the store.
+    pub expert_misses: u64,
     /// Most streamed units alive at once.
     pub peak_streamed_units: usize,
     /// Highest anonymous RSS seen between units.
@@ -62,6 +68,13 @@ impl RunStats {
     /// Total read time on the reader thread.
     pub fn read_time(&self) -> Duration {
         self.units.iter().map(|u| u.read).sum()
+    }
+
+    /// Share of routed-expert requests the expert cache served (`None`
+    /// before any expert was routed on request).
+    pub fn expert_cache_hit_rate(&self) -> Option<f64> {
+        let asked = self.expert_hits + self.expert_misses;
+        (asked > 0).then(|| self.expert_hits as f64 / asked as f64)
     }
 
     pub(crate) fn sample_rss(&mut self) {

@@ -12,7 +12,7 @@ use crate::blocks::linear::LinearNames;
 use crate::blocks::mlp::{GateUp, GatedMlp};
 use crate::blocks::rope::{Rope, RopeStyle};
 use crate::config::Config;
-use crate::decoder::{Decoder, DecoderConfig, LayerNames, PositionEncoding};
+use crate::decoder::{Decoder, DecoderConfig, FeedForward, LayerNames, PositionEncoding};
 
 /// Rotary base before `rope_ratio` scales it.
 const ROPE_BASE: f64 = 10_000.0;
@@ -77,7 +77,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
                 gate_up: GateUp::Fused(linear("mlp.dense_h_to_4h")),
                 down: linear("mlp.dense_4h_to_h"),
             };
-            LayerNames::with_layernorm_names(&p, attention, mlp)
+            LayerNames::with_layernorm_names(&p, attention, FeedForward::Dense(mlp))
         })
         .collect();
     Ok(Decoder::new(DecoderConfig {
@@ -91,6 +91,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
             head_dim,
             vocab: c.usize("padded_vocab_size")?,
             max_positions: context,
+            experts_per_token: 0,
         },
         eps: c.opt_f64("layernorm_epsilon")?.unwrap_or(1e-5),
         positions: PositionEncoding::Rotary(rope),

@@ -18,31 +18,62 @@ use burn::tensor::{Tensor, TensorData};
 use crate::blocks::attention::{Attention, AttentionInputs};
 use crate::blocks::mask::{alibi_slopes, causal_mask, key_minus_query};
 use crate::blocks::mlp::GatedMlp;
+use crate::blocks::moe::SparseMoe;
 use crate::blocks::norm::{rms_norm, row_norms};
 use crate::blocks::rope::{Rope, RopeTables};
+
+/// The feed-forward block of a layer.
+#[derive(Clone, Debug)]
+pub enum FeedForward {
+    /// One gated MLP.
+    Dense(GatedMlp),
+    /// A routed mixture of gated-MLP experts.
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    fn tensor_specs(&self, hidden: usize) -> Vec<TensorSpec> {
+        match self {
+            FeedForward::Dense(mlp) => mlp.tensor_specs(hidden),
+            FeedForward::Sparse(moe) => moe.tensor_specs(hidden),
+        }
+    }
+
+    /// Tensor names of each routed expert (none for a dense block).
+    fn expert_names(&self, hidden: usize) -> Vec<Vec<String>> {
+        match self {
+            FeedForward::Dense(_) => Vec::new(),
+            FeedForward::Sparse(moe) => moe
+                .expert_specs(hidden)
+                .into_iter()
+                .map(|specs| specs.into_iter().map(|s| s.name).collect())
+                .collect(),
+        }
+    }
+}
 
 /// Tensor names of one decoder layer.
 #[derive(Clone, Debug)]
 pub struct LayerNames {
     /// Norm before attention.
     pub input_norm: String,
-    /// Norm before the MLP.
+    /// Norm before the feed-forward block.
     pub post_norm: String,
     /// Attention block.
     pub attention: Attention,
-    /// MLP block.
-    pub mlp: GatedMlp,
+    /// Feed-forward block.
+    pub ffn: FeedForward,
 }
 
 impl LayerNames {
     /// A layer under `prefix` whose norms are `input_layernorm` and
     /// `post_attention_layernorm` (Llama's names, kept by most families).
-    pub fn with_layernorm_names(prefix: &str, attention: Attention, mlp: GatedMlp) -> Self {
+    pub fn with_layernorm_names(prefix: &str, attention: Attention, ffn: FeedForward) -> Self {
         LayerNames {
             input_norm: format!("{prefix}.input_layernorm.weight"),
             post_norm: format!("{prefix}.post_attention_layernorm.weight"),
             attention,
-            mlp,
+            ffn,
         }
     }
 }
@@ -106,6 +137,7 @@ impl Decoder {
             kind: UnitKind::Embedding,
             name: "embed".into(),
             tensors: vec![TensorSpec::new(&config.embed, &[d.vocab, h])],
+            experts: Vec::new(),
         }];
         let mut windows = Vec::new();
         for (i, layer) in config.layers.iter().enumerate() {
@@ -114,11 +146,12 @@ impl Decoder {
                 TensorSpec::new(&layer.post_norm, &[h]),
             ];
             tensors.extend(layer.attention.tensor_specs(h));
-            tensors.extend(layer.mlp.tensor_specs(h));
+            tensors.extend(layer.ffn.tensor_specs(h));
             units.push(UnitSpec {
                 kind: UnitKind::Layer(i),
                 name: format!("layer.{i:03}"),
                 tensors,
+                experts: layer.ffn.expert_names(h),
             });
             if !windows.contains(&layer.attention.window) {
                 windows.push(layer.attention.window);
@@ -131,6 +164,7 @@ impl Decoder {
                 TensorSpec::new(&config.final_norm, &[h]),
                 TensorSpec::new(&config.lm_head, &[d.vocab, h]),
             ],
+            experts: Vec::new(),
         });
         Decoder {
             config,
@@ -243,12 +277,16 @@ impl<B: Backend> Architecture<B> for Decoder {
             rope: state.rope.as_ref(),
             bias: &state.biases[window.expect("every layer's window is listed")],
         };
-        let backend = ctx.backend;
+        let mut ctx = ctx;
         let eps = self.config.eps;
         let normed = rms_norm(hidden.clone(), unit.vector(&names.input_norm)?, eps);
-        let hidden = hidden + names.attention.forward(unit, normed, inputs, ctx)?;
+        let hidden = hidden + names.attention.forward(unit, normed, inputs, &mut ctx)?;
         let normed = rms_norm(hidden.clone(), unit.vector(&names.post_norm)?, eps);
-        Ok(hidden + names.mlp.forward(unit, backend, normed)?)
+        let update = match &names.ffn {
+            FeedForward::Dense(mlp) => mlp.forward(unit, ctx.backend, normed)?,
+            FeedForward::Sparse(moe) => moe.forward(unit, normed, &mut ctx)?,
+        };
+        Ok(hidden + update)
     }
 
     fn head(

@@ -1,5 +1,5 @@
 //! Model family adapters for airllm-rs. A family is configuration and tensor
-//! names ([`llama`], [`qwen2`], [`qwen`], [`mistral`], [`chatglm`],
+//! names ([`llama`], [`qwen2`], [`qwen`], [`mistral`], [`mixtral`], [`chatglm`],
 //! [`baichuan`]) over shared blocks ([`blocks`]) assembled by the
 //! generic [`decoder::Decoder`]; [`registry`] picks the family from
 //! config.json.
@@ -14,6 +14,7 @@ pub mod config;
 pub mod decoder;
 pub mod llama;
 pub mod mistral;
+pub mod mixtral;
 pub mod presets;
 pub mod qwen;
 pub mod qwen2;

@@ -11,9 +11,10 @@ use serde_json::Value;
 use crate::blocks::attention::{Attention, QkvProjection};
 use crate::blocks::linear::LinearNames;
 use crate::blocks::mlp::{GateUp, GatedMlp};
+use crate::blocks::moe::SparseMoe;
 use crate::blocks::rope::Rope;
 use crate::config::Config;
-use crate::decoder::{Decoder, DecoderConfig, LayerNames, PositionEncoding};
+use crate::decoder::{Decoder, DecoderConfig, FeedForward, LayerNames, PositionEncoding};
 
 /// What a family with Llama's layout changes.
 pub(crate) struct LlamaVariant {
@@ -36,6 +37,17 @@ pub(crate) struct LlamaVariant {
     pub max_positions: Option<usize>,
     /// LM head rows normalised to unit length (Baichuan 2).
     pub normalized_head: bool,
+    /// A routed mixture of experts in place of the MLP (Mixtral).
+    pub experts: Option<ExpertCounts>,
+}
+
+/// How many experts a mixture-of-experts layer has and uses per token.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExpertCounts {
+    /// Experts per layer.
+    pub count: usize,
+    /// Experts each token is routed to.
+    pub per_token: usize,
 }
 
 impl LlamaVariant {
@@ -52,6 +64,7 @@ impl LlamaVariant {
             alibi: false,
             max_positions: None,
             normalized_head: false,
+            experts: None,
         }
     }
 
@@ -104,6 +117,7 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
         head_dim,
         vocab: c.usize("vocab_size")?,
         max_positions: variant.max_positions.unwrap_or(rope.context_limit()),
+        experts_per_token: variant.experts.map_or(0, |e| e.per_token),
     };
     let layer_names = (0..layers)
         .map(|i| {
@@ -132,16 +146,16 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
                 o: LinearNames::new(&format!("{p}.self_attn.o_proj"), variant.o_bias),
                 window: variant.windows.get(i).copied().flatten(),
             };
-            let gate_up = GateUp::Separate {
-                gate: mlp("gate_proj"),
-                up: mlp("up_proj"),
+            let ffn = match variant.experts {
+                None => FeedForward::Dense(gated_mlp(
+                    intermediate,
+                    mlp("gate_proj"),
+                    mlp("up_proj"),
+                    mlp("down_proj"),
+                )),
+                Some(counts) => FeedForward::Sparse(mixtral_experts(&p, intermediate, counts)),
             };
-            let mlp = GatedMlp {
-                inner: intermediate,
-                gate_up,
-                down: mlp("down_proj"),
-            };
-            LayerNames::with_layernorm_names(&p, attention, mlp)
+            LayerNames::with_layernorm_names(&p, attention, ffn)
         })
         .collect();
     let embed = "model.embed_tokens.weight".to_string();
@@ -163,4 +177,29 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
         normalized_head: variant.normalized_head,
         layers: layer_names,
     }))
+}
+
+fn gated_mlp(inner: usize, gate: LinearNames, up: LinearNames, down: LinearNames) -> GatedMlp {
+    GatedMlp {
+        inner,
+        gate_up: GateUp::Separate { gate, up },
+        down,
+    }
+}
+
+/// Mixtral's router and experts under layer prefix `p`, as released
+/// checkpoints name them: `block_sparse_moe.gate` and
+/// `block_sparse_moe.experts.E.{w1, w3, w2}` (gate, up, down).
+fn mixtral_experts(p: &str, inner: usize, counts: ExpertCounts) -> SparseMoe {
+    let linear = |name: String| LinearNames::new(&name, false);
+    SparseMoe {
+        router: linear(format!("{p}.block_sparse_moe.gate")),
+        experts: (0..counts.count)
+            .map(|e| {
+                let w = |n: &str| linear(format!("{p}.block_sparse_moe.experts.{e}.{n}"));
+                gated_mlp(inner, w("w1"), w("w3"), w("w2"))
+            })
+            .collect(),
+        per_token: counts.per_token,
+    }
 }

@@ -14,7 +14,7 @@ use crate::blocks::linear::LinearNames;
 use crate::blocks::mlp::{GateUp, GatedMlp};
 use crate::blocks::rope::Rope;
 use crate::config::Config;
-use crate::decoder::{Decoder, DecoderConfig, LayerNames, PositionEncoding};
+use crate::decoder::{Decoder, DecoderConfig, FeedForward, LayerNames, PositionEncoding};
 
 /// Builds the Qwen-1 decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
@@ -69,14 +69,14 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
                     o: LinearNames::new(&format!("{p}.attn.c_proj"), bias),
                     window: None,
                 },
-                mlp: GatedMlp {
+                ffn: FeedForward::Dense(GatedMlp {
                     inner,
                     gate_up: GateUp::Separate {
                         gate: mlp("w2"),
                         up: mlp("w1"),
                     },
                     down: mlp("c_proj"),
-                },
+                }),
             }
         })
         .collect();
@@ -92,6 +92,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
             head_dim,
             vocab: c.usize_of(&["padded_vocab_size", "vocab_size"])?,
             max_positions: context,
+            experts_per_token: 0,
         },
         eps: c.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-6),
         positions: PositionEncoding::Rotary(rope),

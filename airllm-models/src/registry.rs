@@ -43,6 +43,11 @@ pub const SUPPORTED: &[Family] = &[
         build: crate::mistral::from_config,
     },
     Family {
+        architectures: &["MixtralForCausalLM"],
+        model_type: "mixtral",
+        build: crate::mixtral::from_config,
+    },
+    Family {
         architectures: &["ChatGLMModel", "ChatGLMForConditionalGeneration"],
         model_type: "chatglm",
         build: crate::chatglm::from_config,

@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
-pub const FIXTURES: [&str; 11] = [
+pub const FIXTURES: [&str; 12] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
@@ -25,6 +25,7 @@ pub const FIXTURES: [&str; 11] = [
     "qwen2-window",
     "qwen-v1",
     "mistral-window",
+    "mixtral-moe",
     "chatglm3",
     "baichuan2-rope",
     "baichuan-alibi",
@@ -109,9 +110,11 @@ pub enum Budget {
     Resident,
     /// The minimum working set: every layer streams.
     StreamAll,
+    /// The minimum working set and this many bytes more.
+    AboveMinimum(u64),
 }
 
-/// Opens an engine on model directory `dir`.
+/// Opens an engine on model directory `dir`, verifying checksums.
 pub fn engine<B: Backend>(
     dir: &Path,
     backend: Arc<dyn ComputeBackend<B>>,
@@ -119,30 +122,47 @@ pub fn engine<B: Backend>(
     prefetch: usize,
     shape: BatchShape,
 ) -> Result<Engine<B>> {
+    let options = EngineOptions {
+        prefetch,
+        verify: true,
+        ..Default::default()
+    };
+    engine_with(dir, backend, budget, shape, options)
+}
+
+/// Opens an engine on model directory `dir` with `options`, its memory
+/// budget set from `budget` for batches of `shape`.
+pub fn engine_with<B: Backend>(
+    dir: &Path,
+    backend: Arc<dyn ComputeBackend<B>>,
+    budget: Budget,
+    shape: BatchShape,
+    options: EngineOptions,
+) -> Result<Engine<B>> {
     let model = ModelDir::open(dir)?;
     let arch = airllm_models::architecture::<B>(&model.config)?;
     let store = model.open_store(arch.units())?;
-    let max_memory = match budget {
-        Budget::Resident => 1 << 40,
-        Budget::StreamAll => ResidencyPlan::minimum_budget(&PlanInput::for_model(
+    let minimum = || {
+        ResidencyPlan::minimum_budget(&PlanInput::for_model(
             store.units(),
+            arch.units(),
             arch.dims(),
             shape,
-            prefetch,
+            options.prefetch,
             0,
             backend.weight_layout(),
-        )),
+        ))
     };
-    Engine::new(
-        store,
-        arch,
-        backend,
-        EngineOptions {
-            prefetch,
-            max_memory: Some(max_memory),
-            verify: true,
-        },
-    )
+    let max_memory = match budget {
+        Budget::Resident => 1 << 40,
+        Budget::StreamAll => minimum(),
+        Budget::AboveMinimum(extra) => minimum() + extra,
+    };
+    let options = EngineOptions {
+        max_memory: Some(max_memory),
+        ..options
+    };
+    Engine::new(store, arch, backend, options)
 }
 
 /// Splits fixture `name` into `out` and returns `out`.

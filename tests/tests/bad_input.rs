@@ -32,6 +32,19 @@ fn open_error(dir: &Path) -> String {
     result.expect_err("opening should fail").to_string()
 }
 
+/// Rewrites `dir`'s model.safetensors without tensor `gone`.
+fn drop_tensor(dir: &Path, gone: &str) {
+    let weights = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != gone)
+        .collect();
+    std::fs::write(&weights, safetensors::serialize(kept, None).unwrap()).unwrap();
+}
+
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
     let mut config: serde_json::Value =
@@ -72,16 +85,7 @@ fn wrong_shape_names_the_tensor() {
 #[test]
 fn missing_tensor_names_it() {
     let (_tmp, dir) = copy_fixture("llama-gqa");
-    let weights = dir.join("model.safetensors");
-    let bytes = std::fs::read(&weights).unwrap();
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<_> = tensors
-        .tensors()
-        .into_iter()
-        .filter(|(name, _)| name != "model.layers.1.mlp.up_proj.weight")
-        .collect();
-    let rewritten = safetensors::serialize(kept, None).unwrap();
-    std::fs::write(&weights, rewritten).unwrap();
+    drop_tensor(&dir, "model.layers.1.mlp.up_proj.weight");
     let err = open_error(&dir);
     assert!(
         err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("missing"),
@@ -268,6 +272,26 @@ fn fused_rows_that_do_not_split_as_configured_name_the_tensor() {
     assert!(
         err.contains("transformer.encoder.layers.0.self_attention.query_key_value.weight")
             && err.contains("[144, 64]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_expert_tensor_names_it() {
+    let (_tmp, dir) = copy_fixture("mixtral-moe");
+    let gone = "model.layers.1.block_sparse_moe.experts.3.w2.weight";
+    drop_tensor(&dir, gone);
+    let err = open_error(&dir);
+    assert!(err.contains(gone) && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn more_experts_per_token_than_experts_is_named() {
+    let (_tmp, dir) = copy_fixture("mixtral-moe");
+    edit_config(&dir, |c| c["num_experts_per_tok"] = 5.into());
+    let err = open_error(&dir);
+    assert!(
+        err.contains("num_experts_per_tok") && err.contains("num_local_experts = 4"),
         "{err}"
     );
 }

@@ -129,10 +129,10 @@ impl Attention {
         unit: &DeviceUnit<B>,
         x: Tensor<B, 3>,
         inputs: AttentionInputs<'_, B>,
-        ctx: LayerContext<'_, B>,
+        ctx: &mut LayerContext<'_, B>,
     ) -> Result<Tensor<B, 3>> {
         let [batch, seq, _] = x.dims();
-        let [q, k, v] = self.project(unit, &ctx, x)?;
+        let [q, k, v] = self.project(unit, ctx, x)?;
         let q = self.split_heads(q, self.heads);
         let k = self.split_heads(k, self.kv_heads);
         let v = self.split_heads(v, self.kv_heads);

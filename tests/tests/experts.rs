@@ -1,0 +1,133 @@
+//! Mixture-of-experts streaming: a streamed pass reads each layer's shared
+//! tensors and only the experts its tokens are routed to; the expert cache
+//! spends the memory the plan leaves over and serves repeated routings.
+
+use std::sync::Arc;
+
+use airllm_backends::BackendJob;
+use airllm_core::{BatchShape, ComputeBackend, EngineOptions, Result, UnitInfo, UnitKind};
+use airllm_tests::*;
+use burn::tensor::backend::Backend;
+
+const FIXTURE: &str = "mixtral-moe";
+/// Experts per layer and per token in the fixture.
+const EXPERTS: usize = 4;
+const PER_TOKEN: usize = 2;
+/// One token, one pass: each layer routes it to exactly `PER_TOKEN` experts.
+const SHAPE: BatchShape = BatchShape {
+    batch: 1,
+    chunk: 1,
+    context: 1,
+};
+
+/// Stored bytes of the tensors of `unit` whose names satisfy `pick`.
+fn stored_bytes(unit: &UnitInfo, pick: impl Fn(&str) -> bool) -> u64 {
+    unit.tensors
+        .iter()
+        .filter(|t| pick(&t.name))
+        .map(|t| t.kind.encoded_bytes(t.elements() as usize).unwrap() as u64)
+        .sum()
+}
+
+fn is_expert(name: &str) -> bool {
+    name.contains(".experts.")
+}
+
+fn is_expert_0(name: &str) -> bool {
+    name.contains(".experts.0.")
+}
+
+struct RoutedReads {
+    cache: bool,
+    /// Room above the minimum budget, in experts' bytes.
+    spare_experts: u64,
+}
+
+/// Per pass: bytes read from each layer unit, and expert cache hits.
+type PassReads = Vec<(Vec<u64>, u64)>;
+
+impl BackendJob for RoutedReads {
+    type Output = (Vec<UnitInfo>, PassReads);
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output> {
+        let dir = fixture(FIXTURE);
+        let store_units = {
+            let model = airllm_formats::ModelDir::open(&dir)?;
+            let layout = airllm_models::layout(&model.config)?;
+            model.open_store(&layout.units)?.units().to_vec()
+        };
+        let expert_bytes = stored_bytes(&store_units[1], is_expert_0);
+        let options = EngineOptions {
+            prefetch: 1,
+            expert_cache: self.cache,
+            ..Default::default()
+        };
+        let budget = Budget::AboveMinimum(self.spare_experts * expert_bytes);
+        let mut engine = engine_with(&dir, backend, budget, SHAPE, options)?;
+        let token = reference(FIXTURE).prompts[0].ids[0];
+        let mut passes = Vec::new();
+        for _ in 0..2 {
+            engine.reset_stats();
+            engine.prompt_logits(&[token], 1)?;
+            let stats = engine.stats();
+            let layers = store_units
+                .iter()
+                .zip(&stats.units)
+                .filter(|(unit, _)| matches!(unit.kind, UnitKind::Layer(_)))
+                .map(|(_, s)| s.bytes_read)
+                .collect();
+            passes.push((layers, stats.expert_hits));
+        }
+        let plan = engine.plan().expect("planned");
+        assert_eq!(
+            plan.streamed(),
+            store_units.len() - 2,
+            "every layer streams"
+        );
+        Ok((store_units, passes))
+    }
+}
+
+#[test]
+fn a_streamed_pass_reads_only_the_routed_experts() {
+    let (units, passes) = on_test_device(RoutedReads {
+        cache: false,
+        spare_experts: 0,
+    })
+    .unwrap();
+    for (layer_reads, hits) in passes {
+        assert_eq!(hits, 0, "no cache, no hits");
+        for (unit, &read) in units[1..].iter().zip(&layer_reads) {
+            let shared = stored_bytes(unit, |n| !is_expert(n));
+            let expert = stored_bytes(unit, is_expert_0);
+            assert_eq!(read, shared + PER_TOKEN as u64 * expert, "{}", unit.name);
+            assert_eq!(
+                unit.bytes,
+                shared + EXPERTS as u64 * expert,
+                "{}",
+                unit.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_expert_cache_serves_repeated_routings() {
+    // Room for 4 of the 6 routed experts a token needs, less than a layer.
+    let (units, passes) = on_test_device(RoutedReads {
+        cache: true,
+        spare_experts: 4,
+    })
+    .unwrap();
+    let layers = units.len() - 2;
+    let expert = stored_bytes(&units[1], is_expert_0);
+    assert_eq!(passes[0].1, 0, "the first pass finds the cache empty");
+    assert_eq!(
+        passes[1].1, 4,
+        "the second pass finds the 4 experts it kept"
+    );
+    let first: u64 = passes[0].0.iter().sum();
+    let second: u64 = passes[1].0.iter().sum();
+    assert_eq!(first - second, 4 * expert);
+    assert_eq!(passes[1].0.len(), layers);
+}
