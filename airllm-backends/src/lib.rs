@@ -123,6 +123,40 @@ fn not_built(choice: DeviceChoice, feature: &str) -> Error {
     ))
 }
 
+/// Starts `device` with a one-value round trip, so a missing driver or
+/// adapter (which burn's runtimes report by panicking) becomes an error
+/// naming the device and `remedy`.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probe<B: Backend>(device: &Device<B>, choice: DeviceChoice, remedy: &str) -> Result<()> {
+    use burn::tensor::{Tensor, TensorData};
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32], [1]), device).into_data()
+    }));
+    std::panic::set_hook(quiet);
+    outcome.map(|_| ()).map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the runtime panicked");
+        Error::Backend(format!(
+            "device `{choice}` could not start: {reason}. {remedy}"
+        ))
+    })
+}
+
+/// What to install when a wgpu adapter is missing.
+#[cfg(feature = "wgpu")]
+const WGPU_REMEDY: &str = "Install a GPU driver with Vulkan support, or Mesa's software Vulkan \
+(Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`), or use --device cpu.";
+
+/// What to install when CUDA cannot start.
+#[cfg(feature = "cuda")]
+const CUDA_REMEDY: &str = "Check that an NVIDIA GPU is present and its driver is installed \
+(`nvidia-smi` lists it), or use --device cpu.";
+
 /// Runs `job` on the device `choice` names, in compute dtype `dtype`.
 pub fn dispatch<J: BackendJob>(
     choice: DeviceChoice,
@@ -162,6 +196,7 @@ pub fn dispatch<J: BackendJob>(
                 } else {
                     WgpuDevice::DiscreteGpu(index)
                 };
+                probe::<Wgpu>(&device, choice, WGPU_REMEDY)?;
                 let backend = BurnBackend::<Wgpu>::new(device, choice.to_string());
                 return job.run::<Wgpu>(Arc::new(backend));
             }
@@ -175,7 +210,9 @@ pub fn dispatch<J: BackendJob>(
             #[cfg(feature = "cuda")]
             {
                 use burn::backend::cuda::{Cuda, CudaDevice};
-                let backend = BurnBackend::<Cuda>::new(CudaDevice { index }, choice.to_string());
+                let device = CudaDevice { index };
+                probe::<Cuda>(&device, choice, CUDA_REMEDY)?;
+                let backend = BurnBackend::<Cuda>::new(device, choice.to_string());
                 return job.run::<Cuda>(Arc::new(backend));
             }
             #[allow(unreachable_code)]

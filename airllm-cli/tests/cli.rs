@@ -115,6 +115,54 @@ fn budget_below_minimum_names_it() {
 }
 
 #[test]
+fn bench_synthetic_mixtral_reads_routed_experts_and_caches_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mixtral");
+    #[rustfmt::skip]
+    let args = [
+        "bench", "--synthetic", "mixtral-8x7b", "--out", out.to_str().unwrap(),
+        "--layers", "2", "--hidden", "64", "--intermediate", "128", "--heads", "4",
+        "--kv-heads", "2", "--vocab", "256", "--prompt-len", "1", "--new-tokens", "6",
+        // Each layer (about 418 KiB, 8 experts of 48 KiB) streams; what is
+        // left above the minimum working set caches experts.
+        "--max-memory", "600KiB", "--json",
+    ];
+    let report = &json_lines(&airllm(&args))[0];
+    assert_eq!(report["units_streamed"], 2, "{report}");
+    assert!(report["expert_cache_hit_rate"].is_number(), "{report}");
+    // Two layers of 8 experts read whole would be over 800 KiB per token.
+    let per_token = report["bytes_read_per_token"].as_f64().unwrap();
+    assert!(per_token > 0.0 && per_token < 400e3, "{report}");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "MixtralForCausalLM");
+}
+
+#[test]
+fn wgpu_without_an_adapter_is_a_named_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_airllm"))
+        .args([
+            "run",
+            fixture("llama-gqa").to_str().unwrap(),
+            "--prompt-ids",
+            "1",
+            "--device",
+            "wgpu",
+        ])
+        // The Vulkan loader then finds no driver at all.
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .expect("airllm runs");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("device `wgpu:0` could not start") && err.contains("mesa-vulkan-drivers"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_device_is_rejected() {
     let output = airllm(&[
         "run",
@@ -196,6 +244,8 @@ fn bench_synthetic_reports_the_contract_fields() {
             "bytes_read",
             "read_gb_per_s",
             "units_streamed",
+            "bytes_read_per_token",
+            "expert_wait_s",
         ] {
             assert!(report[key].is_number(), "{key} missing from {report}");
         }

@@ -16,13 +16,14 @@ use burn::tensor::backend::Backend;
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
-pub const FIXTURES: [&str; 12] = [
+pub const FIXTURES: [&str; 13] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
     "llama-linear-rope",
     "llama-mixed.gguf",
     "qwen2-window",
+    "qwen2-mixed.gguf",
     "qwen-v1",
     "mistral-window",
     "mixtral-moe",
@@ -33,7 +34,7 @@ pub const FIXTURES: [&str; 12] = [
 
 /// Fixtures the wgpu run leaves out: on software Vulkan every fixture costs
 /// tens of seconds, and another fixture of the same family runs there.
-const NOT_ON_WGPU: [&str; 1] = ["baichuan2-rope"];
+const NOT_ON_WGPU: [&str; 2] = ["baichuan2-rope", "qwen2-mixed.gguf"];
 
 /// The fixtures to check on the device under test: all of them, except
 /// [`NOT_ON_WGPU`] on wgpu.

@@ -21,12 +21,20 @@ pub struct GgufFamily {
     pub permuted_qk: bool,
 }
 
-const FAMILIES: &[GgufFamily] = &[GgufFamily {
-    gguf_name: "llama",
-    architecture: "LlamaForCausalLM",
-    model_type: "llama",
-    permuted_qk: true,
-}];
+const FAMILIES: &[GgufFamily] = &[
+    GgufFamily {
+        gguf_name: "llama",
+        architecture: "LlamaForCausalLM",
+        model_type: "llama",
+        permuted_qk: true,
+    },
+    GgufFamily {
+        gguf_name: "qwen2",
+        architecture: "Qwen2ForCausalLM",
+        model_type: "qwen2",
+        permuted_qk: false,
+    },
+];
 
 /// Hugging Face names outside the layers and their GGUF names.
 const GLOBAL_NAMES: &[(&str, &str)] = &[
