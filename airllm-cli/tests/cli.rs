@@ -97,6 +97,38 @@ fn run_json_batch_matches_reference_from_hf_and_split() {
 }
 
 #[test]
+fn run_greedy_matches_the_reference_of_every_family() {
+    let families = [
+        "qwen2-window",
+        "qwen-v1",
+        "mistral-window",
+        "mixtral-moe",
+        "chatglm3",
+        "baichuan2-rope",
+        "baichuan-alibi",
+    ];
+    for name in families {
+        let model = fixture(name);
+        let reference = reference(name);
+        for prompt in reference["prompts"].as_array().unwrap() {
+            let ids: Vec<String> = ids(&prompt["ids"]).iter().map(u64::to_string).collect();
+            let output = airllm(&[
+                "run",
+                model.to_str().unwrap(),
+                "--prompt-ids",
+                &ids.join(","),
+                "--greedy",
+                "--max-new-tokens",
+                "24",
+                "--json",
+            ]);
+            let answer = &json_lines(&output)[0];
+            assert_eq!(answer["tokens"], prompt["greedy"], "{name}");
+        }
+    }
+}
+
+#[test]
 fn budget_below_minimum_names_it() {
     let output = airllm(&[
         "run",
