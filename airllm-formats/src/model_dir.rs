@@ -28,6 +28,18 @@ pub enum ModelKind {
     Gguf,
 }
 
+/// Config keys that count layers or experts. Each is checked against the
+/// tensors the weights actually hold before anything is sized from it, so
+/// a corrupt count is an error rather than an allocation that aborts.
+const COUNT_KEYS: [&str; 6] = [
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+];
+
 /// A model path with its config.
 #[derive(Clone, Debug)]
 pub struct ModelDir {
@@ -75,6 +87,7 @@ impl ModelDir {
             }
             let file = Arc::new(GgufFile::open(path)?);
             let config = GgufFamily::of(&file)?.config(&file)?;
+            check_counts(path, &config, file.tensors.len())?;
             return Ok(ModelDir {
                 gguf: Some(file),
                 ..opened(ModelKind::Gguf, config)
@@ -83,9 +96,17 @@ impl ModelDir {
         let manifest = path.join(MANIFEST_FILE);
         let config = path.join("config.json");
         if manifest.is_file() {
-            Ok(opened(ModelKind::Split, Manifest::read(&manifest)?.config))
+            let manifest = Manifest::read(&manifest)?;
+            let tensors = manifest.units.iter().map(|u| u.tensors.len()).sum();
+            check_counts(path, &manifest.config, tensors)?;
+            Ok(opened(ModelKind::Split, manifest.config))
         } else if config.is_file() {
-            Ok(opened(ModelKind::HuggingFace, read_json(&config)?))
+            let config = read_json(&config)?;
+            // Missing or unreadable weights are named when the store opens.
+            if let Ok(tensors) = crate::hf::tensor_count(path) {
+                check_counts(path, &config, tensors)?;
+            }
+            Ok(opened(ModelKind::HuggingFace, config))
         } else if path.join(crate::manifest::JOURNAL_FILE).is_file() {
             Err(not_a_model("this split was interrupted before it finished; rerun `airllm split` with the same arguments"))
         } else {
@@ -242,4 +263,23 @@ impl ModelDir {
             _ => Arc::new(HfStore::open(&self.path, specs)?),
         })
     }
+}
+
+/// Refuses a config whose layer or expert counts exceed the `tensors` its
+/// weights hold (every layer and every expert has at least one). A file
+/// without weights (a vocabulary-only GGUF) may still declare one layer.
+fn check_counts(path: &Path, config: &Value, tensors: usize) -> Result<()> {
+    for key in COUNT_KEYS {
+        if let Some(count) = config.get(key).and_then(Value::as_u64) {
+            if count > tensors.max(1) as u64 {
+                return Err(FormatError::NotAModel {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "its config says {key} = {count}, but its weights hold only {tensors} tensors; the config is corrupt or belongs to another model"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
