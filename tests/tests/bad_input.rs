@@ -299,7 +299,9 @@ fn more_experts_per_token_than_experts_is_named() {
 #[test]
 fn layer_count_beyond_the_weights_is_refused_before_allocating() {
     let (_tmp, dir) = copy_fixture("llama-gqa");
-    edit_config(&dir, |c| c["num_hidden_layers"] = 1_099_511_627_776u64.into());
+    edit_config(&dir, |c| {
+        c["num_hidden_layers"] = 1_099_511_627_776u64.into()
+    });
     let err = ModelDir::open(&dir).unwrap_err().to_string();
     assert!(
         err.contains("num_hidden_layers = 1099511627776") && err.contains("tensors"),
