@@ -15,7 +15,7 @@ use airllm_models::presets::{preset, PRESETS};
 use burn::tensor::backend::Backend;
 use serde_json::json;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, Switch};
 use crate::{model, split};
 
 /// Runs the command.
@@ -144,6 +144,10 @@ impl BackendJob for BenchJob {
         let bytes_read = stats.bytes_read();
         let read_s = stats.read_time().as_secs_f64();
         let rss = Rss::now();
+        let expert_cache_bytes = match args.engine.expert_cache {
+            Switch::On => plan.expert_cache_bytes,
+            Switch::Off => 0,
+        };
         let per_unit: Vec<_> = stats
             .units
             .iter()
@@ -181,7 +185,7 @@ impl BackendJob for BenchJob {
             "bytes_read_per_token": bytes_read as f64 / generated.max(1) as f64,
             "expert_wait_s": stats.expert_wait.as_secs_f64(),
             "expert_cache_hit_rate": stats.expert_cache_hit_rate(),
-            "expert_cache_bytes": plan.expert_cache_bytes,
+            "expert_cache_bytes": expert_cache_bytes,
             "units_streamed": plan.streamed(),
             "peak_streamed_units": stats.peak_streamed_units,
             "passes": stats.passes,
@@ -222,7 +226,7 @@ impl BackendJob for BenchJob {
             println!(
                 "experts: waited {:.3} s; cache of {} served {:.1}% of requests",
                 f("expert_wait_s"),
-                ByteSize(plan.expert_cache_bytes),
+                ByteSize(expert_cache_bytes),
                 rate * 100.0
             );
         }
