@@ -97,17 +97,11 @@ fn run_json_batch_matches_reference_from_hf_and_split() {
 }
 
 #[test]
-fn run_greedy_matches_the_reference_of_every_family() {
-    let families = [
-        "qwen2-window",
-        "qwen-v1",
-        "mistral-window",
-        "mixtral-moe",
-        "chatglm3",
-        "baichuan2-rope",
-        "baichuan-alibi",
-    ];
-    for name in families {
+fn run_greedy_matches_the_reference_of_every_fixture_directory() {
+    let directories = airllm_tests::FIXTURES
+        .into_iter()
+        .filter(|name| !name.ends_with(".gguf"));
+    for name in directories {
         let model = fixture(name);
         let reference = reference(name);
         for prompt in reference["prompts"].as_array().unwrap() {

@@ -108,6 +108,11 @@ pub struct Engine<B: Backend> {
     stats: RunStats,
     on_load: Option<LoadObserver>,
     experts: ExpertCache<B>,
+    /// Per unit, what a streamed read takes: `None` for the whole unit; for
+    /// a mixture-of-experts layer its shared tensors (experts come on request).
+    streamed_reads: Arc<Vec<Option<Vec<String>>>>,
+    /// Per unit, the device bytes of each routed expert (empty when dense).
+    expert_bytes: Vec<Vec<u64>>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -127,6 +132,30 @@ impl<B: Backend> Engine<B> {
         }
         let count = store.units().len();
         let stats = RunStats::new(store.units().iter().map(|u| u.name.clone()));
+        let streamed_reads = arch
+            .units()
+            .iter()
+            .map(|spec| {
+                (!spec.experts.is_empty()).then(|| {
+                    spec.shared_tensors()
+                        .into_iter()
+                        .map(String::from)
+                        .collect()
+                })
+            })
+            .collect();
+        let layout = backend.weight_layout();
+        let expert_bytes = store
+            .units()
+            .iter()
+            .zip(arch.units())
+            .map(|(info, spec)| {
+                spec.experts
+                    .iter()
+                    .map(|names| info.device_bytes_of(names, layout))
+                    .collect()
+            })
+            .collect();
         Ok(Engine {
             store,
             arch,
@@ -137,6 +166,8 @@ impl<B: Backend> Engine<B> {
             stats,
             on_load: None,
             experts: ExpertCache::new(0),
+            streamed_reads: Arc::new(streamed_reads),
+            expert_bytes,
         })
     }
 
@@ -291,19 +322,7 @@ impl<B: Backend> Engine<B> {
         let reader = Reader {
             store: self.store.clone(),
             backend: self.backend.clone(),
-            shared: self
-                .arch
-                .units()
-                .iter()
-                .map(|spec| {
-                    (!spec.experts.is_empty()).then(|| {
-                        spec.shared_tensors()
-                            .into_iter()
-                            .map(String::from)
-                            .collect()
-                    })
-                })
-                .collect(),
+            shared: self.streamed_reads.clone(),
             in_flight: in_flight.clone(),
         };
         let result = std::thread::scope(|scope| {
@@ -356,27 +375,6 @@ impl<B: Backend> Engine<B> {
                 .as_ref()
                 .or(self.resident[index].as_ref())
                 .expect("a unit is either resident or streamed");
-            let spec = &self.arch.units()[index];
-            let store_unit = &self.store.units()[index];
-            let layout = self.backend.weight_layout();
-            let device_bytes = |name: &str| {
-                store_unit
-                    .tensors
-                    .iter()
-                    .filter(|t| t.name == name)
-                    .map(|t| t.device_bytes(layout))
-                    .sum()
-            };
-            let mut fetcher = ExpertFetcher {
-                index,
-                spec,
-                device_bytes: &device_bytes,
-                requests: &channels.requests,
-                replies: &channels.experts,
-                cache: &mut self.experts,
-                stats: &mut self.stats,
-                backend: &*self.backend,
-            };
             let started = Instant::now();
             let arch = &*self.arch;
             match kind {
@@ -385,8 +383,22 @@ impl<B: Backend> Engine<B> {
                 }
                 UnitKind::Layer(layer) => {
                     let input = hidden.take().ok_or_else(missing_embedding)?;
+                    let spec = &arch.units()[index];
+                    let mut fetcher;
                     let experts = match streamed.is_some() && !spec.experts.is_empty() {
-                        true => Experts::OnRequest(&mut fetcher),
+                        true => {
+                            fetcher = ExpertFetcher {
+                                index,
+                                spec,
+                                expert_bytes: &self.expert_bytes[index],
+                                requests: &channels.requests,
+                                replies: &channels.experts,
+                                cache: &mut self.experts,
+                                stats: &mut self.stats,
+                                backend: &*self.backend,
+                            };
+                            Experts::OnRequest(&mut fetcher)
+                        }
                         false => Experts::InUnit,
                     };
                     let ctx = LayerContext {
@@ -440,7 +452,7 @@ struct Reader<B: Backend> {
     backend: Arc<dyn ComputeBackend<B>>,
     /// Per unit, the tensors a streamed read takes when it is a
     /// mixture-of-experts layer (its experts come on request).
-    shared: Vec<Option<Vec<String>>>,
+    shared: Arc<Vec<Option<Vec<String>>>>,
     in_flight: Arc<InFlight>,
 }
 

@@ -164,7 +164,8 @@ impl<B: Backend> ExpertCache<B> {
 pub(crate) struct ExpertFetcher<'a, B: Backend> {
     pub(crate) index: usize,
     pub(crate) spec: &'a UnitSpec,
-    pub(crate) device_bytes: &'a dyn Fn(&str) -> u64,
+    /// Device bytes of each of the unit's experts.
+    pub(crate) expert_bytes: &'a [u64],
     pub(crate) requests: &'a Sender<ReaderRequest>,
     pub(crate) replies: &'a Receiver<Result<LoadedExperts>>,
     pub(crate) cache: &'a mut ExpertCache<B>,
@@ -178,19 +179,19 @@ impl<B: Backend> ExpertLoader<B> for ExpertFetcher<'_, B> {
         let mut units: Vec<Option<Arc<DeviceUnit<B>>>> = Vec::with_capacity(experts.len());
         let mut missing = Vec::new();
         for &expert in experts {
-            let names = self.spec.experts.get(expert).ok_or_else(|| {
-                Error::Backend(format!(
+            if expert >= self.spec.experts.len() {
+                return Err(Error::Backend(format!(
                     "expert {expert} asked of unit `{}`, which has {}",
                     self.spec.name,
                     self.spec.experts.len()
-                ))
-            })?;
+                )));
+            }
             let cached = self.cache.get((self.index, expert));
             match cached {
                 Some(_) => self.stats.expert_hits += 1,
                 None => {
                     self.stats.expert_misses += 1;
-                    missing.push((units.len(), expert, names.clone()));
+                    missing.push((units.len(), expert));
                 }
             }
             units.push(cached);
@@ -198,21 +199,25 @@ impl<B: Backend> ExpertLoader<B> for ExpertFetcher<'_, B> {
         if !missing.is_empty() {
             let request = ReaderRequest::Experts {
                 index: self.index,
-                experts: missing.iter().map(|(_, _, names)| names.clone()).collect(),
+                experts: missing
+                    .iter()
+                    .map(|&(_, expert)| self.spec.experts[expert].clone())
+                    .collect(),
             };
             let stopped = || Error::Backend("the reader thread stopped during a pass".into());
             self.requests.send(request).map_err(|_| stopped())?;
             let loaded = self.replies.recv().map_err(|_| stopped())??;
             let unit_stats = &mut self.stats.units[self.index];
             unit_stats.read += loaded.read;
-            for ((slot, expert, names), (staged, bytes)) in missing.into_iter().zip(loaded.experts)
-            {
+            for ((slot, expert), (staged, bytes)) in missing.into_iter().zip(loaded.experts) {
                 unit_stats.bytes_read += bytes;
                 let name = format!("{}.expert.{expert}", self.spec.name);
                 let unit = Arc::new(DeviceUnit::upload(&name, staged, self.backend)?);
-                let device_bytes = names.iter().map(|n| (self.device_bytes)(n)).sum();
-                self.cache
-                    .insert((self.index, expert), unit.clone(), device_bytes);
+                self.cache.insert(
+                    (self.index, expert),
+                    unit.clone(),
+                    self.expert_bytes[expert],
+                );
                 units[slot] = Some(unit);
             }
         }

@@ -63,18 +63,11 @@ fn streamed_bytes(
     if spec.experts.is_empty() {
         return info.device_bytes(layout);
     }
-    let bytes_of = |name: &str| {
-        info.tensors
-            .iter()
-            .filter(|t| t.name == name)
-            .map(|t| t.device_bytes(layout))
-            .sum::<u64>()
-    };
-    let shared: u64 = spec.shared_tensors().into_iter().map(bytes_of).sum();
+    let shared = info.device_bytes_of(&spec.shared_tensors(), layout);
     let largest_expert = spec
         .experts
         .iter()
-        .map(|names| names.iter().map(|n| bytes_of(n)).sum::<u64>())
+        .map(|names| info.device_bytes_of(names, layout))
         .max()
         .unwrap_or(0);
     let routed = (rows * per_token).min(spec.experts.len());

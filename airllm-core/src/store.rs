@@ -126,6 +126,15 @@ impl UnitInfo {
     pub fn device_bytes(&self, layout: WeightLayout) -> u64 {
         self.tensors.iter().map(|t| t.device_bytes(layout)).sum()
     }
+
+    /// Bytes its tensors named in `names` take once uploaded under `layout`.
+    pub fn device_bytes_of<S: AsRef<str>>(&self, names: &[S], layout: WeightLayout) -> u64 {
+        self.tensors
+            .iter()
+            .filter(|t| names.iter().any(|n| n.as_ref() == t.name))
+            .map(|t| t.device_bytes(layout))
+            .sum()
+    }
 }
 
 /// Where weights live. Implementations: a Hugging Face directory read in

@@ -85,14 +85,14 @@ impl HfStore {
     }
 }
 
-/// Parses the weights files of `dir`: the files, which file holds each
-/// tensor, and the path to name in messages.
 /// How many tensors the weights of Hugging Face directory `dir` hold (the
 /// shard index's entries, or the single file's).
 pub fn tensor_count(dir: &Path) -> Result<usize> {
     Ok(open_weights(dir)?.1.len())
 }
 
+/// Parses the weights files of `dir`: the files, which file holds each
+/// tensor, and the path to name in messages.
 fn open_weights(dir: &Path) -> Result<(Vec<SafetensorsFile>, HashMap<String, usize>, PathBuf)> {
     let index_path = dir.join(INDEX_FILE);
     let single_path = dir.join(SINGLE_FILE);

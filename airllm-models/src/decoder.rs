@@ -117,6 +117,8 @@ pub struct Decoder {
     units: Vec<UnitSpec>,
     /// Distinct sliding windows of the layers (`None`: full attention).
     windows: Vec<Option<usize>>,
+    /// Per layer, the index of its window in `windows`.
+    layer_window: Vec<usize>,
     /// Lengths of the LM head's rows, for a normalised head (computed once).
     head_row_norms: OnceLock<Vec<f32>>,
 }
@@ -140,6 +142,7 @@ impl Decoder {
             experts: Vec::new(),
         }];
         let mut windows = Vec::new();
+        let mut layer_window = Vec::with_capacity(config.layers.len());
         for (i, layer) in config.layers.iter().enumerate() {
             let mut tensors = vec![
                 TensorSpec::new(&layer.input_norm, &[h]),
@@ -153,9 +156,14 @@ impl Decoder {
                 tensors,
                 experts: layer.ffn.expert_names(h),
             });
-            if !windows.contains(&layer.attention.window) {
-                windows.push(layer.attention.window);
-            }
+            let window = layer.attention.window;
+            layer_window.push(match windows.iter().position(|w| *w == window) {
+                Some(known) => known,
+                None => {
+                    windows.push(window);
+                    windows.len() - 1
+                }
+            });
         }
         units.push(UnitSpec {
             kind: UnitKind::Head,
@@ -170,6 +178,7 @@ impl Decoder {
             config,
             units,
             windows,
+            layer_window,
             head_row_norms: OnceLock::new(),
         }
     }
@@ -269,13 +278,9 @@ impl<B: Backend> Architecture<B> for Decoder {
             .prepared
             .downcast_ref::<PassState<B>>()
             .ok_or_else(|| Error::Backend("pass state is not this decoder's".into()))?;
-        let window = self
-            .windows
-            .iter()
-            .position(|w| *w == names.attention.window);
         let inputs = AttentionInputs {
             rope: state.rope.as_ref(),
-            bias: &state.biases[window.expect("every layer's window is listed")],
+            bias: &state.biases[self.layer_window[index]],
         };
         let mut ctx = ctx;
         let eps = self.config.eps;
