@@ -37,20 +37,33 @@ pub struct ModelDims {
 }
 
 impl ModelDims {
-    /// KV-cache bytes one token costs across all layers (f32).
+    /// KV-cache bytes one token costs across all layers (f32). Sizes
+    /// multiply saturating: a size past `u64` fits no budget.
     pub fn kv_bytes_per_token(&self) -> u64 {
-        (2 * self.layers * self.kv_heads * self.head_dim * 4) as u64
+        product(&[2, self.layers, self.kv_heads, self.head_dim, 4])
     }
 
     /// Working activation bytes of one pass over `rows` new tokens attending
     /// over `context` positions (f32).
     pub fn activation_bytes(&self, rows: usize, context: usize) -> u64 {
-        let per_row = 4 * self.hidden
-            + 3 * self.intermediate
-            + 2 * self.heads * self.head_dim
-            + 2 * self.heads * context;
-        ((rows * per_row + rows * self.vocab) * 4) as u64
+        let per_row = [
+            product(&[4, self.hidden]),
+            product(&[3, self.intermediate]),
+            product(&[2, self.heads, self.head_dim]),
+            product(&[2, self.heads, context]),
+            self.vocab as u64,
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add);
+        per_row.saturating_mul(rows as u64).saturating_mul(4)
     }
+}
+
+/// The product of `factors`, saturating at `u64::MAX`.
+fn product(factors: &[usize]) -> u64 {
+    factors
+        .iter()
+        .fold(1u64, |acc, &f| acc.saturating_mul(f as u64))
 }
 
 /// A unit's weights on the compute device.

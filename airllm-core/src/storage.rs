@@ -102,7 +102,7 @@ impl StorageKind {
     /// block kind's block length does not divide `elements`.
     pub fn encoded_bytes(self, elements: usize) -> Option<usize> {
         match self {
-            StorageKind::Dense(dtype) => Some(elements * dtype.size()),
+            StorageKind::Dense(dtype) => elements.checked_mul(dtype.size()),
             StorageKind::Block(kind) => elements
                 .is_multiple_of(kind.block_len())
                 .then(|| elements / kind.block_len() * kind.block_bytes()),

@@ -102,15 +102,21 @@ pub enum WeightLayout {
     MatricesAsStored,
 }
 
+/// The number of values of a tensor of `shape`; `None` past `usize`.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 impl TensorInfo {
-    /// Number of logical values.
+    /// Number of logical values (saturating: stores check shapes against
+    /// their bytes, so only a corrupt shape gets there).
     pub fn elements(&self) -> u64 {
-        self.shape.iter().product::<usize>() as u64
+        element_count(&self.shape).map_or(u64::MAX, |n| n as u64)
     }
 
     /// Bytes the tensor takes once uploaded under `layout`.
     pub fn device_bytes(&self, layout: WeightLayout) -> u64 {
-        let widened = self.elements() * 4;
+        let widened = self.elements().saturating_mul(4);
         match layout {
             WeightLayout::MatricesAsStored if self.shape.len() == 2 => self
                 .kind
@@ -124,7 +130,10 @@ impl TensorInfo {
 impl UnitInfo {
     /// Bytes the unit takes once uploaded under `layout`.
     pub fn device_bytes(&self, layout: WeightLayout) -> u64 {
-        self.tensors.iter().map(|t| t.device_bytes(layout)).sum()
+        self.tensors
+            .iter()
+            .map(|t| t.device_bytes(layout))
+            .fold(0, u64::saturating_add)
     }
 
     /// Bytes its tensors named in `names` take once uploaded under `layout`.
@@ -133,7 +142,7 @@ impl UnitInfo {
             .iter()
             .filter(|t| names.iter().any(|n| n.as_ref() == t.name))
             .map(|t| t.device_bytes(layout))
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 

@@ -35,6 +35,33 @@ pub struct ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat";
 
+/// ChatGLM3's chat format (its tokenizer's `build_chat_input`): per
+/// message the role token, a newline and the content, then
+/// `<|assistant|>`; the spaces stand for the dummy prefix that
+/// SentencePiece puts before each separately encoded part.
+pub const CHATGLM3_TEMPLATE: &str = "[gMASK]sop{% for m in messages %}<|{{ m.role }}|> {{ '\\n' }} {{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+
+/// Qwen-1's chat format (ChatML, as its `make_context` builds it), with
+/// Qwen's default system message.
+pub const QWEN_CHATML_TEMPLATE: &str = "{% set ns = namespace(system='You are a helpful assistant.') %}{% for m in messages if m.role == 'system' %}{% set ns.system = m.content %}{% endfor %}<|im_start|>system{{ '\\n' }}{{ ns.system }}<|im_end|>{% for m in messages if m.role != 'system' %}{{ '\\n' }}<|im_start|>{{ m.role }}{{ '\\n' }}{{ m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}{{ '\\n' }}<|im_start|>assistant{{ '\\n' }}{% endif %}";
+
+/// The chat format a family keeps in its Python code rather than in a
+/// template (ChatGLM3, Qwen-1), for the model config.json describes.
+pub fn builtin_template(config: &serde_json::Value) -> Option<&'static str> {
+    use crate::tokenizer::model_files::{is_chatglm, is_family};
+    if is_chatglm(config) {
+        Some(CHATGLM3_TEMPLATE)
+    } else if is_family(config, "qwen", &["QWenLMHeadModel"]) {
+        Some(QWEN_CHATML_TEMPLATE)
+    } else {
+        None
+    }
+}
+
+/// Most template instructions one rendering may run: far above what a
+/// conversation needs, it turns a runaway template into an error.
+const RENDER_FUEL: u64 = 5_000_000;
+
 /// `raise_exception(message)`, which transformers' templates call on bad input.
 fn raise_exception(message: String) -> std::result::Result<String, JinjaError> {
     Err(JinjaError::new(ErrorKind::InvalidOperation, message))
@@ -49,6 +76,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(RENDER_FUEL));
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(|e| FormatError::Template(e.to_string()))?;
         Ok(ChatTemplate {
@@ -104,5 +132,14 @@ mod tests {
         .unwrap();
         let err = template.render(&[], false).unwrap_err().to_string();
         assert!(err.contains("no system role"), "{err}");
+    }
+
+    #[test]
+    fn a_runaway_template_is_an_error() {
+        let source =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let template = ChatTemplate::new(source.into(), String::new(), String::new()).unwrap();
+        let err = template.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("fuel"), "{err}");
     }
 }

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airllm_core::store::element_count;
 use airllm_core::{HostBytes, HostTensor, StorageKind};
 
 use crate::{FormatError, Result};
@@ -47,7 +48,8 @@ pub fn map_tensors(wanted: &[TensorPlacement<'_>]) -> Result<Vec<HostTensor>> {
     for tensor in ordered {
         match spans.last_mut() {
             Some((path, span))
-                if *path == tensor.path && tensor.range.start <= span.end + MAX_MAPPED_GAP =>
+                if *path == tensor.path
+                    && tensor.range.start <= span.end.saturating_add(MAX_MAPPED_GAP) =>
             {
                 span.end = span.end.max(tensor.range.end);
             }
@@ -123,12 +125,11 @@ impl MappedSpan {
         shape: &[usize],
         range: Range<usize>,
     ) -> Result<HostTensor> {
-        let elements = shape.iter().product::<usize>();
-        let expected = kind.encoded_bytes(elements);
+        let expected = element_count(shape).and_then(|n| kind.encoded_bytes(n));
         if expected != Some(range.len()) {
             let needs = match expected {
                 Some(bytes) => format!("needs {bytes} bytes"),
-                None => "is not a whole number of blocks".into(),
+                None => "is too large or not a whole number of blocks".into(),
             };
             return Err(FormatError::Truncated {
                 path: self.path.clone(),

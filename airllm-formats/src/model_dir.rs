@@ -145,11 +145,20 @@ impl ModelDir {
     pub fn tokenizer(&self) -> Result<Option<Tokenizer>> {
         match &self.gguf {
             Some(file) => tokenizer::gguf::tokenizer(file).map(Some),
-            None => self
-                .side_file("tokenizer.json")
-                .map(|p| tokenizer::from_file(&p))
-                .transpose(),
+            None => match self.side_file("tokenizer.json") {
+                Some(path) => tokenizer::from_file(&path).map(Some),
+                None => self
+                    .built_tokenizer()?
+                    .map(|json| tokenizer::from_json(&json, &self.path))
+                    .transpose(),
+            },
         }
+    }
+
+    /// The tokenizer.json built from a directory's SentencePiece or
+    /// tiktoken vocabulary, when it has no tokenizer.json.
+    fn built_tokenizer(&self) -> Result<Option<Value>> {
+        tokenizer::model_files::tokenizer_json(&self.path, &self.config, &self.tokenizer_config()?)
     }
 
     /// The chat template, with the BOS and EOS strings it may refer to;
@@ -163,8 +172,8 @@ impl ModelDir {
     }
 
     /// The template text: `chat_template.jinja`, the `chat_template` of
-    /// tokenizer_config.json (a string, or the entry named `default`), or
-    /// GGUF's `tokenizer.chat_template`.
+    /// tokenizer_config.json (a string, or the entry named `default`),
+    /// GGUF's `tokenizer.chat_template`, or the family's built-in format.
     fn chat_template_source(&self) -> Result<Option<String>> {
         if let Some(file) = &self.gguf {
             return Ok(file.string("tokenizer.chat_template").map(str::to_string));
@@ -181,7 +190,7 @@ impl ModelDir {
                 .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str())
                 .map(str::to_string),
-            _ => None,
+            _ => crate::chat::builtin_template(&self.config).map(str::to_string),
         })
     }
 
@@ -223,8 +232,10 @@ impl ModelDir {
     /// (file name, contents): copies for a directory, generated from the
     /// metadata for GGUF.
     pub fn side_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let pretty =
+            |value: &Value| serde_json::to_vec_pretty(value).expect("JSON values serialize");
         let Some(file) = &self.gguf else {
-            return SIDE_FILES
+            let mut files = SIDE_FILES
                 .iter()
                 .filter_map(|name| self.side_file(name).map(|p| (name, p)))
                 .map(|(name, path)| {
@@ -232,10 +243,14 @@ impl ModelDir {
                         .map(|bytes| (name.to_string(), bytes))
                         .map_err(|e| FormatError::io(&path, e))
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>()?;
+            if self.side_file("tokenizer.json").is_none() {
+                if let Some(built) = self.built_tokenizer()? {
+                    files.push(("tokenizer.json".to_string(), pretty(&built)));
+                }
+            }
+            return Ok(files);
         };
-        let pretty =
-            |value: &Value| serde_json::to_vec_pretty(value).expect("JSON values serialize");
         let mut files = vec![
             ("config.json".to_string(), pretty(&self.config)),
             (

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use airllm_core::store::element_count;
 use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo};
 
 use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
@@ -57,6 +58,7 @@ impl SplitStore {
         };
         for index in 0..store.units.len() {
             store.check_size(index)?;
+            store.check_ranges(index)?;
         }
         Ok(store)
     }
@@ -76,6 +78,26 @@ impl SplitStore {
             dir: self.dir.clone(),
             detail,
         }
+    }
+
+    /// Every tensor's byte range holds exactly its shape's values and lies
+    /// in the unit file, as the manifest records them.
+    fn check_ranges(&self, index: usize) -> Result<()> {
+        let unit = &self.manifest.units[index];
+        for t in &unit.tensors {
+            let [start, end] = t.range;
+            let expected = element_count(&t.shape).and_then(|n| t.kind.encoded_bytes(n));
+            if start > end || end > unit.stored_bytes || expected != Some((end - start) as usize) {
+                return Err(self.bad_unit(
+                    index,
+                    format!(
+                        "has tensor `{}` ({}, shape {:?}) at bytes {start}..{end} in the manifest, which does not fit it",
+                        t.name, t.kind, t.shape
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_size(&self, index: usize) -> Result<()> {

@@ -3,6 +3,11 @@
 use airllm_core::{Error, Result};
 use serde_json::Value;
 
+/// Largest size a config may give (dimensions, counts, context lengths):
+/// far above any released model, and small enough that products of two
+/// sizes cannot overflow.
+pub const MAX_SIZE: u64 = 1 << 26;
+
 /// A view of a config.json object.
 pub struct Config<'a>(pub &'a Value);
 
@@ -18,13 +23,19 @@ impl<'a> Config<'a> {
             .ok_or_else(|| Error::config(key, "missing from config.json"))
     }
 
-    /// An optional non-negative integer.
+    /// An optional non-negative integer, at most [`MAX_SIZE`].
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         self.get(key)
-            .map(|v| {
-                v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                    Error::config(key, format!("expected a whole number, found {v}"))
-                })
+            .map(|v| match v.as_u64() {
+                Some(n) if n <= MAX_SIZE => Ok(n as usize),
+                Some(n) => Err(Error::config(
+                    key,
+                    format!("{n} is larger than any model's (at most {MAX_SIZE}); the config is corrupt"),
+                )),
+                None => Err(Error::config(
+                    key,
+                    format!("expected a whole number, found {v}"),
+                )),
             })
             .transpose()
     }

@@ -110,6 +110,38 @@ pub struct DecoderConfig {
     pub layers: Vec<LayerNames>,
 }
 
+impl DecoderConfig {
+    /// Refuses sizes the blocks cannot run: an empty dimension, or rotary
+    /// positions over an odd, empty or too-wide part of the head.
+    pub fn check(&self) -> Result<()> {
+        let d = &self.dims;
+        let sizes = [
+            ("hidden size", d.hidden),
+            ("vocabulary size", d.vocab),
+            ("attention heads", d.heads),
+            ("key/value heads", d.kv_heads),
+            ("head dims", d.head_dim),
+            ("MLP width", d.intermediate),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, size)| *size == 0) {
+            return Err(Error::config(*name, "must be at least 1"));
+        }
+        if let PositionEncoding::Rotary(rope) = &self.positions {
+            let rotated = rope.rotated_dims();
+            if rotated == 0 || !rotated.is_multiple_of(2) || rotated > d.head_dim {
+                return Err(Error::config(
+                    "head dims",
+                    format!(
+                        "rotary positions need an even count of rotated dims from 2 to the head's {}; this config rotates {rotated}",
+                        d.head_dim
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A pre-norm decoder-only transformer.
 #[derive(Debug)]
 pub struct Decoder {

@@ -110,5 +110,7 @@ pub fn family(config: &Value) -> Result<&'static Family> {
 }
 
 fn build(config: &Value) -> Result<Decoder> {
-    (family(config)?.build)(config)
+    let decoder = (family(config)?.build)(config)?;
+    decoder.config().check()?;
+    Ok(decoder)
 }

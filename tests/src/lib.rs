@@ -13,6 +13,8 @@ use airllm_formats::split::{split_model, SplitOptions};
 use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 
+pub mod mutate;
+
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
@@ -200,25 +202,31 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// One string's encoding as transformers recorded it.
+/// One string's encoding as the reference tokenizer gave it.
 #[derive(serde::Deserialize)]
 pub struct TokenizerCase {
     /// The text.
     pub text: String,
     /// Its ids (with the special tokens the tokenizer adds).
     pub ids: Vec<u32>,
-    /// The ids decoded back, special tokens kept.
+    /// The ids decoded back (special tokens kept or hidden, as the caller of
+    /// [`check_tokenizer`] says).
     pub decoded: String,
 }
 
 /// Asserts that `tokenizer` encodes every case's text to its ids and
-/// decodes those ids to its text.
-pub fn check_tokenizer(tokenizer: &tokenizers::Tokenizer, cases: &[TokenizerCase]) {
+/// decodes those ids to its text, with special tokens hidden when
+/// `hide_special`.
+pub fn check_tokenizer(
+    tokenizer: &tokenizers::Tokenizer,
+    cases: &[TokenizerCase],
+    hide_special: bool,
+) {
     for case in cases {
         let ids = tokenizer.encode(case.text.as_str(), true).unwrap();
         assert_eq!(ids.get_ids(), case.ids, "{:?}", case.text);
         assert_eq!(
-            tokenizer.decode(&case.ids, false).unwrap(),
+            tokenizer.decode(&case.ids, hide_special).unwrap(),
             case.decoded,
             "{:?}",
             case.text

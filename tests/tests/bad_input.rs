@@ -230,38 +230,51 @@ fn too_little_disk_writes_nothing() {
 }
 
 #[test]
-fn manifest_range_that_disagrees_with_the_shape_is_an_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = split_fixture("llama-gqa", &tmp.path().join("split"));
-    let path = out.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let range = &mut manifest["units"][1]["tensors"][0]["range"][1];
-    *range = (range.as_u64().unwrap() - 4).into();
-    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let store = SplitStore::open(&out).unwrap();
-    let err = store.read_unit(1, None).unwrap_err().to_string();
-    assert!(
-        err.contains("001-layer.000.safetensors") && err.contains("needs"),
-        "{err}"
-    );
+fn manifest_ranges_that_do_not_fit_their_tensors_are_errors() {
+    let edits: [fn(&mut serde_json::Value); 3] = [
+        |t| t["range"][1] = (t["range"][1].as_u64().unwrap() - 4).into(),
+        |t| t["range"] = serde_json::json!([200, 100]),
+        |t| t["shape"] = serde_json::json!([1u64 << 40, 1u64 << 40]),
+    ];
+    for edit in edits {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = split_fixture("llama-gqa", &tmp.path().join("split"));
+        let path = out.join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut manifest["units"][1]["tensors"][0]);
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let err = SplitStore::open(&out).err().expect("refused").to_string();
+        assert!(
+            err.contains("001-layer.000.safetensors") && err.contains("does not fit"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
-fn manifest_with_a_reversed_range_is_an_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = split_fixture("llama-gqa", &tmp.path().join("split"));
-    let path = out.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    manifest["units"][1]["tensors"][0]["range"] = serde_json::json!([200, 100]);
-    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let store = SplitStore::open(&out).unwrap();
-    let err = store.read_unit(1, None).unwrap_err().to_string();
-    assert!(
-        err.contains("001-layer.000.safetensors") && err.contains("reversed byte range"),
-        "{err}"
-    );
+fn config_sizes_beyond_any_model_are_errors() {
+    for (key, value) in [
+        ("vocab_size", serde_json::json!(u64::MAX)),
+        ("hidden_size", serde_json::json!(i64::MAX)),
+        ("intermediate_size", serde_json::json!(1u64 << 40)),
+    ] {
+        let (_tmp, dir) = copy_fixture("qwen2-window");
+        edit_config(&dir, |c| c[key] = value);
+        let err = open_error(&dir);
+        assert!(
+            err.contains(key) && err.contains("larger than any model"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn heads_too_narrow_for_rotary_positions_are_an_error() {
+    let (_tmp, dir) = copy_fixture("baichuan2-rope");
+    edit_config(&dir, |c| c["num_attention_heads"] = 64.into());
+    let err = open_error(&dir);
+    assert!(err.contains("rotated dims"), "{err}");
 }
 
 #[test]
@@ -311,4 +324,30 @@ fn layer_count_beyond_the_weights_is_refused_before_allocating() {
     edit_config(&dir, |c| c["num_local_experts"] = 1_000_000.into());
     let err = ModelDir::open(&dir).unwrap_err().to_string();
     assert!(err.contains("num_local_experts"), "{err}");
+}
+
+/// Rewrites `dir`'s tokenizer.json with `edit`.
+fn edit_tokenizer(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut tokenizer);
+    std::fs::write(&path, serde_json::to_vec(&tokenizer).unwrap()).unwrap();
+}
+
+#[test]
+fn tokenizers_the_library_panics_on_are_named_errors() {
+    let edits: [fn(&mut serde_json::Value); 2] = [
+        |t| t["model"]["continuing_subword_prefix"] = "a-long-prefix".into(),
+        |t| t["decoder"] = serde_json::json!({"type": "Sequence", "decoders": [{"type": 7}]}),
+    ];
+    for edit in edits {
+        let (_tmp, dir) = copy_fixture("llama-gqa");
+        edit_tokenizer(&dir, edit);
+        let err = ModelDir::open(&dir)
+            .unwrap()
+            .tokenizer()
+            .expect_err("refused");
+        assert!(err.to_string().contains("tokenizer.json"), "{err}");
+    }
 }

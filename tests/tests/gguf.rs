@@ -97,7 +97,7 @@ fn sentencepiece_vocabulary_tokenizes_as_transformers_does() {
             .any(|c| c.ids.iter().any(|&id| (3..259).contains(&id))),
         "byte fallback exercised"
     );
-    check_tokenizer(&tokenizer, &cases);
+    check_tokenizer(&tokenizer, &cases, false);
 }
 
 /// A copy of fixture file `name` changed by `edit`, in a temporary directory.

@@ -48,7 +48,7 @@ fn tokenizer_encodes_and_decodes_as_transformers_does() {
     let tokenizer = dir.tokenizer().unwrap().unwrap();
     let record = record();
     check_prompt(&tokenizer, &record);
-    check_tokenizer(&tokenizer, &record.tokenizer);
+    check_tokenizer(&tokenizer, &record.tokenizer, false);
     let greedy = tokenizer.decode(&record.greedy, false).unwrap();
     assert_eq!(greedy, record.greedy_text);
 }

@@ -320,18 +320,18 @@ impl GgufFile {
                         "tensor `{name}` of shape {shape:?} cannot be stored as {type_name}"
                     ))
                 })? as u64;
-            let start = data_start + offset;
-            if offset % alignment != 0 || start + bytes > file_len {
+            let start = data_start.saturating_add(offset);
+            let end = start.saturating_add(bytes);
+            if offset % alignment != 0 || end > file_len {
                 return Err(cursor.bad(format!(
-                    "tensor `{name}`'s data (bytes {start}..{}) runs past the end of the {file_len}-byte file or is misaligned",
-                    start + bytes
+                    "tensor `{name}`'s data (bytes {start}..{end}) runs past the end of the {file_len}-byte file or is misaligned"
                 )));
             }
             tensors.push(GgufTensor {
                 name,
                 kind,
                 shape,
-                range: start as usize..(start + bytes) as usize,
+                range: start as usize..end as usize,
             });
         }
         if tensors.len() as u64 != tensor_count {

@@ -3,6 +3,7 @@
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::sentencepiece::{SpmModel, SpmText};
 use super::{byte_level, from_json, sentencepiece, Vocabulary};
 use crate::gguf::{GgufFile, MetaValue};
 use crate::{FormatError, Result};
@@ -48,6 +49,11 @@ pub fn vocabulary(file: &GgufFile, default_add_bos: bool) -> Result<Vocabulary> 
             .map(|id| id as u32)
             .filter(|&id| (id as usize) < tokens.len())
     };
+    let bos = id("bos_token_id");
+    let add_bos = file
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(MetaValue::as_bool)
+        .unwrap_or(default_add_bos);
     Ok(Vocabulary {
         merges: strings("tokenizer.ggml.merges"),
         scores: array(file, "tokenizer.ggml.scores")
@@ -56,12 +62,9 @@ pub fn vocabulary(file: &GgufFile, default_add_bos: bool) -> Result<Vocabulary> 
             .collect(),
         special: with_type(CONTROL),
         user_defined: with_type(USER_DEFINED),
-        bos: id("bos_token_id"),
+        bos,
         unk: id("unknown_token_id"),
-        add_bos: file
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(MetaValue::as_bool)
-            .unwrap_or(default_add_bos),
+        prefix: bos.filter(|_| add_bos).into_iter().collect(),
         tokens,
     })
 }
@@ -74,7 +77,11 @@ pub fn tokenizer_json(file: &GgufFile) -> Result<Value> {
             file.string("tokenizer.ggml.pre"),
         )),
         // llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
-        Some("llama") => Ok(sentencepiece::tokenizer_json(&vocabulary(file, true)?)),
+        Some("llama") => Ok(sentencepiece::tokenizer_json(
+            &vocabulary(file, true)?,
+            SpmModel::Bpe,
+            &SpmText::LLAMA,
+        )),
         other => Err(FormatError::UnsupportedGguf {
             path: file.path.clone(),
             detail: format!(

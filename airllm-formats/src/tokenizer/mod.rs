@@ -1,12 +1,15 @@
 //! Tokenizers: loaded from `tokenizer.json`, or built from a vocabulary
-//! stored elsewhere (GGUF metadata today; the other families' SentencePiece
-//! and tiktoken files come through the same builders). A builder writes the
+//! stored elsewhere (GGUF metadata, SentencePiece `tokenizer.model`,
+//! tiktoken files). A builder writes the
 //! tokenizer in the `tokenizer.json` schema and the `tokenizers` crate loads
 //! it, so a built tokenizer can also be saved next to a split.
 
 pub mod byte_level;
 pub mod gguf;
+pub mod model_files;
 pub mod sentencepiece;
+pub mod spm_model;
+pub mod tiktoken;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -34,8 +37,8 @@ pub struct Vocabulary {
     pub bos: Option<u32>,
     /// The unknown token, if any.
     pub unk: Option<u32>,
-    /// Whether encoding puts BOS first.
-    pub add_bos: bool,
+    /// Tokens encoding puts before the text (BOS, or ChatGLM's `[gMASK] sop`).
+    pub prefix: Vec<u32>,
 }
 
 impl Vocabulary {
@@ -65,38 +68,64 @@ impl Vocabulary {
             .collect()
     }
 
-    /// The post-processor: BOS before the sequence when `add_bos` says so.
+    /// The post-processor: [`Vocabulary::prefix`] before the sequence.
     fn post_processor(&self) -> Value {
+        let prefix: Vec<&String> = self
+            .prefix
+            .iter()
+            .filter_map(|&id| self.tokens.get(id as usize))
+            .collect();
+        let special = |token: &String| json!({"SpecialToken": {"id": token, "type_id": 0}});
         let sequence = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
-        match self.bos.filter(|_| self.add_bos) {
-            Some(bos) => {
-                let token = &self.tokens[bos as usize];
-                let special = json!({"SpecialToken": {"id": token, "type_id": 0}});
-                json!({"type": "TemplateProcessing",
-                       "single": [special, sequence("A", 0)],
-                       "pair": [special, sequence("A", 0), special, sequence("B", 1)],
-                       "special_tokens": {token: {"id": token, "ids": [bos], "tokens": [token]}}})
-            }
-            None => json!({"type": "TemplateProcessing",
-                           "single": [sequence("A", 0)],
-                           "pair": [sequence("A", 0), sequence("B", 1)],
-                           "special_tokens": {}}),
-        }
+        let mut single: Vec<Value> = prefix.iter().map(|t| special(t)).collect();
+        single.push(sequence("A", 0));
+        let mut pair = single.clone();
+        pair.extend(prefix.iter().map(|t| special(t)));
+        pair.push(sequence("B", 1));
+        let special_tokens: serde_json::Map<String, Value> = self
+            .prefix
+            .iter()
+            .zip(&prefix)
+            .map(|(id, token)| {
+                let entry = json!({"id": token, "ids": [id], "tokens": [token]});
+                (token.to_string(), entry)
+            })
+            .collect();
+        json!({"type": "TemplateProcessing", "single": single, "pair": pair,
+               "special_tokens": special_tokens})
     }
 }
 
 /// Loads a tokenizer written in the tokenizer.json schema.
 pub fn from_json(value: &Value, source: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_str(&value.to_string()).map_err(|e| FormatError::NotAModel {
-        path: source.to_path_buf(),
-        detail: format!("cannot build its tokenizer: {e}"),
+    guarded(source, "build its tokenizer", || {
+        Tokenizer::from_str(&value.to_string())
     })
 }
 
 /// Loads `tokenizer.json`.
 pub fn from_file(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path).map_err(|e| FormatError::NotAModel {
-        path: path.to_path_buf(),
-        detail: format!("cannot load the tokenizer: {e}"),
+    guarded(path, "load the tokenizer", || Tokenizer::from_file(path))
+}
+
+/// What a tokenizer that the `tokenizers` library refused by panicking
+/// is reported as (its own message is printed above the error).
+pub const REFUSED_BY_LIBRARY: &str = "the tokenizers library failed on it";
+
+/// Runs a `tokenizers` load, which panics on some malformed input instead
+/// of returning an error, and names either failure after `source`.
+fn guarded(
+    source: &Path,
+    what: &str,
+    load: impl FnOnce() -> tokenizers::Result<Tokenizer>,
+) -> Result<Tokenizer> {
+    let detail = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)) {
+        Ok(Ok(tokenizer)) => return Ok(tokenizer),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => REFUSED_BY_LIBRARY.to_string(),
+    };
+    Err(FormatError::NotAModel {
+        path: source.to_path_buf(),
+        detail: format!("cannot {what}: {detail}"),
     })
 }

@@ -141,6 +141,11 @@ impl Rope {
         }
     }
 
+    /// How many leading dims of each head it rotates.
+    pub fn rotated_dims(&self) -> usize {
+        self.dim
+    }
+
     /// The same settings with `style` pairing.
     pub fn with_style(self, style: RopeStyle) -> Rope {
         Rope { style, ..self }

@@ -1,0 +1,343 @@
+//! Seeded mutations of the files a model is made of, for the no-crash
+//! harness (`tests/tests/mutants.rs`): byte flips, extreme integers and
+//! truncation in binary files; value swaps, extreme values and deletions in
+//! JSON; broken and runaway constructs in templates. Every mutation is a
+//! pure function of its seed, so a failing mutant is rerun by its number.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// How a file is mutated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A JSON document (config, index, manifest, tokenizer).
+    Json,
+    /// A safetensors file: its JSON header, or its bytes.
+    Safetensors,
+    /// Any other binary file (GGUF, a split's unit file, a SentencePiece
+    /// model); `header` bytes at the start are where most damage goes.
+    Binary {
+        /// Length of the region that describes the rest.
+        header: usize,
+    },
+    /// Text (a chat template, a tiktoken vocabulary).
+    Text,
+}
+
+/// Integers that break arithmetic and allocation.
+const EXTREME_INTEGERS: [u64; 12] = [
+    0,
+    1,
+    2,
+    3,
+    0x7f,
+    0xffff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    1 << 32,
+    1 << 40,
+    0x7fff_ffff_ffff_ffff,
+    u64::MAX,
+];
+
+/// Template fragments that are unbalanced, failing or runaway.
+const TEMPLATE_SNIPPETS: [&str; 16] = [
+    "{%",
+    "{{",
+    "}}",
+    "%}",
+    "{% for m in messages %}",
+    "{% endfor %}",
+    "{% if %}",
+    "{{ messages[100].content }}",
+    "{{ raise_exception('refused') }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+    "{{ 'a' * 1000000000000 }}",
+    "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+    "{{ messages | length }}",
+    "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}",
+    "{{ 1 / 0 }}",
+    "{{ messages[0].content[::-1] }}",
+];
+
+/// A seeded source of mutations.
+pub struct Mutator {
+    rng: StdRng,
+}
+
+impl Mutator {
+    /// The mutator for mutant `index` of run `seed`.
+    pub fn new(seed: u64, index: u64) -> Self {
+        Mutator {
+            rng: StdRng::seed_from_u64(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        }
+    }
+
+    /// A number below `n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.rng.random_bool(p)
+    }
+
+    /// Mutates `bytes` as a file of `kind`; returns the new bytes and what
+    /// was done.
+    pub fn mutate(&mut self, kind: FileKind, bytes: &[u8]) -> (Vec<u8>, String) {
+        match kind {
+            FileKind::Json => self.json_file(bytes),
+            FileKind::Safetensors if self.chance(0.6) => self.safetensors_header(bytes),
+            FileKind::Safetensors => self.binary(bytes, 4096),
+            FileKind::Binary { header } => self.binary(bytes, header),
+            FileKind::Text => self.text(bytes),
+        }
+    }
+
+    fn json_file(&mut self, bytes: &[u8]) -> (Vec<u8>, String) {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(mut value) if self.chance(0.85) => {
+                let what = self.json(&mut value);
+                (
+                    serde_json::to_vec(&value).expect("JSON values serialize"),
+                    what,
+                )
+            }
+            _ => self.binary(bytes, bytes.len()),
+        }
+    }
+
+    /// Mutates one node of `value` in place; returns what was done.
+    pub fn json(&mut self, value: &mut Value) -> String {
+        let mut paths = Vec::new();
+        collect_paths(value, &mut Vec::new(), &mut paths);
+        // Half the time stay near the top, where the settings are.
+        let shallow: Vec<&Vec<Step>> = paths.iter().filter(|p| p.len() <= 2).collect();
+        let path = match self.chance(0.5) && !shallow.is_empty() {
+            true => shallow[self.below(shallow.len())].clone(),
+            false => paths[self.below(paths.len())].clone(),
+        };
+        let donor = paths[self.below(paths.len())].clone();
+        let donor_value = node(value, &donor).cloned().unwrap_or(Value::Null);
+        let replacement = match self.below(6) {
+            0 => return self.delete(value, &path),
+            1 => donor_value,
+            2 => self.scaled(node(value, &path)),
+            3 => {
+                let inner = node(value, &path).cloned().unwrap_or(Value::Null);
+                json!([inner.clone(), inner])
+            }
+            _ => self.extreme_value(),
+        };
+        let what = format!("{} := {}", show(&path), brief(&replacement));
+        if let Some(slot) = node_mut(value, &path) {
+            *slot = replacement;
+        }
+        what
+    }
+
+    fn delete(&mut self, value: &mut Value, path: &[Step]) -> String {
+        let Some((last, parent)) = path.split_last() else {
+            *value = Value::Null;
+            return "document := null".into();
+        };
+        match (node_mut(value, parent), last) {
+            (Some(Value::Object(map)), Step::Key(key)) => {
+                map.remove(key);
+            }
+            (Some(Value::Array(items)), Step::Index(i)) if *i < items.len() => {
+                items.remove(*i);
+            }
+            _ => {}
+        }
+        format!("delete {}", show(path))
+    }
+
+    fn scaled(&mut self, current: Option<&Value>) -> Value {
+        let Some(n) = current.and_then(Value::as_i64) else {
+            return self.extreme_value();
+        };
+        match self.below(5) {
+            0 => json!(n.wrapping_add(1)),
+            1 => json!(n.wrapping_sub(1)),
+            2 => json!(n.wrapping_neg()),
+            3 => json!(n.wrapping_mul(1000)),
+            _ => json!(n / 2),
+        }
+    }
+
+    fn extreme_value(&mut self) -> Value {
+        match self.below(12) {
+            0..=3 => json!(EXTREME_INTEGERS[self.below(EXTREME_INTEGERS.len())]),
+            4 => json!(-1),
+            5 => json!(i64::MIN),
+            6 => json!([1e308, -1e308, 0.5, -0.0][self.below(4)]),
+            7 => json!(["", "x", "\u{0}", "llama", "{{", "<0xZZ>"][self.below(6)]),
+            8 => Value::Null,
+            9 => json!(self.chance(0.5)),
+            10 => json!([]),
+            _ => json!({}),
+        }
+    }
+
+    /// Mutates a safetensors file's JSON header and rewrites its length.
+    fn safetensors_header(&mut self, bytes: &[u8]) -> (Vec<u8>, String) {
+        let header = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .filter(|&n| n <= bytes.len() - 8);
+        let Some(n) = header else {
+            return self.binary(bytes, bytes.len());
+        };
+        let Ok(mut value) = serde_json::from_slice::<Value>(&bytes[8..8 + n]) else {
+            return self.binary(bytes, bytes.len());
+        };
+        let what = self.json(&mut value);
+        let text = serde_json::to_vec(&value).expect("JSON values serialize");
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&text);
+        out.extend_from_slice(&bytes[8 + n..]);
+        (out, format!("header: {what}"))
+    }
+
+    fn binary(&mut self, bytes: &[u8], header: usize) -> (Vec<u8>, String) {
+        let mut out = bytes.to_vec();
+        if out.is_empty() {
+            return (out, "empty".into());
+        }
+        let region = header.clamp(1, out.len());
+        let at = match self.chance(0.8) {
+            true => self.below(region),
+            false => self.below(out.len()),
+        };
+        match self.below(4) {
+            0 => {
+                let bit = self.below(8);
+                out[at] ^= 1 << bit;
+                (out, format!("flip bit {bit} of byte {at}"))
+            }
+            1 => {
+                let value = EXTREME_INTEGERS[self.below(EXTREME_INTEGERS.len())];
+                let width = [1, 2, 4, 8][self.below(4)];
+                let end = (at + width).min(out.len());
+                out[at..end].copy_from_slice(&value.to_le_bytes()[..end - at]);
+                (out, format!("write {value:#x} ({width} bytes) at {at}"))
+            }
+            2 => {
+                out.truncate(at);
+                (out, format!("truncate to {at} bytes"))
+            }
+            _ => {
+                let end = (at + 1 + self.below(64)).min(out.len());
+                out[at..end].fill(if self.chance(0.5) { 0 } else { 0xff });
+                (out, format!("fill bytes {at}..{end}"))
+            }
+        }
+    }
+
+    fn text(&mut self, bytes: &[u8]) -> (Vec<u8>, String) {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        if text.is_empty() || self.chance(0.15) {
+            return self.binary(bytes, bytes.len());
+        }
+        let boundary = |m: &mut Self| {
+            let mut at = m.below(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            at
+        };
+        let (a, b) = (boundary(self), boundary(self));
+        let (start, end) = (a.min(b), a.max(b));
+        let (out, what) = match self.below(3) {
+            0 => (
+                format!("{}{}", &text[..start], &text[end..]),
+                format!("delete {start}..{end}"),
+            ),
+            1 => (
+                format!("{}{}", &text[..end], &text[start..]),
+                format!("repeat {start}..{end}"),
+            ),
+            _ => {
+                // Mostly between tags, where a snippet is parsed and run.
+                let tag_ends: Vec<usize> = text
+                    .match_indices(['}', '%'])
+                    .map(|(at, _)| at + 1)
+                    .filter(|&at| text[..at].ends_with("}}") || text[..at].ends_with("%}"))
+                    .chain([0, text.len()])
+                    .collect();
+                let start = match self.chance(0.7) {
+                    true => tag_ends[self.below(tag_ends.len())],
+                    false => start,
+                };
+                let snippet = TEMPLATE_SNIPPETS[self.below(TEMPLATE_SNIPPETS.len())];
+                (
+                    format!("{}{snippet}{}", &text[..start], &text[start..]),
+                    format!("insert {snippet:?} at {start}"),
+                )
+            }
+        };
+        (out.into_bytes(), what)
+    }
+}
+
+/// One step into a JSON document.
+#[derive(Clone, Debug)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Every node's path (the root too), depth first.
+fn collect_paths(value: &Value, prefix: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+    out.push(prefix.clone());
+    let children: Vec<(Step, &Value)> = match value {
+        Value::Object(map) => map.iter().map(|(k, v)| (Step::Key(k.clone()), v)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (Step::Index(i), v))
+            .collect(),
+        _ => return,
+    };
+    for (step, child) in children {
+        prefix.push(step);
+        collect_paths(child, prefix, out);
+        prefix.pop();
+    }
+}
+
+fn node<'a>(value: &'a Value, path: &[Step]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, step| match step {
+        Step::Key(k) => v.get(k),
+        Step::Index(i) => v.get(i),
+    })
+}
+
+fn node_mut<'a>(value: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
+    path.iter().try_fold(value, |v, step| match step {
+        Step::Key(k) => v.get_mut(k),
+        Step::Index(i) => v.get_mut(i),
+    })
+}
+
+fn show(path: &[Step]) -> String {
+    let steps: Vec<String> = path
+        .iter()
+        .map(|s| match s {
+            Step::Key(k) => k.clone(),
+            Step::Index(i) => i.to_string(),
+        })
+        .collect();
+    format!("/{}", steps.join("/"))
+}
+
+fn brief(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(60) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
