@@ -144,6 +144,7 @@ impl ModelDir {
     /// file's metadata describes. `None` when the model has none.
     pub fn tokenizer(&self) -> Result<Option<Tokenizer>> {
         match &self.gguf {
+            Some(file) if file.get("tokenizer.ggml.tokens").is_none() => Ok(None),
             Some(file) => tokenizer::gguf::tokenizer(file).map(Some),
             None => match self.side_file("tokenizer.json") {
                 Some(path) => tokenizer::from_file(&path).map(Some),

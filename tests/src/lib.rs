@@ -18,7 +18,7 @@ pub mod mutate;
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
-pub const FIXTURES: [&str; 13] = [
+pub const FIXTURES: [&str; 15] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
@@ -29,6 +29,8 @@ pub const FIXTURES: [&str; 13] = [
     "qwen-v1",
     "mistral-window",
     "mixtral-moe",
+    "mixtral-stacked.gguf",
+    "mixtral-split.gguf",
     "chatglm3",
     "baichuan2-rope",
     "baichuan-alibi",
@@ -36,7 +38,12 @@ pub const FIXTURES: [&str; 13] = [
 
 /// Fixtures the wgpu run leaves out: on software Vulkan every fixture costs
 /// tens of seconds, and another fixture of the same family runs there.
-const NOT_ON_WGPU: [&str; 2] = ["baichuan2-rope", "qwen2-mixed.gguf"];
+const NOT_ON_WGPU: [&str; 4] = [
+    "baichuan2-rope",
+    "qwen2-mixed.gguf",
+    "mixtral-stacked.gguf",
+    "mixtral-split.gguf",
+];
 
 /// The fixtures to check on the device under test: all of them, except
 /// [`NOT_ON_WGPU`] on wgpu.

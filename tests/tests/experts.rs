@@ -9,7 +9,9 @@ use airllm_core::{BatchShape, ComputeBackend, EngineOptions, Result, UnitInfo, U
 use airllm_tests::*;
 use burn::tensor::backend::Backend;
 
-const FIXTURE: &str = "mixtral-moe";
+/// Mixtral as a Hugging Face directory, and as a GGUF whose experts are
+/// 3-D stacks (each expert a slice of them).
+const FIXTURES: [&str; 2] = ["mixtral-moe", "mixtral-stacked.gguf"];
 /// Experts per layer and per token in the fixture.
 const EXPERTS: usize = 4;
 const PER_TOKEN: usize = 2;
@@ -38,6 +40,7 @@ fn is_expert_0(name: &str) -> bool {
 }
 
 struct RoutedReads {
+    fixture: &'static str,
     cache: bool,
     /// Room above the minimum budget, in experts' bytes.
     spare_experts: u64,
@@ -50,7 +53,7 @@ impl BackendJob for RoutedReads {
     type Output = (Vec<UnitInfo>, PassReads);
 
     fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output> {
-        let dir = fixture(FIXTURE);
+        let dir = fixture(self.fixture);
         let store_units = {
             let model = airllm_formats::ModelDir::open(&dir)?;
             let layout = airllm_models::layout(&model.config)?;
@@ -64,7 +67,7 @@ impl BackendJob for RoutedReads {
         };
         let budget = Budget::AboveMinimum(self.spare_experts * expert_bytes);
         let mut engine = engine_with(&dir, backend, budget, SHAPE, options)?;
-        let token = reference(FIXTURE).prompts[0].ids[0];
+        let token = reference(self.fixture).prompts[0].ids[0];
         let mut passes = Vec::new();
         for _ in 0..2 {
             engine.reset_stats();
@@ -90,23 +93,22 @@ impl BackendJob for RoutedReads {
 
 #[test]
 fn a_streamed_pass_reads_only_the_routed_experts() {
-    let (units, passes) = on_test_device(RoutedReads {
-        cache: false,
-        spare_experts: 0,
-    })
-    .unwrap();
-    for (layer_reads, hits) in passes {
-        assert_eq!(hits, 0, "no cache, no hits");
-        for (unit, &read) in units[1..].iter().zip(&layer_reads) {
-            let shared = stored_bytes(unit, |n| !is_expert(n));
-            let expert = stored_bytes(unit, is_expert_0);
-            assert_eq!(read, shared + PER_TOKEN as u64 * expert, "{}", unit.name);
-            assert_eq!(
-                unit.bytes,
-                shared + EXPERTS as u64 * expert,
-                "{}",
-                unit.name
-            );
+    for fixture in FIXTURES {
+        let (units, passes) = on_test_device(RoutedReads {
+            fixture,
+            cache: false,
+            spare_experts: 0,
+        })
+        .unwrap();
+        for (layer_reads, hits) in passes {
+            assert_eq!(hits, 0, "no cache, no hits");
+            for (unit, &read) in units[1..].iter().zip(&layer_reads) {
+                let shared = stored_bytes(unit, |n| !is_expert(n));
+                let expert = stored_bytes(unit, is_expert_0);
+                let name = format!("{fixture} {}", unit.name);
+                assert_eq!(read, shared + PER_TOKEN as u64 * expert, "{name}");
+                assert_eq!(unit.bytes, shared + EXPERTS as u64 * expert, "{name}");
+            }
         }
     }
 }
@@ -115,6 +117,7 @@ fn a_streamed_pass_reads_only_the_routed_experts() {
 fn the_expert_cache_serves_repeated_routings() {
     // Room for 4 of the 6 routed experts a token needs, less than a layer.
     let (units, passes) = on_test_device(RoutedReads {
+        fixture: FIXTURES[0],
         cache: true,
         spare_experts: 4,
     })

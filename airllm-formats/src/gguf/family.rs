@@ -54,7 +54,22 @@ const LAYER_NAMES: &[(&str, &str)] = &[
     ("mlp.gate_proj", "ffn_gate"),
     ("mlp.up_proj", "ffn_up"),
     ("mlp.down_proj", "ffn_down"),
+    ("block_sparse_moe.gate", "ffn_gate_inp"),
 ];
+
+/// Mixtral's expert matrices inside `block_sparse_moe.experts.E.` and their
+/// GGUF stems: `blk.N.ffn_gate.E` (older converters) or slice E of the 3-D
+/// `blk.N.ffn_gate_exps`.
+const EXPERT_NAMES: &[(&str, &str)] = &[("w1", "ffn_gate"), ("w2", "ffn_down"), ("w3", "ffn_up")];
+
+/// Where a tensor an adapter asks for lies in a GGUF file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// Index into the file's tensors.
+    pub tensor: usize,
+    /// For a slice of a 3-D expert stack, which expert.
+    pub expert: Option<usize>,
+}
 
 /// Which rows of a tensor were permuted, as the number of heads they form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +98,36 @@ impl GgufFamily {
             })
     }
 
-    /// The GGUF name of the tensor the adapter calls `hf_name`.
+    /// Where in `file` the tensor the adapter calls `hf_name` lies.
+    pub fn locate(&self, hf_name: &str, file: &GgufFile) -> Option<Located> {
+        if let Some(tensor) = self.gguf_name(hf_name).and_then(|n| file.position(&n)) {
+            return Some(Located {
+                tensor,
+                expert: None,
+            });
+        }
+        let (stem, suffix) = hf_name.rsplit_once('.')?;
+        let rest = stem.strip_prefix("model.layers.")?;
+        let (layer, inner) = rest.split_once('.')?;
+        let (expert, matrix) = inner
+            .strip_prefix("block_sparse_moe.experts.")?
+            .split_once('.')?;
+        let (_, gguf) = EXPERT_NAMES.iter().find(|(hf, _)| *hf == matrix)?;
+        if let Some(tensor) = file.position(&format!("blk.{layer}.{gguf}.{expert}.{suffix}")) {
+            return Some(Located {
+                tensor,
+                expert: None,
+            });
+        }
+        let tensor = file.position(&format!("blk.{layer}.{gguf}_exps.{suffix}"))?;
+        Some(Located {
+            tensor,
+            expert: Some(expert.parse().ok()?),
+        })
+    }
+
+    /// The GGUF name of the tensor the adapter calls `hf_name` (outside the
+    /// expert stacks).
     pub fn gguf_name(&self, hf_name: &str) -> Option<String> {
         let (stem, suffix) = hf_name.rsplit_once('.')?;
         if let Some(rest) = stem.strip_prefix("model.layers.") {
@@ -134,8 +178,23 @@ impl GgufFamily {
             })
             .or_else(|| file.tensor("token_embd.weight").map(|t| t.shape[0] as u64));
         let mut config = Map::new();
-        config.insert("architectures".into(), json!([self.architecture]));
-        config.insert("model_type".into(), json!(self.model_type));
+        let experts = meta("expert_count").and_then(|v| v.as_u64()).unwrap_or(0);
+        if experts > 0 && self.gguf_name == "llama" {
+            // llama.cpp stores Mixtral as `llama` with experts.
+            config.insert("architectures".into(), json!(["MixtralForCausalLM"]));
+            config.insert("model_type".into(), json!("mixtral"));
+            config.insert("num_local_experts".into(), json!(experts));
+            config.insert(
+                "num_experts_per_tok".into(),
+                json!(required("expert_used_count")?),
+            );
+        } else {
+            config.insert("architectures".into(), json!([self.architecture]));
+            config.insert("model_type".into(), json!(self.model_type));
+        }
+        if let Some(window) = meta("attention.sliding_window").and_then(|v| v.as_u64()) {
+            config.insert("sliding_window".into(), json!(window));
+        }
         config.insert("hidden_size".into(), json!(hidden));
         config.insert(
             "intermediate_size".into(),

@@ -1,12 +1,16 @@
 //! A GGUF file as a [`LayerStore`]: each unit's tensors are read in place,
 //! still quantized, from maps of the file; only q and k rows are copied to
-//! undo the converter's permutation.
+//! undo the converter's permutation. Each expert of a 3-D expert stack is
+//! its own 2-D byte range under its Hugging Face name, so it is read alone.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use airllm_core::{HostBytes, HostTensor, HostUnit, LayerStore, TensorInfo, UnitInfo, UnitSpec};
+use airllm_core::{
+    HostBytes, HostTensor, HostUnit, LayerStore, StorageKind, TensorInfo, UnitInfo, UnitSpec,
+};
 
-use super::family::{unpermute_rows, GgufFamily, PermutedRows};
+use super::family::{unpermute_rows, GgufFamily, Located, PermutedRows};
 use super::file::GgufFile;
 use crate::mapped::{map_tensors, TensorPlacement};
 use crate::Result;
@@ -15,10 +19,32 @@ use crate::Result;
 struct Placement {
     /// The adapter's (Hugging Face) name.
     name: String,
-    /// Index into the file's tensors.
-    tensor: usize,
+    /// Its encoding.
+    kind: StorageKind,
+    /// Its shape (one expert's, for a slice of an expert stack).
+    shape: Vec<usize>,
+    /// Its absolute byte range.
+    range: Range<usize>,
     /// Rows to put back in Hugging Face order.
     permuted: Option<PermutedRows>,
+}
+
+/// The shape and bytes of `located` in `file`: the whole tensor, or one
+/// expert's slice of a `[experts, rows, cols]` stack.
+fn extent(file: &GgufFile, located: Located) -> Option<(Vec<usize>, Range<usize>)> {
+    let tensor = &file.tensors[located.tensor];
+    let Some(expert) = located.expert else {
+        return Some((tensor.shape.clone(), tensor.range.clone()));
+    };
+    let [experts, rows, cols] = tensor.shape[..] else {
+        return None;
+    };
+    if expert >= experts {
+        return None;
+    }
+    let per_expert = tensor.range.len() / experts;
+    let start = tensor.range.start + expert * per_expert;
+    Some((vec![rows, cols], start..start + per_expert))
 }
 
 /// A GGUF file grouped into the architecture's units.
@@ -46,22 +72,24 @@ impl GgufStore {
             let mut placement = Vec::new();
             let mut bytes = 0;
             for want in &spec.tensors {
-                let Some(index) = family
-                    .gguf_name(&want.name)
-                    .and_then(|gguf| file.position(&gguf))
-                else {
+                let Some(located) = family.locate(&want.name, &file) else {
                     continue;
                 };
-                let tensor = &file.tensors[index];
-                bytes += tensor.range.len() as u64;
+                let Some((shape, range)) = extent(&file, located) else {
+                    continue;
+                };
+                let kind = file.tensors[located.tensor].kind;
+                bytes += range.len() as u64;
                 tensors.push(TensorInfo {
                     name: want.name.clone(),
-                    kind: tensor.kind,
-                    shape: tensor.shape.clone(),
+                    kind,
+                    shape: shape.clone(),
                 });
                 placement.push(Placement {
                     name: want.name.clone(),
-                    tensor: index,
+                    kind,
+                    shape,
+                    range,
                     permuted: family.permuted_rows(&want.name, config),
                 });
             }
@@ -109,15 +137,12 @@ impl LayerStore for GgufStore {
             .collect();
         let places: Vec<TensorPlacement<'_>> = wanted
             .iter()
-            .map(|p| {
-                let tensor = &self.file.tensors[p.tensor];
-                TensorPlacement {
-                    path: &self.file.path,
-                    name: &p.name,
-                    kind: tensor.kind,
-                    shape: &tensor.shape,
-                    range: tensor.range.clone(),
-                }
+            .map(|p| TensorPlacement {
+                path: &self.file.path,
+                name: &p.name,
+                kind: p.kind,
+                shape: &p.shape,
+                range: p.range.clone(),
             })
             .collect();
         let tensors = map_tensors(&places)?
