@@ -38,7 +38,8 @@ impl BackendJob for ChatJob {
         let tokenizer = dir.tokenizer()?.ok_or_else(|| missing("tokenizer"))?;
         let template = dir
             .chat_template()?
-            .ok_or_else(|| missing("chat template"))?;
+            .ok_or_else(|| missing("chat template"))?
+            .with_variables(args.chat_options.clone());
         let config = generation::config(&dir, &args.sampling, args.engine.prefill_chunk)?;
         let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
         let opening: Vec<Message> = args

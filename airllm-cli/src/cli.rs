@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// System message placed before each prompt (with --chat).
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
+    /// A variable for the chat template, `KEY=VALUE` (a JSON value, else a
+    /// string), such as `enable_thinking=false`; repeatable (with --chat).
+    #[arg(long = "chat-option", value_parser = parse_chat_option, requires = "chat")]
+    pub chat_options: Vec<(String, serde_json::Value)>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
@@ -146,10 +150,25 @@ pub struct ChatArgs {
     /// System message that opens the conversation.
     #[arg(long)]
     pub system: Option<String>,
+    /// A variable for the chat template, `KEY=VALUE` (a JSON value, else a
+    /// string), such as `enable_thinking=false`; repeatable.
+    #[arg(long = "chat-option", value_parser = parse_chat_option)]
+    pub chat_options: Vec<(String, serde_json::Value)>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+/// Parses `KEY=VALUE` of `--chat-option`: the value as JSON (`false`, `3`,
+/// `["a"]`), or else as a string.
+fn parse_chat_option(option: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = option
+        .split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .ok_or_else(|| format!("`{option}` is not KEY=VALUE"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((key.to_string(), value))
 }
 
 /// `airllm inspect`.
@@ -189,12 +208,12 @@ pub struct BenchArgs {
     #[arg(required_unless_present = "synthetic")]
     pub model: Option<PathBuf>,
     /// Benchmark a synthetic model of a named shape: smollm2-135m, llama-13b,
-    /// llama-70b, mixtral-8x7b.
+    /// llama-70b, mixtral-8x7b, qwen3-30b-a3b.
     #[arg(long, requires = "out")]
     pub synthetic: Option<String>,
     /// Family whose config keys and tensor names the synthetic model uses:
-    /// llama, qwen2, mistral, chatglm, baichuan (a preset with experts is
-    /// always mixtral).
+    /// llama, qwen2, qwen3, mistral, chatglm, baichuan (a preset with
+    /// experts is always its own family: mixtral, qwen3_moe).
     #[arg(long, default_value = "llama", requires = "synthetic")]
     pub family: String,
     /// Where the synthetic model is written (reused if already there).

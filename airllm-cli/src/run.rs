@@ -39,12 +39,16 @@ fn tokenize(
         })
     };
     let template = match args.chat {
-        true => Some(dir.chat_template()?.ok_or_else(|| {
-            Error::Request(format!(
-                "{} has no chat template (tokenizer_config.json, chat_template.jinja or GGUF metadata); drop --chat",
-                dir.path.display()
-            ))
-        })?),
+        true => Some(
+            dir.chat_template()?
+                .ok_or_else(|| {
+                    Error::Request(format!(
+                        "{} has no chat template (tokenizer_config.json, chat_template.jinja or GGUF metadata); drop --chat",
+                        dir.path.display()
+                    ))
+                })?
+                .with_variables(args.chat_options.clone()),
+        ),
         false => None,
     };
     prompts

@@ -82,7 +82,9 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Vec<Generated>> {
         let longest = self.check_prompts(prompts)?;
         let max_positions = self.arch().dims().max_positions;
-        let context = (longest + config.max_new_tokens).min(max_positions);
+        let context = longest
+            .saturating_add(config.max_new_tokens)
+            .min(max_positions);
         let chunk = config.prefill_chunk.clamp(1, longest);
         self.prepare(prompts.len(), chunk, context)?;
 

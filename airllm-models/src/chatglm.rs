@@ -71,6 +71,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
                 )),
                 o: linear("self_attention.dense"),
                 window: None,
+                head_norms: None,
             };
             let mlp = GatedMlp {
                 inner: ffn,

@@ -1,5 +1,5 @@
 //! Model family adapters for airllm-rs. A family is configuration and tensor
-//! names ([`llama`], [`qwen2`], [`qwen`], [`mistral`], [`mixtral`], [`chatglm`],
+//! names ([`llama`], [`qwen2`], [`qwen3`], [`qwen`], [`mistral`], [`mixtral`], [`chatglm`],
 //! [`baichuan`]) over shared blocks ([`blocks`]) assembled by the
 //! generic [`decoder::Decoder`]; [`registry`] picks the family from
 //! config.json.
@@ -18,6 +18,7 @@ pub mod mixtral;
 pub mod presets;
 pub mod qwen;
 pub mod qwen2;
+pub mod qwen3;
 pub mod registry;
 
 pub use registry::{architecture, family, layout, Family, Layout, SUPPORTED};

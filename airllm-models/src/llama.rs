@@ -8,7 +8,7 @@
 use airllm_core::{Error, ModelDims, Result};
 use serde_json::Value;
 
-use crate::blocks::attention::{Attention, QkvProjection};
+use crate::blocks::attention::{Attention, HeadNorms, QkvProjection};
 use crate::blocks::linear::LinearNames;
 use crate::blocks::mlp::{GateUp, GatedMlp};
 use crate::blocks::moe::SparseMoe;
@@ -37,8 +37,34 @@ pub(crate) struct LlamaVariant {
     pub max_positions: Option<usize>,
     /// LM head rows normalised to unit length (Baichuan 2).
     pub normalized_head: bool,
-    /// A routed mixture of experts in place of the MLP (Mixtral).
-    pub experts: Option<ExpertCounts>,
+    /// RMSNorm on each query and key head (Qwen3's `q_norm`, `k_norm`).
+    pub head_norms: bool,
+    /// A routed mixture of experts in place of the MLP (Mixtral, Qwen3-MoE).
+    pub experts: Option<ExpertLayout>,
+}
+
+/// How a family's mixture-of-experts layers are laid out.
+pub(crate) struct ExpertLayout {
+    /// Experts per layer and per token.
+    pub counts: ExpertCounts,
+    /// Width of each expert's MLP.
+    pub inner: usize,
+    /// The released checkpoints' tensor names.
+    pub names: ExpertNames,
+    /// Per layer, whether it routes (the others have a dense MLP of
+    /// `intermediate_size`).
+    pub sparse: Vec<bool>,
+    /// Whether the top-k routing weights are renormalised to sum to one.
+    pub renormalize: bool,
+}
+
+/// Tensor names of a layer's router and experts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ExpertNames {
+    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.E.{w1, w3, w2}`.
+    Mixtral,
+    /// `mlp.gate`, `mlp.experts.E.{gate_proj, up_proj, down_proj}`.
+    Qwen3Moe,
 }
 
 /// How many experts a mixture-of-experts layer has and uses per token.
@@ -48,6 +74,25 @@ pub(crate) struct ExpertCounts {
     pub count: usize,
     /// Experts each token is routed to.
     pub per_token: usize,
+}
+
+impl ExpertCounts {
+    /// The expert count (the first of `count_keys` present) and
+    /// `num_experts_per_tok`, which must lie between 1 and the count.
+    pub fn from_config(c: &Config<'_>, count_keys: &[&str]) -> Result<Self> {
+        let count = c.usize_of(count_keys)?;
+        let per_token = c.usize("num_experts_per_tok")?;
+        if per_token == 0 || per_token > count {
+            return Err(Error::config(
+                "num_experts_per_tok",
+                format!(
+                    "{per_token} is not between 1 and {} = {count}",
+                    count_keys[0]
+                ),
+            ));
+        }
+        Ok(ExpertCounts { count, per_token })
+    }
 }
 
 impl LlamaVariant {
@@ -64,6 +109,7 @@ impl LlamaVariant {
             alibi: false,
             max_positions: None,
             normalized_head: false,
+            head_norms: false,
             experts: None,
         }
     }
@@ -108,16 +154,17 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
     let tied = c.bool_or("tie_word_embeddings", false)?;
     let rope = Rope::from_config(c, head_dim)?;
     let intermediate = c.usize("intermediate_size")?;
+    let eps = c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
     let dims = ModelDims {
         layers,
         hidden,
-        intermediate,
+        intermediate: intermediate.max(variant.experts.as_ref().map_or(0, |e| e.inner)),
         heads,
         kv_heads,
         head_dim,
         vocab: c.usize("vocab_size")?,
         max_positions: variant.max_positions.unwrap_or(rope.context_limit()),
-        experts_per_token: variant.experts.map_or(0, |e| e.per_token),
+        experts_per_token: variant.experts.as_ref().map_or(0, |e| e.counts.per_token),
     };
     let layer_names = (0..layers)
         .map(|i| {
@@ -145,15 +192,22 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
                 qkv,
                 o: LinearNames::new(&format!("{p}.self_attn.o_proj"), variant.o_bias),
                 window: variant.windows.get(i).copied().flatten(),
+                head_norms: variant.head_norms.then(|| HeadNorms {
+                    q: format!("{p}.self_attn.q_norm.weight"),
+                    k: format!("{p}.self_attn.k_norm.weight"),
+                    eps,
+                }),
             };
-            let ffn = match variant.experts {
-                None => FeedForward::Dense(gated_mlp(
+            let ffn = match &variant.experts {
+                Some(experts) if experts.sparse.get(i).copied().unwrap_or(true) => {
+                    FeedForward::Sparse(routed_experts(&p, experts))
+                }
+                _ => FeedForward::Dense(gated_mlp(
                     intermediate,
                     mlp("gate_proj"),
                     mlp("up_proj"),
                     mlp("down_proj"),
                 )),
-                Some(counts) => FeedForward::Sparse(mixtral_experts(&p, intermediate, counts)),
             };
             LayerNames::with_layernorm_names(&p, attention, ffn)
         })
@@ -162,7 +216,7 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
     Ok(Decoder::new(DecoderConfig {
         family: variant.family,
         dims,
-        eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+        eps,
         positions: match variant.alibi {
             true => PositionEncoding::Alibi,
             false => PositionEncoding::Rotary(rope),
@@ -187,19 +241,23 @@ fn gated_mlp(inner: usize, gate: LinearNames, up: LinearNames, down: LinearNames
     }
 }
 
-/// Mixtral's router and experts under layer prefix `p`, as released
-/// checkpoints name them: `block_sparse_moe.gate` and
-/// `block_sparse_moe.experts.E.{w1, w3, w2}` (gate, up, down).
-fn mixtral_experts(p: &str, inner: usize, counts: ExpertCounts) -> SparseMoe {
+/// The router and experts under layer prefix `p`, as the released
+/// checkpoints of the family name them.
+fn routed_experts(p: &str, layout: &ExpertLayout) -> SparseMoe {
     let linear = |name: String| LinearNames::new(&name, false);
+    let (block, [gate, up, down]) = match layout.names {
+        ExpertNames::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
+        ExpertNames::Qwen3Moe => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+    };
     SparseMoe {
-        router: linear(format!("{p}.block_sparse_moe.gate")),
-        experts: (0..counts.count)
+        router: linear(format!("{p}.{block}.gate")),
+        experts: (0..layout.counts.count)
             .map(|e| {
-                let w = |n: &str| linear(format!("{p}.block_sparse_moe.experts.{e}.{n}"));
-                gated_mlp(inner, w("w1"), w("w3"), w("w2"))
+                let w = |n: &str| linear(format!("{p}.{block}.experts.{e}.{n}"));
+                gated_mlp(layout.inner, w(gate), w(up), w(down))
             })
             .collect(),
-        per_token: counts.per_token,
+        per_token: layout.counts.per_token,
+        renormalize: layout.renormalize,
     }
 }

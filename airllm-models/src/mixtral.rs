@@ -3,30 +3,28 @@
 //! A streamed layer reads its attention and router, then only the experts
 //! its tokens are routed to.
 
-use airllm_core::{Error, Result};
+use airllm_core::Result;
 use serde_json::Value;
 
 use crate::config::{layer_windows, Config};
 use crate::decoder::Decoder;
-use crate::llama::{llama_layout, ExpertCounts, LlamaVariant};
+use crate::llama::{llama_layout, ExpertCounts, ExpertLayout, ExpertNames, LlamaVariant};
 
 /// Builds the Mixtral decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
     let c = Config(config);
     let layers = c.usize("num_hidden_layers")?;
-    let count = c.usize("num_local_experts")?;
-    let per_token = c.usize("num_experts_per_tok")?;
-    if per_token == 0 || per_token > count {
-        return Err(Error::config(
-            "num_experts_per_tok",
-            format!("{per_token} is not between 1 and num_local_experts = {count}"),
-        ));
-    }
     llama_layout(
         &c,
         LlamaVariant {
             windows: layer_windows(&c, layers, |_| true)?,
-            experts: Some(ExpertCounts { count, per_token }),
+            experts: Some(ExpertLayout {
+                counts: ExpertCounts::from_config(&c, &["num_local_experts"])?,
+                inner: c.usize("intermediate_size")?,
+                names: ExpertNames::Mixtral,
+                sparse: vec![true; layers],
+                renormalize: true,
+            }),
             ..LlamaVariant::plain("mixtral")
         },
     )

@@ -24,6 +24,11 @@ pub struct ModelShape {
     pub experts: usize,
     /// Experts each token is routed to.
     pub experts_per_token: usize,
+    /// Dims per head (0: hidden / heads).
+    pub head_dim: usize,
+    /// The family a shape with experts is written as (`mixtral`,
+    /// `qwen3_moe`).
+    pub moe_family: &'static str,
 }
 
 const DENSE: ModelShape = ModelShape {
@@ -35,6 +40,8 @@ const DENSE: ModelShape = ModelShape {
     vocab: 0,
     experts: 0,
     experts_per_token: 0,
+    head_dim: 0,
+    moe_family: "mixtral",
 };
 
 /// The named presets.
@@ -86,12 +93,29 @@ pub const PRESETS: &[(&str, ModelShape)] = &[
             vocab: 32000,
             experts: 8,
             experts_per_token: 2,
+            ..DENSE
+        },
+    ),
+    (
+        "qwen3-30b-a3b",
+        ModelShape {
+            layers: 48,
+            hidden: 2048,
+            intermediate: 768,
+            heads: 32,
+            kv_heads: 4,
+            vocab: 151936,
+            experts: 128,
+            experts_per_token: 8,
+            head_dim: 128,
+            moe_family: "qwen3_moe",
         },
     ),
 ];
 
 /// Families a synthetic model can be written as (`--family`).
-pub const SYNTHETIC_FAMILIES: &[&str] = &["llama", "qwen2", "mistral", "chatglm", "baichuan"];
+pub const SYNTHETIC_FAMILIES: &[&str] =
+    &["llama", "qwen2", "qwen3", "mistral", "chatglm", "baichuan"];
 
 /// The preset called `name`.
 pub fn preset(name: &str) -> Option<ModelShape> {
@@ -104,9 +128,9 @@ const CONTEXT: usize = 2048;
 impl ModelShape {
     /// A config.json for this shape (bf16, untied, 2048 positions) in the
     /// keys of `family` (one of [`SYNTHETIC_FAMILIES`]); a shape with experts
-    /// is always Mixtral.
+    /// is always its [`ModelShape::moe_family`].
     pub fn config(&self, family: &str) -> Result<Value> {
-        let llama_keys = json!({
+        let mut llama_keys = json!({
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers,
@@ -119,13 +143,22 @@ impl ModelShape {
             "tie_word_embeddings": false,
             "torch_dtype": "bfloat16",
         });
+        if self.head_dim > 0 {
+            llama_keys["head_dim"] = json!(self.head_dim);
+        }
         let (architecture, extra) = match (family, self.experts) {
+            (_, experts) if experts > 0 && self.moe_family == "qwen3_moe" => (
+                "Qwen3MoeForCausalLM",
+                json!({"num_experts": experts, "num_experts_per_tok": self.experts_per_token,
+                       "moe_intermediate_size": self.intermediate, "norm_topk_prob": true}),
+            ),
             (_, experts) if experts > 0 => (
                 "MixtralForCausalLM",
                 json!({"num_local_experts": experts, "num_experts_per_tok": self.experts_per_token}),
             ),
             ("llama", _) => ("LlamaForCausalLM", json!({})),
             ("qwen2", _) => ("Qwen2ForCausalLM", json!({"use_sliding_window": false})),
+            ("qwen3", _) => ("Qwen3ForCausalLM", json!({"use_sliding_window": false})),
             ("mistral", _) => ("MistralForCausalLM", json!({"sliding_window": CONTEXT})),
             ("baichuan", _) => (
                 "BaichuanForCausalLM",

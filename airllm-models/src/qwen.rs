@@ -68,6 +68,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
                     )),
                     o: LinearNames::new(&format!("{p}.attn.c_proj"), bias),
                     window: None,
+                    head_norms: None,
                 },
                 ffn: FeedForward::Dense(GatedMlp {
                     inner,

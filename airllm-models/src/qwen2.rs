@@ -9,22 +9,28 @@ use crate::config::{layer_windows, Config};
 use crate::decoder::Decoder;
 use crate::llama::{llama_layout, LlamaVariant};
 
+/// Each layer's window as Qwen2 and Qwen3 set them: none unless
+/// `use_sliding_window`, then on the layers from `max_window_layers` on
+/// (or as `layer_types` says).
+pub(crate) fn qwen_windows(c: &Config<'_>) -> Result<Vec<Option<usize>>> {
+    let layers = c.usize("num_hidden_layers")?;
+    match c.bool_or("use_sliding_window", false)? {
+        false => Ok(vec![None; layers]),
+        true => {
+            let first = c.opt_usize("max_window_layers")?.unwrap_or(layers);
+            layer_windows(c, layers, |i| i >= first)
+        }
+    }
+}
+
 /// Builds the Qwen2 decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
     let c = Config(config);
-    let layers = c.usize("num_hidden_layers")?;
-    let windows = match c.bool_or("use_sliding_window", false)? {
-        false => vec![None; layers],
-        true => {
-            let first = c.opt_usize("max_window_layers")?.unwrap_or(layers);
-            layer_windows(&c, layers, |i| i >= first)?
-        }
-    };
     llama_layout(
         &c,
         LlamaVariant {
             qkv_bias: true,
-            windows,
+            windows: qwen_windows(&c)?,
             ..LlamaVariant::plain("qwen2")
         },
     )

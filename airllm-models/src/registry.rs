@@ -33,6 +33,16 @@ pub const SUPPORTED: &[Family] = &[
         build: crate::qwen2::from_config,
     },
     Family {
+        architectures: &["Qwen3ForCausalLM"],
+        model_type: "qwen3",
+        build: crate::qwen3::from_config,
+    },
+    Family {
+        architectures: &["Qwen3MoeForCausalLM"],
+        model_type: "qwen3_moe",
+        build: crate::qwen3::moe_from_config,
+    },
+    Family {
         architectures: &["QWenLMHeadModel"],
         model_type: "qwen",
         build: crate::qwen::from_config,

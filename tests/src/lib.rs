@@ -18,7 +18,7 @@ pub mod mutate;
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
-pub const FIXTURES: [&str; 15] = [
+pub const FIXTURES: [&str; 20] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
@@ -34,15 +34,24 @@ pub const FIXTURES: [&str; 15] = [
     "chatglm3",
     "baichuan2-rope",
     "baichuan-alibi",
+    "qwen3-dense",
+    "qwen3-moe",
+    "qwen3-yarn",
+    "qwen3-dense.gguf",
+    "qwen3-yarn.gguf",
 ];
 
 /// Fixtures the wgpu run leaves out: on software Vulkan every fixture costs
 /// tens of seconds, and another fixture of the same family runs there.
-const NOT_ON_WGPU: [&str; 4] = [
+const NOT_ON_WGPU: [&str; 8] = [
     "baichuan2-rope",
     "qwen2-mixed.gguf",
     "mixtral-stacked.gguf",
     "mixtral-split.gguf",
+    "qwen3-moe",
+    "qwen3-yarn",
+    "qwen3-dense.gguf",
+    "qwen3-yarn.gguf",
 ];
 
 /// The fixtures to check on the device under test: all of them, except

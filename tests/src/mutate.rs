@@ -1,12 +1,18 @@
 //! Seeded mutations of the files a model is made of, for the no-crash
-//! harness (`tests/tests/mutants.rs`): byte flips, extreme integers and
-//! truncation in binary files; value swaps, extreme values and deletions in
-//! JSON; broken and runaway constructs in templates. Every mutation is a
-//! pure function of its seed, so a failing mutant is rerun by its number.
+//! harness (`tests/tests/mutants.rs`, and the binary's in the CLI's tests):
+//! byte flips, extreme integers and truncation in binary files; value
+//! swaps, extreme values and deletions in JSON; broken and runaway
+//! constructs in templates. Every mutation is a pure function of its seed,
+//! so a failing mutant is rerun by its number.
 
+use std::path::{Path, PathBuf};
+
+use airllm_formats::GgufFile;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+
+use crate::{fixture, fixtures_dir, split_to, FIXTURES};
 
 /// How a file is mutated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,4 +346,170 @@ fn brief(value: &Value) -> String {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text,
     }
+}
+
+/// A chat template with the constructs released templates use.
+const TEMPLATE: &str = "{{ bos_token }}{% set ns = namespace(system='') %}\
+{% for m in messages %}{% if m.role == 'system' %}{% set ns.system = m.content %}{% endif %}{% endfor %}\
+{% if ns.system %}<|system|>{{ ns.system }}\n{% endif %}\
+{% for m in messages[::-1] if m.role != 'system' %}{% if loop.first %}<|last|>{% endif %}{% endfor %}\
+{% for m in messages if m.role != 'system' %}<|{{ m.role }}|>{{ m.content | trim }}{{ eos_token }}\n{% endfor %}\
+{% if add_generation_prompt %}<|assistant|>{% endif %}";
+
+/// A model the harness mutates: a directory (or one GGUF file) in the
+/// harness's scratch space, and which of its files to mutate as what.
+pub struct Base {
+    path: PathBuf,
+    files: Vec<(PathBuf, FileKind)>,
+}
+
+/// How a file of a model directory is mutated, by its name.
+fn kind_of(path: &Path) -> FileKind {
+    let name = path.file_name().unwrap().to_string_lossy();
+    match () {
+        _ if name.ends_with(".json") => FileKind::Json,
+        _ if name.ends_with(".safetensors") => FileKind::Safetensors,
+        _ if name.ends_with(".jinja") || name.ends_with(".tiktoken") => FileKind::Text,
+        _ => FileKind::Binary {
+            header: std::fs::metadata(path)
+                .map(|m| m.len() as usize)
+                .unwrap_or(0),
+        },
+    }
+}
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(
+                files_under(&path)
+                    .into_iter()
+                    .map(|p| Path::new(path.file_name().unwrap()).join(p)),
+            );
+        } else {
+            out.push(PathBuf::from(path.file_name().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies directory `from` to `to` (one level of subdirectories).
+fn copy_dir(from: &Path, to: &Path) {
+    for file in files_under(from) {
+        std::fs::create_dir_all(to.join(&file).parent().unwrap()).unwrap();
+        std::fs::copy(from.join(&file), to.join(&file)).unwrap();
+    }
+}
+
+/// A directory base: its files other than the fixture's own records.
+fn dir_base(path: PathBuf) -> Base {
+    let files = files_under(&path)
+        .into_iter()
+        .filter(|f| f != Path::new("reference.json"))
+        .map(|f| {
+            let kind = kind_of(&path.join(&f));
+            (f, kind)
+        })
+        .collect();
+    Base { path, files }
+}
+
+/// The models to mutate, made in `scratch`: every fixture, splits of three,
+/// models with SentencePiece and tiktoken vocabularies, and a model with a
+/// chat template in each place one is found.
+pub fn bases(scratch: &Path) -> Vec<Base> {
+    let mut bases = Vec::new();
+    for name in FIXTURES {
+        let path = scratch.join(name);
+        if name.ends_with(".gguf") {
+            std::fs::copy(fixture(name), &path).unwrap();
+            let file = GgufFile::open(&path).unwrap();
+            let header = file.tensors.iter().map(|t| t.range.start).min().unwrap();
+            bases.push(Base {
+                files: vec![(PathBuf::new(), FileKind::Binary { header })],
+                path,
+            });
+        } else {
+            copy_dir(&fixture(name), &path);
+            bases.push(dir_base(path));
+        }
+    }
+    for name in ["llama-gqa", "mixtral-moe", "llama-mixed.gguf"] {
+        let out = scratch.join(format!("{name}.split"));
+        bases.push(dir_base(split_to(&fixture(name), &out)));
+    }
+    // Models with a vocabulary file in place of tokenizer.json.
+    for (model, vocabulary) in [
+        ("chatglm3", "chatglm3/tokenizer.model"),
+        ("baichuan2-rope", "baichuan/tokenizer.model"),
+        ("llama-gqa", "unigram/tokenizer.model"),
+        ("qwen-v1", "qwen-v1/qwen.tiktoken"),
+        ("chatglm3", "glm4/tokenizer.model"),
+    ] {
+        let source = fixtures_dir().join("tokenizers").join(vocabulary);
+        let file = PathBuf::from(source.file_name().unwrap());
+        let path = scratch.join(format!("{model}+{}", vocabulary.replace('/', "-")));
+        copy_dir(&fixture(model), &path);
+        let _ = std::fs::remove_file(path.join("tokenizer.json"));
+        std::fs::copy(&source, path.join(&file)).unwrap();
+        let kind = kind_of(&path.join(&file));
+        bases.push(Base {
+            files: vec![(file, kind)],
+            path,
+        });
+    }
+    let config = serde_json::json!({
+        "chat_template": TEMPLATE, "bos_token": "<s>", "eos_token": {"content": "</s>"}
+    });
+    for (file, contents) in [
+        ("tokenizer_config.json", config.to_string()),
+        ("chat_template.jinja", TEMPLATE.to_string()),
+    ] {
+        let path = scratch.join(format!("chat-{file}"));
+        copy_dir(&fixture("llama-gqa"), &path);
+        std::fs::write(path.join(file), contents).unwrap();
+        bases.push(Base {
+            files: vec![(PathBuf::from(file), kind_of(&path.join(file)))],
+            path,
+        });
+    }
+    bases
+}
+
+/// Writes mutant `index` of base `base` to `out`; returns its path and
+/// what was mutated.
+pub fn write_mutant(base: &Base, seed: u64, index: u64, out: &Path) -> (PathBuf, String) {
+    let mut mutator = Mutator::new(seed, index);
+    let (file, kind) = &base.files[mutator.below(base.files.len())];
+    let source = match base.path.is_file() {
+        true => base.path.clone(),
+        false => base.path.join(file),
+    };
+    let (bytes, what) = mutator.mutate(*kind, &std::fs::read(&source).unwrap());
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let what = format!(
+        "{} {}: {what}",
+        base.path.file_name().unwrap().to_string_lossy(),
+        file.display()
+    );
+    if base.path.is_file() {
+        let path = out.join(base.path.file_name().unwrap());
+        std::fs::write(&path, bytes).unwrap();
+        return (path, what);
+    }
+    for other in files_under(&base.path) {
+        let target = out.join(&other);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        if &other == file {
+            std::fs::write(&target, &bytes).unwrap();
+        } else {
+            std::fs::hard_link(base.path.join(&other), &target).unwrap();
+        }
+    }
+    (out.to_path_buf(), what)
 }

@@ -118,11 +118,11 @@ fn unknown_architecture_lists_the_known_ones() {
 fn unknown_rope_scaling_is_named() {
     let (_tmp, dir) = copy_fixture("llama-gqa");
     edit_config(&dir, |c| {
-        c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})
+        c["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "factor": 4.0})
     });
     let err = open_error(&dir);
     assert!(
-        err.contains("rope_scaling") && err.contains("yarn"),
+        err.contains("rope_scaling") && err.contains("longrope"),
         "{err}"
     );
 }

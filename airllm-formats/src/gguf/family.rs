@@ -34,6 +34,18 @@ const FAMILIES: &[GgufFamily] = &[
         model_type: "qwen2",
         permuted_qk: false,
     },
+    GgufFamily {
+        gguf_name: "qwen3",
+        architecture: "Qwen3ForCausalLM",
+        model_type: "qwen3",
+        permuted_qk: false,
+    },
+    GgufFamily {
+        gguf_name: "qwen3moe",
+        architecture: "Qwen3MoeForCausalLM",
+        model_type: "qwen3_moe",
+        permuted_qk: false,
+    },
 ];
 
 /// Hugging Face names outside the layers and their GGUF names.
@@ -55,12 +67,23 @@ const LAYER_NAMES: &[(&str, &str)] = &[
     ("mlp.up_proj", "ffn_up"),
     ("mlp.down_proj", "ffn_down"),
     ("block_sparse_moe.gate", "ffn_gate_inp"),
+    ("mlp.gate", "ffn_gate_inp"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
 ];
 
-/// Mixtral's expert matrices inside `block_sparse_moe.experts.E.` and their
-/// GGUF stems: `blk.N.ffn_gate.E` (older converters) or slice E of the 3-D
+/// Expert matrices inside a layer (`block_sparse_moe.experts.E.w1` for
+/// Mixtral, `mlp.experts.E.gate_proj` for Qwen3-MoE) and their GGUF stems:
+/// `blk.N.ffn_gate.E` (older converters) or slice E of the 3-D
 /// `blk.N.ffn_gate_exps`.
-const EXPERT_NAMES: &[(&str, &str)] = &[("w1", "ffn_gate"), ("w2", "ffn_down"), ("w3", "ffn_up")];
+const EXPERT_NAMES: &[(&str, &str, &str)] = &[
+    ("block_sparse_moe.experts.", "w1", "ffn_gate"),
+    ("block_sparse_moe.experts.", "w2", "ffn_down"),
+    ("block_sparse_moe.experts.", "w3", "ffn_up"),
+    ("mlp.experts.", "gate_proj", "ffn_gate"),
+    ("mlp.experts.", "down_proj", "ffn_down"),
+    ("mlp.experts.", "up_proj", "ffn_up"),
+];
 
 /// Where a tensor an adapter asks for lies in a GGUF file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,10 +132,10 @@ impl GgufFamily {
         let (stem, suffix) = hf_name.rsplit_once('.')?;
         let rest = stem.strip_prefix("model.layers.")?;
         let (layer, inner) = rest.split_once('.')?;
-        let (expert, matrix) = inner
-            .strip_prefix("block_sparse_moe.experts.")?
-            .split_once('.')?;
-        let (_, gguf) = EXPERT_NAMES.iter().find(|(hf, _)| *hf == matrix)?;
+        let (_, _, gguf, expert) = EXPERT_NAMES.iter().find_map(|&(block, hf, gguf)| {
+            let (expert, matrix) = inner.strip_prefix(block)?.split_once('.')?;
+            (matrix == hf).then_some((block, hf, gguf, expert))
+        })?;
         if let Some(tensor) = file.position(&format!("blk.{layer}.{gguf}.{expert}.{suffix}")) {
             return Some(Located {
                 tensor,
@@ -183,14 +206,21 @@ impl GgufFamily {
             // llama.cpp stores Mixtral as `llama` with experts.
             config.insert("architectures".into(), json!(["MixtralForCausalLM"]));
             config.insert("model_type".into(), json!("mixtral"));
+        } else {
+            config.insert("architectures".into(), json!([self.architecture]));
+            config.insert("model_type".into(), json!(self.model_type));
+        }
+        if experts > 0 {
             config.insert("num_local_experts".into(), json!(experts));
             config.insert(
                 "num_experts_per_tok".into(),
                 json!(required("expert_used_count")?),
             );
-        } else {
-            config.insert("architectures".into(), json!([self.architecture]));
-            config.insert("model_type".into(), json!(self.model_type));
+            if let Some(width) = meta("expert_feed_forward_length").and_then(|v| v.as_u64()) {
+                config.insert("moe_intermediate_size".into(), json!(width));
+            }
+            // llama.cpp renormalises Qwen3-MoE's top-k weights.
+            config.insert("norm_topk_prob".into(), json!(true));
         }
         if let Some(window) = meta("attention.sliding_window").and_then(|v| v.as_u64()) {
             config.insert("sliding_window".into(), json!(window));
@@ -221,10 +251,20 @@ impl GgufFamily {
         );
         if let Some(kind) = meta("rope.scaling.type").and_then(|v| v.as_str()) {
             if kind != "none" {
-                config.insert(
-                    "rope_scaling".into(),
-                    json!({"rope_type": kind, "factor": number("rope.scaling.factor").unwrap_or(1.0)}),
-                );
+                let mut scaling = json!({"rope_type": kind, "factor": number("rope.scaling.factor").unwrap_or(1.0)});
+                for (hf, gguf) in [
+                    (
+                        "original_max_position_embeddings",
+                        "rope.scaling.original_context_length",
+                    ),
+                    ("beta_fast", "rope.scaling.yarn_beta_fast"),
+                    ("beta_slow", "rope.scaling.yarn_beta_slow"),
+                ] {
+                    if let Some(value) = number(gguf) {
+                        scaling[hf] = json!(value);
+                    }
+                }
+                config.insert("rope_scaling".into(), scaling);
             }
         }
         if let Some(context) = meta("context_length").and_then(|v| v.as_u64()) {
@@ -290,6 +330,19 @@ mod tests {
             Some("token_embd.weight".into())
         );
         assert_eq!(llama.gguf_name("model.layers.0.unknown.weight"), None);
+    }
+
+    #[test]
+    fn qwen3_moe_names_map_to_norms_router_and_expert_stems() {
+        let qwen3moe = FAMILIES.iter().find(|f| f.gguf_name == "qwen3moe").unwrap();
+        assert_eq!(
+            qwen3moe.gguf_name("model.layers.3.self_attn.k_norm.weight"),
+            Some("blk.3.attn_k_norm.weight".into())
+        );
+        assert_eq!(
+            qwen3moe.gguf_name("model.layers.3.mlp.gate.weight"),
+            Some("blk.3.ffn_gate_inp.weight".into())
+        );
     }
 
     #[test]

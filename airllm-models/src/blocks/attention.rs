@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::linear::LinearNames;
+use super::norm::rms_norm;
 use super::rope::RopeTables;
 
 /// How q, k and v are projected from the hidden states.
@@ -34,6 +35,18 @@ pub enum QkvProjection {
     PerHead(LinearNames),
 }
 
+/// RMSNorm of each query and key head before rotation (Qwen3), with
+/// `[head_dim]` scales.
+#[derive(Clone, Debug)]
+pub struct HeadNorms {
+    /// Scale of the query heads' norm.
+    pub q: String,
+    /// Scale of the key heads' norm.
+    pub k: String,
+    /// RMSNorm epsilon.
+    pub eps: f64,
+}
+
 /// Shape and tensor names of one attention block.
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -49,6 +62,8 @@ pub struct Attention {
     pub o: LinearNames,
     /// Sliding window (keys more than `window - 1` positions back are hidden).
     pub window: Option<usize>,
+    /// Per-head norms of queries and keys, if the family has them.
+    pub head_norms: Option<HeadNorms>,
 }
 
 /// What a layer's attention reads from the pass state.
@@ -75,6 +90,10 @@ impl Attention {
             }
         };
         specs.extend(self.o.specs(hidden, q_out));
+        if let Some(norms) = &self.head_norms {
+            specs.push(TensorSpec::new(&norms.q, &[self.head_dim]));
+            specs.push(TensorSpec::new(&norms.k, &[self.head_dim]));
+        }
         specs
     }
 
@@ -136,6 +155,13 @@ impl Attention {
         let q = self.split_heads(q, self.heads);
         let k = self.split_heads(k, self.kv_heads);
         let v = self.split_heads(v, self.kv_heads);
+        let (q, k) = match &self.head_norms {
+            Some(norms) => (
+                rms_norm(q, unit.vector(&norms.q)?, norms.eps),
+                rms_norm(k, unit.vector(&norms.k)?, norms.eps),
+            ),
+            None => (q, k),
+        };
         let (q, k) = match inputs.rope {
             Some(rope) => (rope.apply(q), rope.apply(k)),
             None => (q, k),

@@ -1,7 +1,7 @@
-//! A sparse mixture of gated-MLP experts (Mixtral): the router's softmax in
-//! f32 picks the top k experts of each token, their weights renormalised to
-//! sum to one; each token's output is the weighted sum of its experts'
-//! outputs. Only the routed experts run, and a streamed layer reads only
+//! A sparse mixture of gated-MLP experts (Mixtral, Qwen3-MoE): the
+//! router's softmax in f32 picks the top k experts of each token, their
+//! weights renormalised to sum to one where the family does; each token's
+//! output is the weighted sum of its experts' outputs. Only the routed experts run, and a streamed layer reads only
 //! those.
 
 use airllm_core::arch::LayerContext;
@@ -22,6 +22,9 @@ pub struct SparseMoe {
     pub experts: Vec<GatedMlp>,
     /// Experts each token is routed to.
     pub per_token: usize,
+    /// Whether the top-k weights are renormalised to sum to one (else they
+    /// stay softmax probabilities over all experts).
+    pub renormalize: bool,
 }
 
 /// The experts one pass routes to: for each, the token rows it serves and
@@ -34,8 +37,9 @@ struct Routing {
 }
 
 /// Routes each row of router logits `[rows][experts]`: softmax, the top
-/// `k` (ties to the lower index), weights renormalised over those `k`.
-fn route(logits: &[f32], experts: usize, k: usize) -> Routing {
+/// `k` (ties to the lower index), weights renormalised over those `k` when
+/// `renormalize`.
+fn route(logits: &[f32], experts: usize, k: usize, renormalize: bool) -> Routing {
     let mut per_expert: Vec<(Vec<i64>, Vec<f32>)> = vec![Default::default(); experts];
     for (row, scores) in logits.chunks(experts).enumerate() {
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -44,7 +48,10 @@ fn route(logits: &[f32], experts: usize, k: usize) -> Routing {
         let mut order: Vec<usize> = (0..experts).collect();
         order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
         let top = &order[..k];
-        let kept: f32 = top.iter().map(|&e| exp[e] / total).sum();
+        let kept: f32 = match renormalize {
+            true => top.iter().map(|&e| exp[e] / total).sum(),
+            false => 1.0,
+        };
         for &e in top {
             per_expert[e].0.push(row as i64);
             per_expert[e].1.push(exp[e] / total / kept);
@@ -94,7 +101,7 @@ impl SparseMoe {
             .convert::<f32>()
             .into_vec()
             .map_err(|e| Error::Backend(format!("reading router logits: {e:?}")))?;
-        let routing = route(&logits, count, self.per_token);
+        let routing = route(&logits, count, self.per_token, self.renormalize);
         let loaded = match &mut ctx.experts {
             Experts::InUnit => None,
             Experts::OnRequest(loader) => Some(loader.load(&routing.experts)?),
@@ -130,7 +137,7 @@ mod tests {
     fn routes_each_row_to_its_top_k_with_renormalised_weights() {
         // Row 0 prefers experts 2 then 0; row 1 prefers 1 then 2.
         let logits = [1.0, 0.0, 2.0, 0.0, 3.0, 1.0];
-        let routing = route(&logits, 3, 2);
+        let routing = route(&logits, 3, 2, true);
         assert_eq!(routing.experts, [0, 1, 2]);
         assert_eq!(routing.rows, [vec![0], vec![1], vec![0, 1]]);
         let e = std::f32::consts::E;

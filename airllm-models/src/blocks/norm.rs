@@ -6,9 +6,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 /// Root-mean-square normalisation over the last dimension.
-pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    let mean_square = x.clone().powi_scalar(2).mean_dim(2);
-    x * mean_square.add_scalar(eps).sqrt().recip() * weight.clone().unsqueeze::<3>()
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
+    x * mean_square.add_scalar(eps).sqrt().recip() * weight.clone().unsqueeze::<D>()
 }
 
 /// The Euclidean length of each row of matrix `w` (`[out]` values).

@@ -1,5 +1,5 @@
 //! Rotary position embeddings: inverse frequencies with the scaling variants
-//! of `rope_scaling` (linear, dynamic NTK, llama3), applied to the first
+//! of `rope_scaling` (linear, dynamic NTK, llama3, YaRN), applied to the first
 //! `dim` dims of each head either as two halves (`rotate_half`: Llama, Qwen,
 //! Mistral) or as interleaved pairs (ChatGLM).
 
@@ -37,6 +37,24 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         /// Trained context length.
         original_max_positions: f64,
+    },
+    /// YaRN: per frequency band, interpolated (divided by `factor`) or
+    /// extrapolated (kept) along a linear ramp between the bands that turn
+    /// `beta_fast` and `beta_slow` times over the trained context; cos and
+    /// sin scaled by `attention_factor`.
+    Yarn {
+        /// Scale factor.
+        factor: f64,
+        /// Trained context length.
+        original_max_positions: f64,
+        /// Rotations that mark the fully extrapolated band.
+        beta_fast: f64,
+        /// Rotations that mark the fully interpolated band.
+        beta_slow: f64,
+        /// Scale of cos and sin.
+        attention_factor: f64,
+        /// Whether the ramp's ends are rounded to whole dims.
+        truncate: bool,
     },
 }
 
@@ -77,6 +95,48 @@ fn number(params: &Value, key: &str) -> Result<f64> {
         .ok_or_else(|| Error::config(format!("rope_scaling.{key}"), "missing or not a number"))
 }
 
+/// YaRN's settings as transformers reads them: `original_max_position_embeddings`
+/// defaults to `max_position_embeddings`, `factor` to their ratio; the
+/// attention factor, unless given, grows with `ln(factor)` (or the ratio of
+/// two such terms when `mscale` and `mscale_all_dim` are both given).
+fn yarn(params: &Value, max_positions: usize) -> Result<RopeScaling> {
+    let optional = |key: &str| params.get(key).and_then(Value::as_f64);
+    let original = optional("original_max_position_embeddings").unwrap_or(max_positions as f64);
+    let factor = optional("factor").unwrap_or(max_positions as f64 / original);
+    if !(factor.is_finite() && factor > 0.0 && original >= 1.0) {
+        return Err(Error::config(
+            "rope_scaling.factor",
+            format!(
+                "YaRN needs a positive factor and trained context; found {factor} and {original}"
+            ),
+        ));
+    }
+    let mscale = |scale: f64, m: f64| match scale <= 1.0 {
+        true => 1.0,
+        false => 0.1 * m * scale.ln() + 1.0,
+    };
+    let attention_factor = match (
+        optional("attention_factor"),
+        optional("mscale").filter(|m| *m != 0.0),
+        optional("mscale_all_dim").filter(|m| *m != 0.0),
+    ) {
+        (Some(given), _, _) => given,
+        (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
+        _ => mscale(factor, 1.0),
+    };
+    Ok(RopeScaling::Yarn {
+        factor,
+        original_max_positions: original,
+        beta_fast: optional("beta_fast").filter(|b| *b != 0.0).unwrap_or(32.0),
+        beta_slow: optional("beta_slow").filter(|b| *b != 0.0).unwrap_or(1.0),
+        attention_factor,
+        truncate: params
+            .get("truncate")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+    })
+}
+
 impl Rope {
     /// Reads `rope_theta` / `rope_scaling`, or transformers 5's
     /// `rope_parameters`, for rotary width `dim`.
@@ -113,10 +173,11 @@ impl Rope {
                         high_freq_factor: number(params, "high_freq_factor")?,
                         original_max_positions: number(params, "original_max_position_embeddings")?,
                     },
+                    "yarn" => yarn(params, max_positions)?,
                     other => {
                         return Err(Error::config(
                             "rope_scaling.rope_type",
-                            format!("`{other}` is not supported; supported: default, linear, dynamic, llama3"),
+                            format!("`{other}` is not supported; supported: default, linear, dynamic, llama3, yarn"),
                         ))
                     }
                 }
@@ -211,6 +272,47 @@ impl Rope {
                     }
                 })
                 .collect(),
+            RopeScaling::Yarn {
+                factor,
+                original_max_positions,
+                beta_fast,
+                beta_slow,
+                truncate,
+                ..
+            } => {
+                let dim = self.dim as f64;
+                let correction = |rotations: f64| {
+                    dim * (original_max_positions / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * self.theta.ln())
+                };
+                let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                self.default_inv_freq(self.theta)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolated = 1.0 - ramp;
+                        f / factor * (1.0 - extrapolated) + f * extrapolated
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// How much cos and sin are scaled (YaRN's attention factor; else 1).
+    fn attention_factor(&self) -> f32 {
+        match self.scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            } => attention_factor as f32,
+            _ => 1.0,
         }
     }
 
@@ -231,12 +333,13 @@ impl Rope {
         let width = inv_freq.len() * repeats;
         let mut cos = Vec::with_capacity(batch * seq * width);
         let mut sin = Vec::with_capacity(batch * seq * width);
+        let scale = self.attention_factor();
         for &position in positions.iter().flatten() {
             for _ in 0..repeats {
                 for f in &inv_freq {
                     let angle = (position as f64 * f) as f32;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+                    cos.push(angle.cos() * scale);
+                    sin.push(angle.sin() * scale);
                 }
             }
         }
@@ -314,14 +417,33 @@ mod tests {
         let rope = Rope::from_config(&Config(&config), 8).unwrap();
         assert_eq!(rope.theta, 500000.0);
         assert_eq!(rope.scaling, RopeScaling::Linear { factor: 2.0 });
-        let config = json!({"rope_scaling": {"type": "yarn", "factor": 2.0}});
+        let config = json!({"rope_scaling": {"type": "longrope", "factor": 2.0}});
         let err = Rope::from_config(&Config(&config), 8)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("yarn") && err.contains("rope_scaling"),
+            err.contains("longrope") && err.contains("rope_scaling"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn yarn_defaults_follow_transformers() {
+        let config = json!({"max_position_embeddings": 128,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}});
+        let rope = Rope::from_config(&Config(&config), 16).unwrap();
+        let RopeScaling::Yarn {
+            attention_factor,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        } = rope.scaling
+        else {
+            panic!("not YaRN: {:?}", rope.scaling);
+        };
+        assert!((attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+        assert_eq!((beta_fast, beta_slow, truncate), (32.0, 1.0, true));
     }
 
     #[test]
