@@ -104,6 +104,9 @@ pub struct Engine<B: Backend> {
     backend: Arc<dyn ComputeBackend<B>>,
     options: EngineOptions,
     resident: Vec<Option<DeviceUnit<B>>>,
+    /// Per unit, whether its resident part is only its shared tensors (its
+    /// experts come on request).
+    shared_only: Vec<bool>,
     plan: Option<ResidencyPlan>,
     stats: RunStats,
     on_load: Option<LoadObserver>,
@@ -162,6 +165,7 @@ impl<B: Backend> Engine<B> {
             backend,
             options,
             resident: (0..count).map(|_| None).collect(),
+            shared_only: vec![false; count],
             plan: None,
             stats,
             on_load: None,
@@ -238,11 +242,13 @@ impl<B: Backend> Engine<B> {
         let plan = self.plan_for(batch, chunk, context)?;
         let mut to_load = Vec::new();
         for (index, placement) in plan.placements.iter().enumerate() {
+            let shared_only = *placement == UnitPlacement::SharedResident;
             match placement {
                 UnitPlacement::Streamed => self.resident[index] = None,
-                UnitPlacement::Resident if self.resident[index].is_none() => to_load.push(index),
-                UnitPlacement::Resident => {}
+                _ if self.resident[index].is_some() && self.shared_only[index] == shared_only => {}
+                _ => to_load.push(index),
             }
+            self.shared_only[index] = shared_only;
         }
         let units = self.store.units();
         let mut progress = LoadProgress {
@@ -252,7 +258,11 @@ impl<B: Backend> Engine<B> {
             total_bytes: to_load.iter().map(|&i| units[i].bytes).sum(),
         };
         for index in to_load {
-            let loaded = load_unit(&*self.store, &*self.backend, index, None)?;
+            let shared = match self.shared_only[index] {
+                true => shared_names(&self.streamed_reads, index),
+                false => None,
+            };
+            let loaded = load_unit(&*self.store, &*self.backend, index, shared.as_deref())?;
             progress.units += 1;
             progress.bytes += loaded.bytes;
             self.resident[index] = Some(self.upload(loaded)?);
@@ -385,7 +395,8 @@ impl<B: Backend> Engine<B> {
                     let input = hidden.take().ok_or_else(missing_embedding)?;
                     let spec = &arch.units()[index];
                     let mut fetcher;
-                    let experts = match streamed.is_some() && !spec.experts.is_empty() {
+                    let on_request = streamed.is_some() || self.shared_only[index];
+                    let experts = match on_request && !spec.experts.is_empty() {
                         true => {
                             fetcher = ExpertFetcher {
                                 index,
@@ -496,9 +507,7 @@ impl<B: Backend> Reader<B> {
                     let index = pending.next().expect("a unit is pending");
                     permits -= 1;
                     self.in_flight.enter();
-                    let only: Option<Vec<&str>> = self.shared[index]
-                        .as_ref()
-                        .map(|names| names.iter().map(String::as_str).collect());
+                    let only = shared_names(&self.shared, index);
                     let loaded = load_unit(&*self.store, &*self.backend, index, only.as_deref());
                     if units.send(loaded).is_err() {
                         return;
@@ -507,6 +516,13 @@ impl<B: Backend> Reader<B> {
             }
         }
     }
+}
+
+/// The shared tensors of unit `index` when it is a mixture-of-experts layer.
+fn shared_names(reads: &[Option<Vec<String>>], index: usize) -> Option<Vec<&str>> {
+    reads[index]
+        .as_ref()
+        .map(|names| names.iter().map(String::as_str).collect())
 }
 
 /// Reads and decodes one unit, or only the tensors named in `only` (on the

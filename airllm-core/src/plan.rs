@@ -10,6 +10,10 @@ pub enum UnitPlacement {
     Resident,
     /// Read from the store on every pass that needs it.
     Streamed,
+    /// A mixture-of-experts layer whose shared tensors (attention, norms,
+    /// router) are kept on the device, its routed experts read on request
+    /// every pass.
+    SharedResident,
 }
 
 /// What the plan is computed from.
@@ -21,6 +25,9 @@ pub struct PlanInput {
     /// unit, or for a mixture-of-experts layer its shared tensors plus as
     /// many experts as the pass can route to.
     pub stream_unit_bytes: Vec<u64>,
+    /// Device bytes of each mixture-of-experts layer's shared tensors
+    /// (`None` for the other units).
+    pub shared_bytes: Vec<Option<u64>>,
     /// KV-cache bytes for the whole batch at its longest.
     pub kv_bytes: u64,
     /// Activation bytes of the largest pass.
@@ -100,6 +107,14 @@ impl PlanInput {
                     streamed_bytes(info, spec, rows, dims.experts_per_token, layout)
                 })
                 .collect(),
+            shared_bytes: units
+                .iter()
+                .zip(specs)
+                .map(|(info, spec)| {
+                    (!spec.experts.is_empty())
+                        .then(|| info.device_bytes_of(&spec.shared_tensors(), layout))
+                })
+                .collect(),
             kv_bytes: dims.kv_bytes_per_token() * (shape.batch * shape.context) as u64,
             activation_bytes: dims.activation_bytes(shape.batch * shape.chunk, shape.context),
             prefetch,
@@ -155,7 +170,10 @@ impl ResidencyPlan {
 
     /// Plans residency: everything resident when it fits; otherwise the
     /// embedding and head stay, then layers in order while they fit, and the
-    /// rest stream through prefetch + 1 buffers.
+    /// rest stream through prefetch + 1 buffers. Of the streamed
+    /// mixture-of-experts layers, the shared tensors stay while they fit
+    /// (read every pass, they are worth more than any cached expert); what
+    /// is left holds the cache of routed experts.
     pub fn new(input: &PlanInput) -> Result<Self> {
         let everything: u64 = input.units.iter().map(|u| u.1).sum();
         let fixed = input.kv_bytes + input.activation_bytes;
@@ -191,7 +209,7 @@ impl ResidencyPlan {
         let mut resident_bytes = ends;
         let mut streamed_experts = false;
         let mut streaming = false;
-        let placements = input
+        let mut placements: Vec<UnitPlacement> = input
             .units
             .iter()
             .zip(&input.stream_unit_bytes)
@@ -209,6 +227,16 @@ impl ResidencyPlan {
                 }
             })
             .collect();
+        for (placement, shared) in placements.iter_mut().zip(&input.shared_bytes) {
+            match shared {
+                Some(shared) if *placement == UnitPlacement::Streamed && *shared <= room => {
+                    room -= shared;
+                    resident_bytes += shared;
+                    *placement = UnitPlacement::SharedResident;
+                }
+                _ => {}
+            }
+        }
         Ok(ResidencyPlan {
             placements,
             resident_bytes,
@@ -220,11 +248,12 @@ impl ResidencyPlan {
         })
     }
 
-    /// Number of streamed units.
+    /// Number of units that read from storage on every pass: whole, or
+    /// (with their shared tensors resident) their routed experts.
     pub fn streamed(&self) -> usize {
         self.placements
             .iter()
-            .filter(|p| **p == UnitPlacement::Streamed)
+            .filter(|p| **p != UnitPlacement::Resident)
             .count()
     }
 
@@ -253,6 +282,7 @@ mod tests {
                 (UnitKind::Head, 100),
             ],
             stream_unit_bytes: vec![100, 50, 50, 50, 50, 100],
+            shared_bytes: vec![None; 6],
             kv_bytes: 10,
             activation_bytes: 10,
             prefetch,
@@ -274,6 +304,32 @@ mod tests {
         assert_eq!(plan.placements[1], UnitPlacement::Resident);
         assert_eq!(plan.streamed(), 3);
         assert_eq!(plan.predicted_peak(), 370);
+    }
+
+    #[test]
+    fn shared_parts_of_streamed_expert_layers_stay_before_the_cache() {
+        // Layers of 50 bytes: 10 shared, 40 in experts, 20 streamed per pass.
+        let mut moe = input(0, 1);
+        moe.stream_unit_bytes = vec![100, 20, 20, 20, 20, 100];
+        moe.shared_bytes = vec![None, Some(10), Some(10), Some(10), Some(10), None];
+        // minimum = 200 ends + 2×20 buffers + 20 = 260; 25 more keeps two
+        // layers' shared parts and leaves 5 for the expert cache.
+        moe.budget = 285;
+        let plan = ResidencyPlan::new(&moe).unwrap();
+        use UnitPlacement::*;
+        assert_eq!(
+            plan.placements,
+            [
+                Resident,
+                SharedResident,
+                SharedResident,
+                Streamed,
+                Streamed,
+                Resident
+            ]
+        );
+        assert_eq!(plan.expert_cache_bytes, 5);
+        assert_eq!(plan.predicted_peak(), 285);
     }
 
     #[test]

@@ -103,9 +103,17 @@ pub fn from_json(value: &Value, source: &Path) -> Result<Tokenizer> {
     })
 }
 
-/// Loads `tokenizer.json`.
+/// Loads `tokenizer.json`. Its JSON syntax is checked first: the
+/// `tokenizers` library panics on some syntax errors inside its parts.
 pub fn from_file(path: &Path) -> Result<Tokenizer> {
-    guarded(path, "load the tokenizer", || Tokenizer::from_file(path))
+    let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|source| {
+        FormatError::Json {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    guarded(path, "load the tokenizer", || Tokenizer::from_bytes(&bytes))
 }
 
 /// What a tokenizer that the `tokenizers` library refused by panicking
