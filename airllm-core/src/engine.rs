@@ -104,9 +104,7 @@ pub struct Engine<B: Backend> {
     backend: Arc<dyn ComputeBackend<B>>,
     options: EngineOptions,
     resident: Vec<Option<DeviceUnit<B>>>,
-    /// Per unit, whether its resident part is only its shared tensors (its
-    /// experts come on request).
-    shared_only: Vec<bool>,
+    /// The plan the resident units were loaded under.
     plan: Option<ResidencyPlan>,
     stats: RunStats,
     on_load: Option<LoadObserver>,
@@ -165,7 +163,6 @@ impl<B: Backend> Engine<B> {
             backend,
             options,
             resident: (0..count).map(|_| None).collect(),
-            shared_only: vec![false; count],
             plan: None,
             stats,
             on_load: None,
@@ -242,13 +239,16 @@ impl<B: Backend> Engine<B> {
         let plan = self.plan_for(batch, chunk, context)?;
         let mut to_load = Vec::new();
         for (index, placement) in plan.placements.iter().enumerate() {
-            let shared_only = *placement == UnitPlacement::SharedResident;
+            let loaded_as = self.plan.as_ref().map(|old| old.placements[index]);
             match placement {
                 UnitPlacement::Streamed => self.resident[index] = None,
-                _ if self.resident[index].is_some() && self.shared_only[index] == shared_only => {}
-                _ => to_load.push(index),
+                _ if self.resident[index].is_some() && loaded_as == Some(*placement) => {}
+                _ => {
+                    // Dropped first, so a failed load leaves nothing half-kept.
+                    self.resident[index] = None;
+                    to_load.push(index);
+                }
             }
-            self.shared_only[index] = shared_only;
         }
         let units = self.store.units();
         let mut progress = LoadProgress {
@@ -258,9 +258,9 @@ impl<B: Backend> Engine<B> {
             total_bytes: to_load.iter().map(|&i| units[i].bytes).sum(),
         };
         for index in to_load {
-            let shared = match self.shared_only[index] {
-                true => shared_names(&self.streamed_reads, index),
-                false => None,
+            let shared = match plan.placements[index] {
+                UnitPlacement::SharedResident => shared_names(&self.streamed_reads, index),
+                _ => None,
             };
             let loaded = load_unit(&*self.store, &*self.backend, index, shared.as_deref())?;
             progress.units += 1;
@@ -395,7 +395,11 @@ impl<B: Backend> Engine<B> {
                     let input = hidden.take().ok_or_else(missing_embedding)?;
                     let spec = &arch.units()[index];
                     let mut fetcher;
-                    let on_request = streamed.is_some() || self.shared_only[index];
+                    let shared_resident = self
+                        .plan
+                        .as_ref()
+                        .is_some_and(|p| p.placements[index] == UnitPlacement::SharedResident);
+                    let on_request = streamed.is_some() || shared_resident;
                     let experts = match on_request && !spec.experts.is_empty() {
                         true => {
                             fetcher = ExpertFetcher {

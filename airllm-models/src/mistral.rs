@@ -8,14 +8,19 @@ use crate::config::{layer_windows, Config};
 use crate::decoder::Decoder;
 use crate::llama::{llama_layout, LlamaVariant};
 
+/// Each layer's window as Mistral and Mixtral set them: `sliding_window`
+/// on every layer, unless `layer_types` says otherwise.
+pub(crate) fn mistral_windows(c: &Config<'_>) -> Result<Vec<Option<usize>>> {
+    layer_windows(c, c.usize("num_hidden_layers")?, |_| true)
+}
+
 /// Builds the Mistral decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
     let c = Config(config);
-    let layers = c.usize("num_hidden_layers")?;
     llama_layout(
         &c,
         LlamaVariant {
-            windows: layer_windows(&c, layers, |_| true)?,
+            windows: mistral_windows(&c)?,
             ..LlamaVariant::plain("mistral")
         },
     )

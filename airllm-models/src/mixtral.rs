@@ -6,9 +6,10 @@
 use airllm_core::Result;
 use serde_json::Value;
 
-use crate::config::{layer_windows, Config};
+use crate::config::Config;
 use crate::decoder::Decoder;
 use crate::llama::{llama_layout, ExpertCounts, ExpertLayout, ExpertNames, LlamaVariant};
+use crate::mistral::mistral_windows;
 
 /// Builds the Mixtral decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
@@ -17,7 +18,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
     llama_layout(
         &c,
         LlamaVariant {
-            windows: layer_windows(&c, layers, |_| true)?,
+            windows: mistral_windows(&c)?,
             experts: Some(ExpertLayout {
                 counts: ExpertCounts::from_config(&c, &["num_local_experts"])?,
                 inner: c.usize("intermediate_size")?,
