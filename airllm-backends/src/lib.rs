@@ -107,6 +107,51 @@ impl<B: Backend> ComputeBackend<B> for BurnBackend<B> {
     }
 }
 
+/// How activations meet block-quantized weights in the cpu backend's
+/// linear op (float weights always see f32 activations).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activations {
+    /// For one to a few rows (decoding), quantized to 16-bit integers per
+    /// group of 32 values and dotted with the weights' blocks in integers;
+    /// the default. Each product stays within 1e-7 of its f32 value
+    /// (normalized squared error).
+    #[default]
+    Int16,
+    /// f32 everywhere: slower decoding, logits closest to the reference.
+    F32,
+}
+
+impl FromStr for Activations {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "int16" => Ok(Activations::Int16),
+            "f32" => Ok(Activations::F32),
+            _ => Err(format!(
+                "unknown activation precision `{s}`; use int16 or f32"
+            )),
+        }
+    }
+}
+
+/// How a job runs on its device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// Compute dtype.
+    pub dtype: ComputeDType,
+    /// Threads of the pool that the kernels and burn's CPU work share
+    /// (default: the physical cores, see [`default_threads`]).
+    pub threads: Option<usize>,
+    /// Activation precision for block-quantized weights on the cpu.
+    pub activations: Activations,
+}
+
+/// The physical cores this process may use.
+pub fn default_threads() -> usize {
+    num_cpus::get_physical().min(num_cpus::get()).max(1)
+}
+
 /// Work to run on whichever backend the user picked: generic over the burn
 /// backend, so it is compiled once per backend built in.
 pub trait BackendJob {
@@ -157,12 +202,31 @@ const WGPU_REMEDY: &str = "Install a GPU driver with Vulkan support, or Mesa's s
 const CUDA_REMEDY: &str = "Check that an NVIDIA GPU is present and its driver is installed \
 (`nvidia-smi` lists it), or use --device cpu.";
 
-/// Runs `job` on the device `choice` names, in compute dtype `dtype`.
-pub fn dispatch<J: BackendJob>(
+/// Runs `job` on the device `choice` names, as `options` say, inside a
+/// rayon pool of `options.threads` threads.
+pub fn dispatch<J>(choice: DeviceChoice, options: DeviceOptions, job: J) -> Result<J::Output>
+where
+    J: BackendJob + Send,
+    J::Output: Send,
+{
+    let threads = options.threads.unwrap_or_else(default_threads);
+    if threads == 0 {
+        return Err(Error::Request("--threads must be at least 1".into()));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("airllm-compute-{i}"))
+        .build()
+        .map_err(|e| Error::Backend(format!("starting {threads} compute threads: {e}")))?;
+    pool.install(|| dispatch_in_pool(choice, options, job))
+}
+
+fn dispatch_in_pool<J: BackendJob>(
     choice: DeviceChoice,
-    dtype: ComputeDType,
+    options: DeviceOptions,
     job: J,
 ) -> Result<J::Output> {
+    let dtype = options.dtype;
     if dtype != ComputeDType::F32 {
         return Err(Error::Backend(format!(
             "compute dtype {dtype:?} is not available yet on `{choice}`; use --dtype f32 (the weights keep their own dtype on disk)"
@@ -172,7 +236,8 @@ pub fn dispatch<J: BackendJob>(
         DeviceChoice::Cpu => {
             #[cfg(feature = "cpu")]
             {
-                return job.run::<burn::backend::flex::Flex>(Arc::new(cpu::CpuBackend::new()));
+                let backend = cpu::CpuBackend::new(options.activations);
+                return job.run::<burn::backend::flex::Flex>(Arc::new(backend));
             }
             #[allow(unreachable_code)]
             Err(not_built(choice, "cpu"))
@@ -235,5 +300,12 @@ mod tests {
         assert_eq!("wgpu".parse(), Ok(DeviceChoice::Wgpu(0)));
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn parses_activation_precisions() {
+        assert_eq!("INT16".parse(), Ok(Activations::Int16));
+        assert_eq!("f32".parse(), Ok(Activations::F32));
+        assert!("q8".parse::<Activations>().is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! Run: `cargo run --release --example stream -- MODEL` (a GGUF file or a directory)
 use std::sync::Arc;
 
-use airllm_backends::cpu::CpuBackend;
+use airllm_backends::{cpu::CpuBackend, Activations};
 use airllm_core::{Engine, EngineOptions, GenerationConfig, TokenControl};
 use airllm_formats::ModelDir;
 use burn::backend::flex::Flex;
@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let model = ModelDir::open(path.as_ref())?;
     let arch = airllm_models::architecture::<Flex>(&model.config)?;
     let store = model.open_store(arch.units())?;
-    let backend = Arc::new(CpuBackend::new());
+    let backend = Arc::new(CpuBackend::new(Activations::default()));
     let options = EngineOptions {
         max_memory: Some(64 << 20),
         ..Default::default()

@@ -27,8 +27,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .clone()
             .expect("clap requires MODEL without --synthetic"),
     };
-    let (device, dtype) = (args.engine.device, args.engine.dtype);
-    dispatch(device, dtype, BenchJob { args, path })
+    let (device, options) = (args.engine.device, args.engine.device_options());
+    dispatch(device, options, BenchJob { args, path })
 }
 
 /// Writes the synthetic model into `--out` unless it already holds it.

@@ -15,8 +15,8 @@ use crate::{generation, model};
 
 /// Runs the command.
 pub fn run(args: ChatArgs) -> Result<()> {
-    let (device, dtype) = (args.engine.device, args.engine.dtype);
-    dispatch(device, dtype, ChatJob { args })
+    let (device, options) = (args.engine.device, args.engine.device_options());
+    dispatch(device, options, ChatJob { args })
 }
 
 struct ChatJob {

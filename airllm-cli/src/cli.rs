@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airllm_backends::DeviceChoice;
+use airllm_backends::{Activations, DeviceChoice, DeviceOptions};
 use airllm_core::{ByteSize, ComputeDType};
 use clap::{Args, Parser, Subcommand};
 
@@ -51,6 +51,15 @@ pub struct EngineArgs {
     /// Compute dtype.
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
+    /// Compute threads, shared by the matrix kernels and every other op
+    /// (default: the physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Activations for block-quantized (GGUF) weights on the cpu: int16
+    /// dots them with the blocks in integers when decoding (fast), f32
+    /// keeps them in floats.
+    #[arg(long, default_value = "int16")]
+    pub activations: Activations,
     /// Memory budget (e.g. 64MiB, 2GiB); default: 80% of available RAM.
     #[arg(long)]
     pub max_memory: Option<ByteSize>,
@@ -67,6 +76,17 @@ pub struct EngineArgs {
     /// in the memory the plan leaves over.
     #[arg(long, value_enum, default_value = "on")]
     pub expert_cache: Switch,
+}
+
+impl EngineArgs {
+    /// The device options these arguments give.
+    pub fn device_options(&self) -> DeviceOptions {
+        DeviceOptions {
+            dtype: self.dtype,
+            threads: self.threads,
+            activations: self.activations,
+        }
+    }
 }
 
 /// An on/off setting.

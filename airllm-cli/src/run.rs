@@ -16,8 +16,8 @@ use crate::{generation, model};
 
 /// Runs the command.
 pub fn run(args: RunArgs) -> Result<()> {
-    let (device, dtype) = (args.engine.device, args.engine.dtype);
-    dispatch(device, dtype, RunJob { args })
+    let (device, options) = (args.engine.device, args.engine.device_options());
+    dispatch(device, options, RunJob { args })
 }
 
 struct RunJob {

@@ -172,7 +172,7 @@ fn q5_1(block: &[u8; 24], out: &mut [f32; 32]) {
 /// Scale and min of sub-block `j` (of 8) from the 12 packed 6-bit pairs of
 /// a Q4_K / Q5_K super-block.
 #[inline(always)]
-fn scale_min_k4(j: usize, scales: &[u8]) -> (f32, f32) {
+pub fn scale_min_k4(j: usize, scales: &[u8]) -> (f32, f32) {
     let (scale, min) = if j < 4 {
         (scales[j] & 63, scales[j + 4] & 63)
     } else {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use airllm_backends::{dispatch, BackendJob, DeviceChoice};
+use airllm_backends::{dispatch, Activations, BackendJob, DeviceChoice, DeviceOptions};
 use airllm_core::{
     BatchShape, ComputeBackend, ComputeDType, Engine, EngineOptions, PlanInput, ResidencyPlan,
     Result,
@@ -117,9 +117,30 @@ pub fn test_device() -> DeviceChoice {
         .unwrap_or(DeviceChoice::Cpu)
 }
 
-/// Runs `job` on the device under test.
-pub fn on_test_device<J: BackendJob>(job: J) -> Result<J::Output> {
-    dispatch(test_device(), ComputeDType::F32, job)
+/// The device options the fixtures are held to transformers' logits under:
+/// f32 compute and f32 activations.
+pub const EXACT: DeviceOptions = DeviceOptions {
+    dtype: ComputeDType::F32,
+    threads: None,
+    activations: Activations::F32,
+};
+
+/// Runs `job` on the device under test with [`EXACT`] options.
+pub fn on_test_device<J>(job: J) -> Result<J::Output>
+where
+    J: BackendJob + Send,
+    J::Output: Send,
+{
+    on_test_device_with(EXACT, job)
+}
+
+/// Runs `job` on the device under test with `options`.
+pub fn on_test_device_with<J>(options: DeviceOptions, job: J) -> Result<J::Output>
+where
+    J: BackendJob + Send,
+    J::Output: Send,
+{
+    dispatch(test_device(), options, job)
 }
 
 /// How much memory a test engine gets.

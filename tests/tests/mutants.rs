@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airllm_backends::{dispatch, BackendJob, DeviceChoice};
+use airllm_backends::{dispatch, BackendJob, DeviceChoice, DeviceOptions};
 use airllm_core::{
-    BatchShape, ComputeBackend, ComputeDType, EngineOptions, GenerationConfig, Result, TokenControl,
+    BatchShape, ComputeBackend, EngineOptions, GenerationConfig, Result, TokenControl,
 };
 use airllm_formats::tokenizer::REFUSED_BY_LIBRARY;
 use airllm_formats::{Message, ModelDir};
@@ -172,7 +172,7 @@ fn every_mutant_ends_in_ok_or_a_named_error() {
         seed: env_number("AIRLLM_MUTANT_SEED").unwrap_or(1),
         only: env_number("AIRLLM_MUTANT"),
     };
-    let failures = dispatch(DeviceChoice::Cpu, ComputeDType::F32, harness).unwrap();
+    let failures = dispatch(DeviceChoice::Cpu, DeviceOptions::default(), harness).unwrap();
     assert!(
         failures.is_empty(),
         "{} mutants crashed (rerun one with AIRLLM_MUTANT=N):\n{}",

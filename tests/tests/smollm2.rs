@@ -7,10 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use airllm_backends::{dispatch, BackendJob, DeviceChoice};
-use airllm_core::{
-    BatchShape, ComputeBackend, ComputeDType, GenerationConfig, Result, TokenControl,
-};
+use airllm_backends::{dispatch, Activations, BackendJob, DeviceChoice, DeviceOptions};
+use airllm_core::{BatchShape, ComputeBackend, GenerationConfig, Result, TokenControl};
 use airllm_formats::{Message, ModelDir};
 use airllm_tests::*;
 use burn::tensor::backend::Backend;
@@ -94,13 +92,13 @@ impl BackendJob for Greedy {
 /// On the CPU backend whatever the device under test: the tiny fixtures
 /// (llama-mixed.gguf among them) cover the devices, and a 135M model on
 /// wgpu's software Vulkan takes minutes.
-fn greedy(model: PathBuf, budget: Budget) -> Vec<u32> {
-    dispatch(
-        DeviceChoice::Cpu,
-        ComputeDType::F32,
-        Greedy { model, budget },
-    )
-    .unwrap_or_else(|e| panic!("{budget:?}: {e}"))
+fn greedy(model: PathBuf, budget: Budget, activations: Activations) -> Vec<u32> {
+    let options = DeviceOptions {
+        activations,
+        ..EXACT
+    };
+    dispatch(DeviceChoice::Cpu, options, Greedy { model, budget })
+        .unwrap_or_else(|e| panic!("{budget:?}: {e}"))
 }
 
 #[test]
@@ -111,8 +109,19 @@ fn greedy_tokens_equal_transformers_resident_and_streaming() {
         "{:?}",
         record.greedy_text
     );
-    assert_eq!(greedy(smollm2(), Budget::Resident), record.greedy);
-    assert_eq!(greedy(smollm2(), Budget::StreamAll), record.greedy);
+    for budget in [Budget::Resident, Budget::StreamAll] {
+        assert_eq!(greedy(smollm2(), budget, Activations::F32), record.greedy);
+    }
+}
+
+/// The integer decode path gives the same answer.
+#[test]
+fn greedy_tokens_with_integer_activations_equal_transformers() {
+    let record = record();
+    for budget in [Budget::Resident, Budget::StreamAll] {
+        let tokens = greedy(smollm2(), budget, Activations::Int16);
+        assert_eq!(tokens, record.greedy, "{budget:?}");
+    }
 }
 
 #[test]
@@ -125,5 +134,8 @@ fn split_of_the_gguf_gives_the_same_tokens() {
     let record = record();
     check_prompt(&tokenizer, &record);
     assert!(split.chat_template().unwrap().is_some());
-    assert_eq!(greedy(out, Budget::StreamAll), record.greedy);
+    assert_eq!(
+        greedy(out, Budget::StreamAll, Activations::F32),
+        record.greedy
+    );
 }

@@ -1,0 +1,151 @@
+//! Times the cpu kernel; prints JSON lines.
+//!
+//! `cargo run --release -p airllm-backends --example kernel_table -- table`:
+//! `x · wᵀ` for w `[8192, 2048]` (f32 and bf16) and x `[m, 2048]`, m = 1, 4,
+//! 16, 64, 512, in ms, beside burn flex's f32 matmul on the same shapes
+//! (numpy's figures come from `kernel_table_numpy.py`).
+//!
+//! `... -- crossover`: every path at 1 to 16 rows on SmolLM2's MLP down projection
+//! `[576, 1536]` in f32, bf16, Q8_0, Q4_1 and Q4_K, to place the row counts
+//! where one path overtakes another.
+//!
+//! Threads: rayon's default pool (`RAYON_NUM_THREADS`).
+use std::time::Instant;
+
+use airllm_backends::cpu::kernel::{linear, linear_on, KernelPath};
+use airllm_backends::Activations;
+use airllm_core::{BlockKind, DType, HostBytes, HostTensor, StorageKind};
+use burn::backend::flex::{Flex, FlexDevice};
+use burn::tensor::{Tensor, TensorData};
+
+/// Milliseconds per call of `f`: the best of five rounds, each at least 0.2 s.
+fn time_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let (start, mut calls) = (Instant::now(), 0u32);
+        while calls == 0 || start.elapsed().as_secs_f64() < 0.2 {
+            f();
+            calls += 1;
+        }
+        best = best.min(start.elapsed().as_secs_f64() * 1e3 / f64::from(calls));
+    }
+    best
+}
+
+fn values(count: usize, seed: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| {
+            ((i.wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 - 1000.0) / 10_000.0
+        })
+        .collect()
+}
+
+/// A `[outputs, columns]` matrix of `kind` (block kinds: arbitrary quants,
+/// scales of 0.01).
+fn matrix(kind: StorageKind, outputs: usize, columns: usize) -> HostTensor {
+    let v = values(outputs * columns, 3);
+    let bytes: Vec<u8> = match kind {
+        StorageKind::Dense(DType::F32) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        StorageKind::Dense(DType::BF16) => v
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect(),
+        StorageKind::Dense(DType::F16) => v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        StorageKind::Block(block) => {
+            let count = outputs * columns / block.block_len() * block.block_bytes();
+            let mut bytes: Vec<u8> = (0..count).map(|i| (i * 7919 % 251) as u8).collect();
+            let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+            let at: &[usize] = match block {
+                BlockKind::Q6_K => &[208],
+                BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => &[0],
+                _ => &[0, 2],
+            };
+            for chunk in bytes.chunks_exact_mut(block.block_bytes()) {
+                for &a in at {
+                    chunk[a..a + 2].copy_from_slice(&scale);
+                }
+            }
+            bytes
+        }
+    };
+    HostTensor {
+        name: "w".into(),
+        kind,
+        shape: vec![outputs, columns],
+        bytes: HostBytes::from_vec(bytes),
+    }
+}
+
+fn table() {
+    let (n, k) = (8192, 2048);
+    let device = FlexDevice;
+    // burn's matmul gets w already transposed and contiguous, `[k, n]`.
+    let transposed =
+        Tensor::<Flex, 2>::from_data(TensorData::new(values(n * k, 3), [n, k]), &device)
+            .transpose()
+            .into_data();
+    let wt = Tensor::<Flex, 2>::from_data(transposed.convert::<f32>(), &device);
+    for (label, kind) in [
+        ("f32", StorageKind::Dense(DType::F32)),
+        ("bf16", StorageKind::Dense(DType::BF16)),
+    ] {
+        let w = matrix(kind, n, k);
+        for m in [1, 4, 16, 64, 512] {
+            let x = values(m * k, 5);
+            let ours = time_ms(|| {
+                std::hint::black_box(linear(&x, m, &w, Activations::F32).unwrap());
+            });
+            let xt = Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [m, k]), &device);
+            let flex = time_ms(|| {
+                std::hint::black_box(xt.clone().matmul(wt.clone()).into_data());
+            });
+            println!(
+                "{{\"weights\":\"{label}\",\"m\":{m},\"k\":{k},\"n\":{n},\"kernel_ms\":{ours:.3},\"flex_f32_matmul_ms\":{flex:.3}}}"
+            );
+        }
+    }
+}
+
+fn crossover() {
+    let (n, k) = (576, 1536);
+    let kinds = [
+        StorageKind::Dense(DType::F32),
+        StorageKind::Dense(DType::BF16),
+        StorageKind::Block(BlockKind::Q8_0),
+        StorageKind::Block(BlockKind::Q4_1),
+        StorageKind::Block(BlockKind::Q4_K),
+    ];
+    for kind in kinds {
+        let w = matrix(kind, n, k);
+        for m in 1..=16 {
+            let x = values(m * k, 5);
+            let mut row = format!("{{\"weights\":\"{kind}\",\"m\":{m}");
+            for path in [
+                KernelPath::Quantized,
+                KernelPath::FloatRows,
+                KernelPath::Panel,
+            ] {
+                if path == KernelPath::Quantized && matches!(kind, StorageKind::Dense(_)) {
+                    continue;
+                }
+                let ms = time_ms(|| {
+                    std::hint::black_box(linear_on(path, &x, m, &w).unwrap());
+                });
+                row += &format!(",\"{path:?}_us\":{:.1}", ms * 1e3);
+            }
+            println!("{row}}}");
+        }
+    }
+}
+
+fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("crossover") => crossover(),
+        Some("table") | None => table(),
+        Some(other) => eprintln!("unknown mode `{other}`; use table or crossover"),
+    }
+}

@@ -1,0 +1,317 @@
+//! AVX2 integer dot products of quantized weight rows with 16-bit activation
+//! rows. Each block kind unpacks a group of 32 weights into one vector of
+//! signed bytes (the groups of `groups.rs`); one shared loop widens it to
+//! 16 bits and multiplies it with up to [`MAX_ROWS`] activation rows
+//! (`madd`: pairwise products summed into 32-bit lanes), then applies the
+//! scales in f32.
+
+use std::arch::x86_64::*;
+
+use airllm_core::BlockKind;
+
+use super::activations::{QuantizedRow, GROUP};
+use airllm_core::dequant::scale_min_k4;
+
+/// Activation rows one pass over a weight row serves.
+pub const MAX_ROWS: usize = 4;
+
+/// Whether this CPU runs the functions here.
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// A block kind's groups as vectors of 32 signed bytes.
+trait Groups {
+    /// Groups per block.
+    const GROUPS: usize;
+    /// Bytes per block.
+    const BLOCK_BYTES: usize;
+    /// Whether the weights have a per-group minimum.
+    const HAS_MIN: bool;
+    /// Whether the first and second 16 weights of a group have their own scales.
+    const SPLIT_SCALES: bool = false;
+
+    /// Group `g` of the block at `block`: the quants, the scales of the
+    /// first and second 16 of them, and the minimum.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are available and `block` points at a whole block.
+    unsafe fn group(block: *const u8, g: usize) -> (__m256i, [f32; 2], f32);
+}
+
+#[inline(always)]
+unsafe fn f16_at(block: *const u8, at: usize) -> f32 {
+    let bits = u16::from_le_bytes([*block.add(at), *block.add(at + 1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// 16 bytes of nibbles as 32 bytes: low nibbles, then high nibbles.
+#[inline(always)]
+unsafe fn nibbles(at: *const u8) -> __m256i {
+    let bytes = _mm_loadu_si128(at as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Bit `i` of `bits` as 0x10 or 0 in byte `i`.
+#[inline(always)]
+unsafe fn fifth_bits(bits: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi64x(
+            0x0000_0000_0000_0000,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline(always)]
+unsafe fn read_u32(at: *const u8) -> u32 {
+    u32::from_le_bytes(std::ptr::read_unaligned(at as *const [u8; 4]))
+}
+
+struct Q8_0;
+impl Groups for Q8_0 {
+    const GROUPS: usize = 1;
+    const BLOCK_BYTES: usize = 34;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, _: usize) -> (__m256i, [f32; 2], f32) {
+        let q = _mm256_loadu_si256(block.add(2) as *const __m256i);
+        (q, [f16_at(block, 0); 2], 0.0)
+    }
+}
+
+struct Q4_0;
+impl Groups for Q4_0 {
+    const GROUPS: usize = 1;
+    const BLOCK_BYTES: usize = 18;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, _: usize) -> (__m256i, [f32; 2], f32) {
+        let q = _mm256_sub_epi8(nibbles(block.add(2)), _mm256_set1_epi8(8));
+        (q, [f16_at(block, 0); 2], 0.0)
+    }
+}
+
+struct Q4_1;
+impl Groups for Q4_1 {
+    const GROUPS: usize = 1;
+    const BLOCK_BYTES: usize = 20;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, _: usize) -> (__m256i, [f32; 2], f32) {
+        (
+            nibbles(block.add(4)),
+            [f16_at(block, 0); 2],
+            f16_at(block, 2),
+        )
+    }
+}
+
+struct Q5_0;
+impl Groups for Q5_0 {
+    const GROUPS: usize = 1;
+    const BLOCK_BYTES: usize = 22;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, _: usize) -> (__m256i, [f32; 2], f32) {
+        let q = _mm256_or_si256(nibbles(block.add(6)), fifth_bits(read_u32(block.add(2))));
+        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+        (q, [f16_at(block, 0); 2], 0.0)
+    }
+}
+
+struct Q5_1;
+impl Groups for Q5_1 {
+    const GROUPS: usize = 1;
+    const BLOCK_BYTES: usize = 24;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, _: usize) -> (__m256i, [f32; 2], f32) {
+        let q = _mm256_or_si256(nibbles(block.add(8)), fifth_bits(read_u32(block.add(4))));
+        (q, [f16_at(block, 0); 2], f16_at(block, 2))
+    }
+}
+
+/// Low (even `g`) or high (odd `g`) nibbles of the 32 bytes for group `g`
+/// of a K-quant, with `(scale, -min)` of the group.
+#[inline(always)]
+unsafe fn k_nibbles(block: *const u8, qs: usize, g: usize) -> (__m256i, f32, f32) {
+    let bytes = _mm256_loadu_si256(block.add(qs + 32 * (g / 2)) as *const __m256i);
+    let shifted = _mm256_srl_epi16(bytes, _mm_cvtsi32_si128(4 * (g % 2) as i32));
+    let q = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+    let scales = std::slice::from_raw_parts(block.add(4), 12);
+    let (scale, min) = scale_min_k4(g, scales);
+    (q, f16_at(block, 0) * scale, -f16_at(block, 2) * min)
+}
+
+struct Q4K;
+impl Groups for Q4K {
+    const GROUPS: usize = 8;
+    const BLOCK_BYTES: usize = 144;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, g: usize) -> (__m256i, [f32; 2], f32) {
+        let (q, scale, min) = k_nibbles(block, 16, g);
+        (q, [scale; 2], min)
+    }
+}
+
+struct Q5K;
+impl Groups for Q5K {
+    const GROUPS: usize = 8;
+    const BLOCK_BYTES: usize = 176;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, g: usize) -> (__m256i, [f32; 2], f32) {
+        let (q, scale, min) = k_nibbles(block, 48, g);
+        let qh = _mm256_loadu_si256(block.add(16) as *const __m256i);
+        let bit = _mm256_and_si256(
+            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(g as i32)),
+            _mm256_set1_epi8(1),
+        );
+        let q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
+        (q, [scale; 2], min)
+    }
+}
+
+struct Q6K;
+impl Groups for Q6K {
+    const GROUPS: usize = 8;
+    const BLOCK_BYTES: usize = 210;
+    const HAS_MIN: bool = false;
+    const SPLIT_SCALES: bool = true;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, g: usize) -> (__m256i, [f32; 2], f32) {
+        let (half, k) = (g / 4, g % 4);
+        let ql = _mm256_loadu_si256(block.add(64 * half + 32 * (k % 2)) as *const __m256i);
+        let qh = _mm256_loadu_si256(block.add(128 + 32 * half) as *const __m256i);
+        let low = _mm256_and_si256(
+            _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (k / 2) as i32)),
+            _mm256_set1_epi8(0x0F),
+        );
+        let high = _mm256_and_si256(
+            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)),
+            _mm256_set1_epi8(3),
+        );
+        let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+        let d = f16_at(block, 208);
+        let sc = block.add(192 + 8 * half + 2 * k);
+        let scales = [d * (*sc as i8) as f32, d * (*sc.add(1) as i8) as f32];
+        (q, scales, 0.0)
+    }
+}
+
+/// The products of the first and the second 16 weights of `w` with the 32
+/// activations at `x`, as eight 32-bit sums of two products each.
+#[inline(always)]
+unsafe fn int_dots(w: __m256i, x: *const i16) -> (__m256i, __m256i) {
+    let first = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
+    let second = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w));
+    let x_first = _mm256_loadu_si256(x as *const __m256i);
+    let x_second = _mm256_loadu_si256(x.add(16) as *const __m256i);
+    (
+        _mm256_madd_epi16(first, x_first),
+        _mm256_madd_epi16(second, x_second),
+    )
+}
+
+/// Adds group `at` of `row` times each activation row to `acc` (and its
+/// minimum term to `mins`).
+#[inline(always)]
+unsafe fn add_group<K: Groups, const R: usize>(
+    row: &[u8],
+    at: usize,
+    x: &[QuantizedRow<'_>],
+    acc: &mut [__m256; R],
+    mins: &mut [__m256; R],
+) {
+    let block = row.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
+    let (w, scales, min) = K::group(block, at % K::GROUPS);
+    for r in 0..R {
+        let xr = x.get_unchecked(r);
+        let (first, second) = int_dots(w, xr.quants.as_ptr().add(at * GROUP));
+        let x_scale = *xr.scales.get_unchecked(at);
+        if K::SPLIT_SCALES {
+            let scale = _mm256_set1_ps(scales[0] * x_scale);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(first), scale, acc[r]);
+            let scale = _mm256_set1_ps(scales[1] * x_scale);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(second), scale, acc[r]);
+        } else {
+            let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(first, second));
+            acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(scales[0] * x_scale), acc[r]);
+        }
+        if K::HAS_MIN {
+            let sum = _mm256_set1_ps(*xr.sums.get_unchecked(at));
+            mins[r] = _mm256_fmadd_ps(_mm256_set1_ps(min), sum, mins[r]);
+        }
+    }
+}
+
+/// `out[r] = row · x[r]` for `R` activation rows. Even and odd groups add
+/// into separate accumulators, so consecutive groups do not wait on each other.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows<K: Groups, const R: usize>(row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32]) {
+    let zero = [_mm256_setzero_ps(); R];
+    let (mut even, mut odd, mut even_mins, mut odd_mins) = (zero, zero, zero, zero);
+    let groups = row.len() / K::BLOCK_BYTES * K::GROUPS;
+    for pair in 0..groups / 2 {
+        add_group::<K, R>(row, 2 * pair, x, &mut even, &mut even_mins);
+        add_group::<K, R>(row, 2 * pair + 1, x, &mut odd, &mut odd_mins);
+    }
+    if groups % 2 == 1 {
+        add_group::<K, R>(row, groups - 1, x, &mut even, &mut even_mins);
+    }
+    for r in 0..R {
+        let total = _mm256_add_ps(even[r], odd[r]);
+        // Every lane of a min accumulator holds the same sum.
+        let min_total = _mm256_add_ps(even_mins[r], odd_mins[r]);
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), total);
+        out[r] = lanes.iter().sum::<f32>() + _mm256_cvtss_f32(min_total);
+    }
+}
+
+fn rows_of<K: Groups>(row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32]) {
+    let groups = row.len() / K::BLOCK_BYTES * K::GROUPS;
+    assert!(x.iter().all(|r| r.quants.len() == groups * GROUP
+        && r.scales.len() == groups
+        && r.sums.len() == groups));
+    // SAFETY: `row_dots` checked `available()`; every activation row holds
+    // as many groups as the weight row (checked just above), so the loads
+    // stay inside both.
+    unsafe {
+        match x.len() {
+            1 => rows::<K, 1>(row, x, out),
+            2 => rows::<K, 2>(row, x, out),
+            3 => rows::<K, 3>(row, x, out),
+            4 => rows::<K, 4>(row, x, out),
+            _ => unreachable!("row_dots takes 1 to {MAX_ROWS} rows"),
+        }
+    }
+}
+
+/// `out[r] = row · x[r]` for up to [`MAX_ROWS`] activation rows and a weight
+/// row of whole blocks of `kind`. Only call where [`available`] is true.
+pub fn row_dots(kind: BlockKind, row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32]) {
+    assert!(available() && (1..=MAX_ROWS).contains(&x.len()) && out.len() == x.len());
+    match kind {
+        BlockKind::Q8_0 => rows_of::<Q8_0>(row, x, out),
+        BlockKind::Q4_0 => rows_of::<Q4_0>(row, x, out),
+        BlockKind::Q4_1 => rows_of::<Q4_1>(row, x, out),
+        BlockKind::Q5_0 => rows_of::<Q5_0>(row, x, out),
+        BlockKind::Q5_1 => rows_of::<Q5_1>(row, x, out),
+        BlockKind::Q4_K => rows_of::<Q4K>(row, x, out),
+        BlockKind::Q5_K => rows_of::<Q5K>(row, x, out),
+        BlockKind::Q6_K => rows_of::<Q6K>(row, x, out),
+    }
+}

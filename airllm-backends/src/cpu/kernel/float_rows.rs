@@ -1,0 +1,105 @@
+//! One or two activation rows in f32 against a weight matrix in its stored
+//! encoding: each weight row is widened once into a small buffer (or, for
+//! Q8_0, Q4_0 and Q4_1, dotted in its blocks) and dotted with every input row.
+
+use airllm_core::{dequant, BlockKind, HostTensor, Result, StorageKind};
+
+use super::over_outputs;
+
+/// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]`; returns
+/// `[rows, outputs]`.
+pub fn product(
+    x: &[f32],
+    rows: usize,
+    w: &HostTensor,
+    outputs: usize,
+    columns: usize,
+) -> Result<Vec<f32>> {
+    let fused = match w.kind {
+        StorageKind::Block(kind) => Some(kind),
+        StorageKind::Dense(_) => None,
+    };
+    over_outputs(
+        rows,
+        outputs,
+        || vec![0.0f32; columns],
+        |row, index, out| {
+            if let Some(kind) = fused {
+                if fused_dots(kind, w, index, columns, x, out) {
+                    return Ok(());
+                }
+            }
+            w.decode_range(index * columns, row)?;
+            dot_rows(x, row, out);
+            Ok(())
+        },
+    )
+}
+
+/// `out[r] = x[r] · w[index]` computed on the encoded blocks of weight row
+/// `index`; false where the kind has no fused dot on this CPU.
+fn fused_dots(
+    kind: BlockKind,
+    w: &HostTensor,
+    index: usize,
+    columns: usize,
+    x: &[f32],
+    out: &mut [f32],
+) -> bool {
+    let row_bytes = columns / kind.block_len() * kind.block_bytes();
+    let row = &w.bytes.as_slice()[index * row_bytes..(index + 1) * row_bytes];
+    for (r, value) in out.iter_mut().enumerate() {
+        match dequant::dot(kind, row, &x[r * columns..(r + 1) * columns]) {
+            Some(dot) => *value = dot,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `out[r] = x[r] · row` for every row `r` of `x` (`out.len()` rows of
+/// `row.len()` values), with AVX2 and FMA where the CPU has them.
+fn dot_rows(x: &[f32], row: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { dot_rows_avx2_fma(x, row, out) };
+    }
+    dot_rows_with::<false>(x, row, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2_fma(x: &[f32], row: &[f32], out: &mut [f32]) {
+    dot_rows_with::<true>(x, row, out);
+}
+
+#[inline(always)]
+fn dot_rows_with<const FMA: bool>(x: &[f32], row: &[f32], out: &mut [f32]) {
+    let columns = row.len();
+    for (r, value) in out.iter_mut().enumerate() {
+        *value = dot::<FMA>(&x[r * columns..(r + 1) * columns], row);
+    }
+}
+
+/// Dot product with sixteen independent accumulators (vectorizes); `FMA`
+/// fuses multiply and add, which is only fast where the CPU has FMA.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let split = a.len() - a.len() % LANES;
+    let (a_body, a_rest) = a.split_at(split);
+    let (b_body, b_rest) = b.split_at(split);
+    for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            lanes[i] = if FMA {
+                x[i].mul_add(y[i], lanes[i])
+            } else {
+                lanes[i] + x[i] * y[i]
+            };
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}

@@ -1,0 +1,359 @@
+//! The cpu backend's matrix product `x · wᵀ`, for activation rows in f32
+//! and a weight matrix in its stored encoding (f32, bf16, f16 or a GGUF
+//! block kind); no widened copy of the matrix is ever made. Three paths,
+//! by the number of activation rows:
+//!
+//! - block-quantized weights with [`Activations::Int16`] and up to
+//!   [`QUANTIZED_MAX_ROWS`] rows: the rows are quantized to 16-bit groups
+//!   and dotted with the weights in integers, block by block ([`quantized`]);
+//! - otherwise, up to [`FLOAT_MAX_ROWS`] rows: each weight row is decoded
+//!   once and dotted with every row in f32 ([`float_rows`]);
+//! - more rows: panels of weight rows are decoded into a cached buffer and
+//!   multiplied by `gemm`'s register-blocked kernels ([`panel`]).
+//!
+//! The work is spread over the current rayon pool by output columns.
+
+mod activations;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod float_rows;
+mod groups;
+mod panel;
+mod quantized;
+
+use airllm_core::{Error, HostTensor, Result, StorageKind};
+use rayon::prelude::*;
+
+use crate::Activations;
+
+/// Rows up to which block-quantized weights take the integer path when
+/// activations may be quantized. Measured on SmolLM2's `[576, 1536]`
+/// matrix, 2 threads (`cargo run --release -p airllm-backends --example
+/// kernel_table -- crossover`): the integer path is ahead of the panels up
+/// to 14 rows for Q8_0, Q4_1 and Q4_K (Q4_1 at 14 rows: 437 µs against
+/// 545 µs) and level at 16.
+pub const QUANTIZED_MAX_ROWS: usize = 16;
+
+/// Rows up to which f32 activations are dotted row by row rather than
+/// multiplied panel by panel. Measured as [`QUANTIZED_MAX_ROWS`]: bf16 rows
+/// are ahead to 14 rows, f32 rows to 8–10.
+pub const FLOAT_MAX_ROWS: usize = 10;
+
+/// Output columns one task computes at least on the row-by-row paths
+/// (keeps task overhead small).
+const MIN_COLUMNS_PER_TASK: usize = 64;
+
+/// `[outputs, columns]` of a matrix.
+pub fn matrix_shape(w: &HostTensor) -> Result<(usize, usize)> {
+    match w.shape[..] {
+        [outputs, columns] => Ok((outputs, columns)),
+        _ => Err(Error::Backend(format!(
+            "tensor `{}` is not a matrix",
+            w.name
+        ))),
+    }
+}
+
+/// `x · wᵀ` for `x: [rows, columns]` (f32, row-major) and
+/// `w: [outputs, columns]`; returns `[rows, outputs]`.
+pub fn linear(
+    x: &[f32],
+    rows: usize,
+    w: &HostTensor,
+    activations: Activations,
+) -> Result<Vec<f32>> {
+    linear_on(path(w.kind, rows, activations), x, rows, w)
+}
+
+/// One of the kernel's three ways to multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelPath {
+    /// 16-bit activations dotted with the blocks in integers (block kinds only).
+    Quantized,
+    /// f32 activations dotted with each decoded weight row.
+    FloatRows,
+    /// Decoded panels of weight rows through `gemm`.
+    Panel,
+}
+
+/// The path [`linear`] takes for `rows` activation rows and weights of `kind`.
+pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelPath {
+    match kind {
+        StorageKind::Block(_)
+            if activations == Activations::Int16 && rows <= QUANTIZED_MAX_ROWS =>
+        {
+            KernelPath::Quantized
+        }
+        _ if rows <= FLOAT_MAX_ROWS => KernelPath::FloatRows,
+        _ => KernelPath::Panel,
+    }
+}
+
+/// [`linear`] on a chosen path, for measuring where one path overtakes
+/// another. `Quantized` on a dense matrix takes `FloatRows`.
+pub fn linear_on(path: KernelPath, x: &[f32], rows: usize, w: &HostTensor) -> Result<Vec<f32>> {
+    let (outputs, columns) = matrix_shape(w)?;
+    if x.len() != rows * columns {
+        return Err(Error::Backend(format!(
+            "`{}` has {columns} columns; the input has {} values for {rows} rows",
+            w.name,
+            x.len()
+        )));
+    }
+    let whole = outputs
+        .checked_mul(columns)
+        .filter(|values| values % w.kind.granule() == 0 && columns % w.kind.granule() == 0)
+        .and_then(|values| w.kind.encoded_bytes(values))
+        .is_some_and(|bytes| bytes <= w.bytes.len());
+    if !whole {
+        return Err(Error::UnsupportedStorage {
+            tensor: w.name.clone(),
+            kind: w.kind.to_string(),
+            detail: format!(
+                "{} bytes do not hold {outputs} rows of {columns} values in whole blocks",
+                w.bytes.len()
+            ),
+        });
+    }
+    match (path, w.kind) {
+        (KernelPath::Quantized, StorageKind::Block(kind)) => {
+            quantized::product(x, rows, kind, w.bytes.as_slice(), outputs, columns)
+        }
+        (KernelPath::Panel, _) => panel::product(x, rows, w, outputs, columns),
+        _ => float_rows::product(x, rows, w, outputs, columns),
+    }
+}
+
+/// Runs `each(scratch, output, values)` for every output column in parallel
+/// (`values` receives that column's `rows` results), then lays the results
+/// out as `[rows, outputs]`. Each task owns a contiguous run of outputs and
+/// one `scratch` from `init`.
+fn over_outputs<S>(
+    rows: usize,
+    outputs: usize,
+    init: impl Fn() -> S + Sync,
+    each: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync,
+) -> Result<Vec<f32>> {
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = outputs.div_ceil(threads * 4).max(MIN_COLUMNS_PER_TASK);
+    let mut transposed = vec![0.0f32; outputs * rows];
+    transposed
+        .par_chunks_mut(per_task * rows)
+        .enumerate()
+        .try_for_each(|(task, out)| -> Result<()> {
+            let mut scratch = init();
+            for (offset, values) in out.chunks_mut(rows).enumerate() {
+                each(&mut scratch, task * per_task + offset, values)?;
+            }
+            Ok(())
+        })?;
+    if rows == 1 {
+        return Ok(transposed);
+    }
+    let mut product = vec![0.0f32; rows * outputs];
+    for (o, column) in transposed.chunks(rows).enumerate() {
+        for (r, value) in column.iter().enumerate() {
+            product[r * outputs + o] = *value;
+        }
+    }
+    Ok(product)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use airllm_core::{BlockKind, DType, HostBytes};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    pub const BLOCK_KINDS: [BlockKind; 8] = [
+        BlockKind::Q8_0,
+        BlockKind::Q4_0,
+        BlockKind::Q4_1,
+        BlockKind::Q5_0,
+        BlockKind::Q5_1,
+        BlockKind::Q4_K,
+        BlockKind::Q5_K,
+        BlockKind::Q6_K,
+    ];
+
+    /// Where each kind keeps its f16 scale (and minimum scale) in a block.
+    fn scale_offsets(kind: BlockKind) -> &'static [usize] {
+        match kind {
+            BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => &[0],
+            BlockKind::Q6_K => &[208],
+            _ => &[0, 2],
+        }
+    }
+
+    /// `count` blocks of `kind` with random quants and moderate scales.
+    pub fn random_blocks(kind: BlockKind, count: usize, seed: u64) -> Vec<u8> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut bytes: Vec<u8> = (0..count * kind.block_bytes())
+            .map(|_| rng.random())
+            .collect();
+        for block in bytes.chunks_exact_mut(kind.block_bytes()) {
+            for &at in scale_offsets(kind) {
+                let scale = half::f16::from_f32(rng.random_range(0.002..0.02));
+                block[at..at + 2].copy_from_slice(&scale.to_bits().to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    fn matrix(kind: StorageKind, bytes: Vec<u8>, outputs: usize, columns: usize) -> HostTensor {
+        HostTensor {
+            name: "w".into(),
+            kind,
+            shape: vec![outputs, columns],
+            bytes: HostBytes::from_vec(bytes),
+        }
+    }
+
+    /// A random `[outputs, columns]` matrix in `kind`.
+    fn random_matrix(kind: StorageKind, outputs: usize, columns: usize, seed: u64) -> HostTensor {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let bytes = match kind {
+            StorageKind::Block(block) => {
+                random_blocks(block, outputs * columns / block.block_len(), seed)
+            }
+            StorageKind::Dense(dtype) => (0..outputs * columns)
+                .flat_map(|_| {
+                    let v: f32 = rng.random_range(-0.1..0.1);
+                    match dtype {
+                        DType::F32 => v.to_le_bytes().to_vec(),
+                        DType::BF16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                        DType::F16 => half::f16::from_f32(v).to_le_bytes().to_vec(),
+                    }
+                })
+                .collect(),
+        };
+        matrix(kind, bytes, outputs, columns)
+    }
+
+    /// `x · wᵀ` in f64 on the decoded weights, and `Σ|xᵢ·wᵢ|` per output.
+    fn reference(x: &[f32], rows: usize, w: &HostTensor) -> (Vec<f64>, Vec<f64>) {
+        let (outputs, columns) = matrix_shape(w).unwrap();
+        let weights = w.to_f32().unwrap();
+        let mut product = vec![0.0; rows * outputs];
+        let mut magnitude = vec![0.0; rows * outputs];
+        for r in 0..rows {
+            for o in 0..outputs {
+                for c in 0..columns {
+                    let term = x[r * columns + c] as f64 * weights[o * columns + c] as f64;
+                    product[r * outputs + o] += term;
+                    magnitude[r * outputs + o] += term.abs();
+                }
+            }
+        }
+        (product, magnitude)
+    }
+
+    fn kinds() -> Vec<(StorageKind, usize)> {
+        let dense = [DType::F32, DType::BF16, DType::F16].map(|d| (StorageKind::Dense(d), 100));
+        let blocks = BLOCK_KINDS.map(|k| {
+            (
+                StorageKind::Block(k),
+                if k.block_len() == 256 { 768 } else { 800 },
+            )
+        });
+        dense.into_iter().chain(blocks).collect()
+    }
+
+    const ROWS: [usize; 7] = [1, 2, 3, 7, 16, 64, 300];
+
+    /// Outputs that are not a multiple of the panel or the task size.
+    const OUTPUTS: usize = 130;
+
+    #[test]
+    fn f32_activations_match_an_f64_reference_for_every_encoding_and_row_count() {
+        for (kind, columns) in kinds() {
+            let w = random_matrix(kind, OUTPUTS, columns, 7);
+            for rows in ROWS {
+                let x: Vec<f32> = {
+                    let mut rng = StdRng::seed_from_u64(rows as u64);
+                    (0..rows * columns)
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect()
+                };
+                let got = linear(&x, rows, &w, Activations::F32).unwrap();
+                let (want, magnitude) = reference(&x, rows, &w);
+                for i in 0..rows * OUTPUTS {
+                    let error = (got[i] as f64 - want[i]).abs();
+                    assert!(
+                        error <= 1e-5 * magnitude[i],
+                        "{kind} rows {rows} value {i}: {} vs {} (Σ|xw| {})",
+                        got[i],
+                        want[i],
+                        magnitude[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_activations_stay_within_the_normalized_error_bound() {
+        for (kind, columns) in kinds() {
+            let w = random_matrix(kind, OUTPUTS, columns, 11);
+            for rows in ROWS {
+                let x: Vec<f32> = {
+                    let mut rng = StdRng::seed_from_u64(100 + rows as u64);
+                    (0..rows * columns)
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect()
+                };
+                let got = linear(&x, rows, &w, Activations::Int16).unwrap();
+                let (want, _) = reference(&x, rows, &w);
+                let error: f64 = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).powi(2))
+                    .sum();
+                let norm: f64 = want.iter().map(|w| w * w).sum();
+                assert!(
+                    error / norm <= 5e-4,
+                    "{kind} rows {rows}: normalized MSE {}",
+                    error / norm
+                );
+            }
+        }
+    }
+
+    /// The vector code computes the same dots as the portable code.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_and_portable_integer_dots_agree() {
+        if !avx2::available() {
+            return;
+        }
+        for kind in BLOCK_KINDS {
+            let columns = 4 * kind.block_len();
+            let row = random_blocks(kind, 4, 5);
+            let mut rng = StdRng::seed_from_u64(9);
+            let x: Vec<f32> = (0..3 * columns)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let q = activations::QuantizedRows::new(&x, 3, columns);
+            let rows: Vec<_> = (0..3).map(|r| q.row(r)).collect();
+            let mut fast = [0.0f32; 3];
+            avx2::row_dots(kind, &row, &rows, &mut fast);
+            for r in 0..3 {
+                let portable = groups::row_dot(kind, &row, rows[r]);
+                assert!(
+                    (fast[r] - portable).abs() <= 1e-4 * portable.abs().max(1.0),
+                    "{kind:?} row {r}: {} vs {portable}",
+                    fast[r]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_matrix_shorter_than_its_shape_is_an_error() {
+        let mut w = random_matrix(StorageKind::Block(BlockKind::Q4_0), 4, 64, 1);
+        w.shape = vec![5, 64];
+        let error = linear(&[0.0; 64], 1, &w, Activations::Int16).unwrap_err();
+        assert!(error.to_string().contains("`w`"), "{error}");
+    }
+}
