@@ -1,9 +1,9 @@
-//! AVX2 integer dot products of quantized weight rows with 16-bit activation
-//! rows. Each block kind unpacks a group of 32 weights into one vector of
-//! signed bytes (the groups of `groups.rs`); one shared loop widens it to
-//! 16 bits and multiplies it with up to [`MAX_ROWS`] activation rows
-//! (`madd`: pairwise products summed into 32-bit lanes), then applies the
-//! scales in f32.
+//! AVX2 and AVX-512 integer dot products of quantized weight rows with
+//! 16-bit activation rows. Each block kind unpacks a group of 32 weights
+//! into one AVX2 vector of signed bytes (the groups of `groups.rs`); one
+//! shared loop widens it to 16 bits and multiplies it with up to
+//! [`MAX_ROWS`] activation rows (`madd`: pairwise products summed into
+//! 32-bit lanes), then applies the scales in f32, at 256 or 512 bits.
 
 use std::arch::x86_64::*;
 
@@ -211,45 +211,121 @@ impl Groups for Q6K {
     }
 }
 
-/// The products of the first and the second 16 weights of `w` with the 32
-/// activations at `x`, as eight 32-bit sums of two products each.
-#[inline(always)]
-unsafe fn int_dots(w: __m256i, x: *const i16) -> (__m256i, __m256i) {
-    let first = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
-    let second = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w));
-    let x_first = _mm256_loadu_si256(x as *const __m256i);
-    let x_second = _mm256_loadu_si256(x.add(16) as *const __m256i);
-    (
-        _mm256_madd_epi16(first, x_first),
-        _mm256_madd_epi16(second, x_second),
-    )
+/// A vector width the group loop runs at: AVX2 (two 256-bit `madd`s per
+/// group) or AVX-512 (one 512-bit `madd`).
+trait Width {
+    /// One row's accumulator.
+    type Acc: Copy;
+
+    /// A zero accumulator.
+    unsafe fn zero() -> Self::Acc;
+
+    /// `acc` plus the products of weights `w` with the 32 activations at
+    /// `x`, the first 16 scaled by `scales[0]`, the second by `scales[1]`
+    /// (equal unless `split`).
+    unsafe fn add_dot(
+        w: __m256i,
+        x: *const i16,
+        scales: [f32; 2],
+        split: bool,
+        acc: Self::Acc,
+    ) -> Self::Acc;
+
+    /// The sum of two accumulators' lanes.
+    unsafe fn total(a: Self::Acc, b: Self::Acc) -> f32;
+}
+
+struct Avx2;
+impl Width for Avx2 {
+    type Acc = __m256;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+
+    #[inline(always)]
+    unsafe fn add_dot(
+        w: __m256i,
+        x: *const i16,
+        scales: [f32; 2],
+        split: bool,
+        acc: __m256,
+    ) -> __m256 {
+        let first = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
+        let second = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w));
+        let first = _mm256_madd_epi16(first, _mm256_loadu_si256(x as *const __m256i));
+        let second = _mm256_madd_epi16(second, _mm256_loadu_si256(x.add(16) as *const __m256i));
+        if !split {
+            let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(first, second));
+            return _mm256_fmadd_ps(dot, _mm256_set1_ps(scales[0]), acc);
+        }
+        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(first), _mm256_set1_ps(scales[0]), acc);
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(second), _mm256_set1_ps(scales[1]), acc)
+    }
+
+    #[inline(always)]
+    unsafe fn total(a: __m256, b: __m256) -> f32 {
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a, b));
+        lanes.iter().sum()
+    }
+}
+
+struct Avx512;
+impl Width for Avx512 {
+    type Acc = __m512;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+
+    #[inline(always)]
+    unsafe fn add_dot(
+        w: __m256i,
+        x: *const i16,
+        scales: [f32; 2],
+        split: bool,
+        acc: __m512,
+    ) -> __m512 {
+        // Lanes 0–7 hold the first 16 weights' pair sums, lanes 8–15 the second's.
+        let pairs = _mm512_madd_epi16(_mm512_cvtepi8_epi16(w), _mm512_loadu_si512(x as *const _));
+        let scale = match split {
+            true => {
+                _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(scales[0]), _mm512_set1_ps(scales[1]))
+            }
+            false => _mm512_set1_ps(scales[0]),
+        };
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(pairs), scale, acc)
+    }
+
+    #[inline(always)]
+    unsafe fn total(a: __m512, b: __m512) -> f32 {
+        let mut lanes = [0.0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(a, b));
+        lanes.iter().sum()
+    }
 }
 
 /// Adds group `at` of `row` times each activation row to `acc` (and its
 /// minimum term to `mins`).
 #[inline(always)]
-unsafe fn add_group<K: Groups, const R: usize>(
+unsafe fn add_group<W: Width, K: Groups, const R: usize>(
     row: &[u8],
     at: usize,
     x: &[QuantizedRow<'_>],
-    acc: &mut [__m256; R],
+    acc: &mut [W::Acc; R],
     mins: &mut [__m256; R],
 ) {
     let block = row.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
     let (w, scales, min) = K::group(block, at % K::GROUPS);
     for r in 0..R {
         let xr = x.get_unchecked(r);
-        let (first, second) = int_dots(w, xr.quants.as_ptr().add(at * GROUP));
         let x_scale = *xr.scales.get_unchecked(at);
-        if K::SPLIT_SCALES {
-            let scale = _mm256_set1_ps(scales[0] * x_scale);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(first), scale, acc[r]);
-            let scale = _mm256_set1_ps(scales[1] * x_scale);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(second), scale, acc[r]);
-        } else {
-            let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(first, second));
-            acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(scales[0] * x_scale), acc[r]);
-        }
+        let scales = [scales[0] * x_scale, scales[1] * x_scale];
+        let quants = xr.quants.as_ptr().add(at * GROUP);
+        acc[r] = W::add_dot(w, quants, scales, K::SPLIT_SCALES, acc[r]);
         if K::HAS_MIN {
             let sum = _mm256_set1_ps(*xr.sums.get_unchecked(at));
             mins[r] = _mm256_fmadd_ps(_mm256_set1_ps(min), sum, mins[r]);
@@ -259,59 +335,112 @@ unsafe fn add_group<K: Groups, const R: usize>(
 
 /// `out[r] = row · x[r]` for `R` activation rows. Even and odd groups add
 /// into separate accumulators, so consecutive groups do not wait on each other.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows<K: Groups, const R: usize>(row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32]) {
-    let zero = [_mm256_setzero_ps(); R];
-    let (mut even, mut odd, mut even_mins, mut odd_mins) = (zero, zero, zero, zero);
+#[inline(always)]
+unsafe fn rows<W: Width, K: Groups, const R: usize>(
+    row: &[u8],
+    x: &[QuantizedRow<'_>],
+    out: &mut [f32],
+) {
+    let zero = [W::zero(); R];
+    let zero_mins = [_mm256_setzero_ps(); R];
+    let (mut even, mut odd) = (zero, zero);
+    let (mut even_mins, mut odd_mins) = (zero_mins, zero_mins);
     let groups = row.len() / K::BLOCK_BYTES * K::GROUPS;
     for pair in 0..groups / 2 {
-        add_group::<K, R>(row, 2 * pair, x, &mut even, &mut even_mins);
-        add_group::<K, R>(row, 2 * pair + 1, x, &mut odd, &mut odd_mins);
+        add_group::<W, K, R>(row, 2 * pair, x, &mut even, &mut even_mins);
+        add_group::<W, K, R>(row, 2 * pair + 1, x, &mut odd, &mut odd_mins);
     }
     if groups % 2 == 1 {
-        add_group::<K, R>(row, groups - 1, x, &mut even, &mut even_mins);
+        add_group::<W, K, R>(row, groups - 1, x, &mut even, &mut even_mins);
     }
     for r in 0..R {
-        let total = _mm256_add_ps(even[r], odd[r]);
         // Every lane of a min accumulator holds the same sum.
         let min_total = _mm256_add_ps(even_mins[r], odd_mins[r]);
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), total);
-        out[r] = lanes.iter().sum::<f32>() + _mm256_cvtss_f32(min_total);
+        out[r] = W::total(even[r], odd[r]) + _mm256_cvtss_f32(min_total);
     }
 }
 
-fn rows_of<K: Groups>(row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2<K: Groups, const R: usize>(
+    row: &[u8],
+    x: &[QuantizedRow<'_>],
+    out: &mut [f32],
+) {
+    rows::<Avx2, K, R>(row, x, out);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn rows_avx512<K: Groups, const R: usize>(
+    row: &[u8],
+    x: &[QuantizedRow<'_>],
+    out: &mut [f32],
+) {
+    rows::<Avx512, K, R>(row, x, out);
+}
+
+/// Runs `rows` for `R` = the number of activation rows, at the widest
+/// vectors `wide` allows.
+unsafe fn rows_for<K: Groups, const R: usize>(
+    row: &[u8],
+    x: &[QuantizedRow<'_>],
+    out: &mut [f32],
+    wide: bool,
+) {
+    match wide {
+        true => rows_avx512::<K, R>(row, x, out),
+        false => rows_avx2::<K, R>(row, x, out),
+    }
+}
+
+fn rows_of<K: Groups>(row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32], wide: bool) {
     let groups = row.len() / K::BLOCK_BYTES * K::GROUPS;
     assert!(x.iter().all(|r| r.quants.len() == groups * GROUP
         && r.scales.len() == groups
         && r.sums.len() == groups));
-    // SAFETY: `row_dots` checked `available()`; every activation row holds
-    // as many groups as the weight row (checked just above), so the loads
-    // stay inside both.
+    // SAFETY: `row_dots_at` checked `available()` (and `wide_available()`
+    // for `wide`); every activation row holds as many groups as the weight
+    // row (checked just above), so the loads stay inside both.
     unsafe {
         match x.len() {
-            1 => rows::<K, 1>(row, x, out),
-            2 => rows::<K, 2>(row, x, out),
-            3 => rows::<K, 3>(row, x, out),
-            4 => rows::<K, 4>(row, x, out),
+            1 => rows_for::<K, 1>(row, x, out, wide),
+            2 => rows_for::<K, 2>(row, x, out, wide),
+            3 => rows_for::<K, 3>(row, x, out, wide),
+            4 => rows_for::<K, 4>(row, x, out, wide),
             _ => unreachable!("row_dots takes 1 to {MAX_ROWS} rows"),
         }
     }
 }
 
+/// Whether this CPU also runs the AVX-512 loop.
+pub fn wide_available() -> bool {
+    available() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+}
+
 /// `out[r] = row · x[r]` for up to [`MAX_ROWS`] activation rows and a weight
-/// row of whole blocks of `kind`. Only call where [`available`] is true.
+/// row of whole blocks of `kind`, with AVX-512 where the CPU has it. Only
+/// call where [`available`] is true.
 pub fn row_dots(kind: BlockKind, row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32]) {
-    assert!(available() && (1..=MAX_ROWS).contains(&x.len()) && out.len() == x.len());
+    row_dots_at(kind, row, x, out, wide_available());
+}
+
+/// [`row_dots`] with 512-bit vectors (`wide`) or 256-bit ones.
+pub fn row_dots_at(
+    kind: BlockKind,
+    row: &[u8],
+    x: &[QuantizedRow<'_>],
+    out: &mut [f32],
+    wide: bool,
+) {
+    assert!(available() && (!wide || wide_available()));
+    assert!((1..=MAX_ROWS).contains(&x.len()) && out.len() == x.len());
     match kind {
-        BlockKind::Q8_0 => rows_of::<Q8_0>(row, x, out),
-        BlockKind::Q4_0 => rows_of::<Q4_0>(row, x, out),
-        BlockKind::Q4_1 => rows_of::<Q4_1>(row, x, out),
-        BlockKind::Q5_0 => rows_of::<Q5_0>(row, x, out),
-        BlockKind::Q5_1 => rows_of::<Q5_1>(row, x, out),
-        BlockKind::Q4_K => rows_of::<Q4K>(row, x, out),
-        BlockKind::Q5_K => rows_of::<Q5K>(row, x, out),
-        BlockKind::Q6_K => rows_of::<Q6K>(row, x, out),
+        BlockKind::Q8_0 => rows_of::<Q8_0>(row, x, out, wide),
+        BlockKind::Q4_0 => rows_of::<Q4_0>(row, x, out, wide),
+        BlockKind::Q4_1 => rows_of::<Q4_1>(row, x, out, wide),
+        BlockKind::Q5_0 => rows_of::<Q5_0>(row, x, out, wide),
+        BlockKind::Q5_1 => rows_of::<Q5_1>(row, x, out, wide),
+        BlockKind::Q4_K => rows_of::<Q4K>(row, x, out, wide),
+        BlockKind::Q5_K => rows_of::<Q5K>(row, x, out, wide),
+        BlockKind::Q6_K => rows_of::<Q6K>(row, x, out, wide),
     }
 }

@@ -344,15 +344,18 @@ pub(crate) mod tests {
                 .collect();
             let q = activations::QuantizedRows::new(&x, 3, columns);
             let rows: Vec<_> = (0..3).map(|r| q.row(r)).collect();
-            let mut fast = [0.0f32; 3];
-            avx2::row_dots(kind, &row, &rows, &mut fast);
-            for r in 0..3 {
-                let portable = groups::row_dot(kind, &row, rows[r]);
-                assert!(
-                    (fast[r] - portable).abs() <= 1e-4 * portable.abs().max(1.0),
-                    "{kind:?} row {r}: {} vs {portable}",
-                    fast[r]
-                );
+            let widths = [false, true].into_iter();
+            for wide in widths.filter(|&wide| !wide || avx2::wide_available()) {
+                let mut fast = [0.0f32; 3];
+                avx2::row_dots_at(kind, &row, &rows, &mut fast, wide);
+                for r in 0..3 {
+                    let portable = groups::row_dot(kind, &row, rows[r]);
+                    assert!(
+                        (fast[r] - portable).abs() <= 1e-4 * portable.abs().max(1.0),
+                        "{kind:?} row {r} (512 bits: {wide}): {} vs {portable}",
+                        fast[r]
+                    );
+                }
             }
         }
     }
