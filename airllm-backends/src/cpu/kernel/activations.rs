@@ -6,8 +6,9 @@
 //! large channels of a transformer's activations (here 14–22 times the row's
 //! RMS) leaves the rest of the group a few steps, and SmolLM2-135M's k and v
 //! products came out with a normalized error of up to 2.3e-3, which changed
-//! its greedy answer at the sixth token. With 16 bits the same products
-//! stay below 1e-7, and the dot is still integer multiply-adds per block.
+//! its greedy answer at the sixth token. 16-bit steps are 256 times finer,
+//! SmolLM2 keeps its answer, and the dot is still integer multiply-adds per
+//! block.
 
 /// Values per quantization group (every GGUF block kind is made of whole
 /// groups of 32 weights).
