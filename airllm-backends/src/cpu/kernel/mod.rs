@@ -268,6 +268,14 @@ pub(crate) mod tests {
         dense.into_iter().chain(blocks).collect()
     }
 
+    /// `rows` activation rows of `columns` values in [-1, 1).
+    fn random_rows(rows: usize, columns: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..rows * columns)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect()
+    }
+
     const ROWS: [usize; 7] = [1, 2, 3, 7, 16, 64, 300];
 
     /// Outputs that are not a multiple of the panel or the task size.
@@ -278,12 +286,7 @@ pub(crate) mod tests {
         for (kind, columns) in kinds() {
             let w = random_matrix(kind, OUTPUTS, columns, 7);
             for rows in ROWS {
-                let x: Vec<f32> = {
-                    let mut rng = StdRng::seed_from_u64(rows as u64);
-                    (0..rows * columns)
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect()
-                };
+                let x = random_rows(rows, columns, rows as u64);
                 let got = linear(&x, rows, &w, Activations::F32).unwrap();
                 let (want, magnitude) = reference(&x, rows, &w);
                 for i in 0..rows * OUTPUTS {
@@ -305,12 +308,7 @@ pub(crate) mod tests {
         for (kind, columns) in kinds() {
             let w = random_matrix(kind, OUTPUTS, columns, 11);
             for rows in ROWS {
-                let x: Vec<f32> = {
-                    let mut rng = StdRng::seed_from_u64(100 + rows as u64);
-                    (0..rows * columns)
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect()
-                };
+                let x = random_rows(rows, columns, 100 + rows as u64);
                 let got = linear(&x, rows, &w, Activations::Int16).unwrap();
                 let (want, _) = reference(&x, rows, &w);
                 let error: f64 = got
