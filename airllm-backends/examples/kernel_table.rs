@@ -5,11 +5,12 @@
 //! 16, 64, 512, in ms, beside burn flex's f32 matmul on the same shapes
 //! (numpy's figures come from `kernel_table_numpy.py`).
 //!
-//! `... -- crossover`: every path at 1 to 16 rows on SmolLM2's MLP down projection
+//! `... -- crossover`: every path at 1 to 16 (and 24 to 128) rows on SmolLM2's MLP down projection
 //! `[576, 1536]` in f32, bf16, Q8_0, Q4_1 and Q4_K, to place the row counts
 //! where one path overtakes another.
 //!
-//! Threads: rayon's default pool (`RAYON_NUM_THREADS`).
+//! Threads: a rayon pool of `RAYON_NUM_THREADS` (default: every CPU); the
+//! calls are made from inside it, as the engine makes them.
 use std::time::Instant;
 
 use airllm_backends::cpu::kernel::{linear, linear_on, KernelPath};
@@ -121,7 +122,7 @@ fn crossover() {
     ];
     for kind in kinds {
         let w = matrix(kind, n, k);
-        for m in 1..=16 {
+        for m in (1..=16).chain([24, 32, 48, 64, 128]) {
             let x = values(m * k, 5);
             let mut row = format!("{{\"weights\":\"{kind}\",\"m\":{m}");
             for path in [
@@ -144,7 +145,10 @@ fn crossover() {
 
 fn main() {
     match std::env::args().nth(1).as_deref() {
-        Some("crossover") => crossover(),
+        Some("crossover") => rayon::ThreadPoolBuilder::new()
+            .build()
+            .unwrap()
+            .install(crossover),
         Some("table") | None => table(),
         Some(other) => eprintln!("unknown mode `{other}`; use table or crossover"),
     }

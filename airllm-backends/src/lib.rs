@@ -7,6 +7,7 @@
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
+mod pool;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -203,7 +204,8 @@ const CUDA_REMEDY: &str = "Check that an NVIDIA GPU is present and its driver is
 (`nvidia-smi` lists it), or use --device cpu.";
 
 /// Runs `job` on the device `choice` names, as `options` say, inside a
-/// rayon pool of `options.threads` threads.
+/// rayon pool of `options.threads` threads (the others spin for its
+/// parallel work, see [`pool`]).
 pub fn dispatch<J>(choice: DeviceChoice, options: DeviceOptions, job: J) -> Result<J::Output>
 where
     J: BackendJob + Send,
@@ -218,7 +220,7 @@ where
         .thread_name(|i| format!("airllm-compute-{i}"))
         .build()
         .map_err(|e| Error::Backend(format!("starting {threads} compute threads: {e}")))?;
-    pool.install(|| dispatch_in_pool(choice, options, job))
+    pool::run_with_helpers(&pool, || dispatch_in_pool(choice, options, job))
 }
 
 fn dispatch_in_pool<J: BackendJob>(

@@ -2,6 +2,7 @@
 //! dtype and the way host bytes become device tensors; the linear op goes
 //! through it so a faster kernel can replace burn's matmul per device.
 
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -77,6 +78,25 @@ fn matmul_linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> 
     x.reshape([batch * seq, inner])
         .matmul(w.clone().transpose())
         .reshape([batch, seq, out])
+}
+
+/// [`ComputeBackend::attention`] in burn ops: the query heads of each KV
+/// head are stacked as rows of one matrix product with its keys.
+fn grouped_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    bias: &Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let [batch, heads, seq, head_dim] = q.dims();
+    let [_, kv_heads, total, _] = keys.dims();
+    let group = heads / kv_heads;
+    let q = q.reshape([batch, kv_heads, group * seq, head_dim]);
+    let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale);
+    let scores = scores.reshape([batch, heads, seq, total]) + bias.clone();
+    let probs = softmax(scores, 3).reshape([batch, kv_heads, group * seq, total]);
+    probs.matmul(values).reshape([batch, heads, seq, head_dim])
 }
 
 /// Rows `ids` of a device matrix, `[ids, columns]`.
@@ -162,6 +182,23 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
             }
             DeviceTensor::Vector(_) => Err(Error::Backend("a linear op needs a matrix".into())),
         }
+    }
+
+    /// `softmax(q · kᵀ · scale + bias) · v` for queries `q: [batch, heads,
+    /// seq, head_dim]` over `keys` and `values: [batch, kv_heads, total,
+    /// head_dim]` (query head `h` reads KV head `h / (heads / kv_heads)`)
+    /// with the additive `bias: [batch, 1 or heads, seq, total]`; returns
+    /// `[batch, heads, seq, head_dim]`. The default is burn's matmul and
+    /// softmax over the whole `[seq, total]` scores of the pass.
+    fn attention(
+        &self,
+        q: Tensor<B, 4>,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+        bias: &Tensor<B, 4>,
+        scale: f64,
+    ) -> Result<Tensor<B, 4>> {
+        Ok(grouped_attention(q, keys, values, bias, scale))
     }
 
     /// Rows `ids` of an embedding table `[vocab, hidden]`: `[ids, hidden]`.

@@ -1,9 +1,11 @@
 //! The CPU backend: burn's flex for everything but the linear op, which reads
 //! matrices straight from their memory-mapped encoding (f32, bf16, f16 or
-//! GGUF's quantized blocks) in [`kernel`]. Nothing is copied or widened on
+//! GGUF's quantized blocks) in [`kernel`], and attention, computed chunk by
+//! chunk with an online softmax in [`attention`]. Nothing is copied or widened on
 //! upload, and a bf16 model moves half the bytes through memory per token
 //! that an f32 copy would (a Q4_1 model a sixth).
 
+pub mod attention;
 pub mod kernel;
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
@@ -63,6 +65,39 @@ impl ComputeBackend<Flex> for CpuBackend {
         }
     }
 
+    fn attention(
+        &self,
+        q: Tensor<Flex, 4>,
+        keys: Tensor<Flex, 4>,
+        values: Tensor<Flex, 4>,
+        bias: &Tensor<Flex, 4>,
+        scale: f64,
+    ) -> Result<Tensor<Flex, 4>> {
+        let [batch, heads, seq, head_dim] = q.dims();
+        let [_, kv_heads, total, _] = keys.dims();
+        let shape = attention::AttentionShape {
+            batch,
+            heads,
+            kv_heads,
+            seq,
+            total,
+            head_dim,
+            bias_heads: bias.dims()[1],
+        };
+        let out = attention::attention(
+            &host_values(q, "queries")?,
+            &host_values(keys, "keys")?,
+            &host_values(values, "values")?,
+            &host_values(bias.clone(), "the attention bias")?,
+            shape,
+            scale as f32,
+        )?;
+        Ok(Tensor::from_data(
+            TensorData::new(out, [batch, heads, seq, head_dim]),
+            &self.device,
+        ))
+    }
+
     fn linear(&self, x: Tensor<Flex, 3>, w: &DeviceTensor<Flex>) -> Result<Tensor<Flex, 3>> {
         let DeviceTensor::Host(w) = w else {
             return Err(Error::Backend(
@@ -71,14 +106,19 @@ impl ComputeBackend<Flex> for CpuBackend {
         };
         let [batch, seq, _] = x.dims();
         let (outputs, _) = kernel::matrix_shape(w)?;
-        let input: Vec<f32> = x
-            .into_data()
-            .into_vec()
-            .map_err(|e| Error::Backend(format!("reading activations: {e:?}")))?;
+        let input = host_values(x, "activations")?;
         let product = kernel::linear(&input, batch * seq, w, self.activations)?;
         Ok(Tensor::from_data(
             TensorData::new(product, [batch, seq, outputs]),
             &self.device,
         ))
     }
+}
+
+/// The values of `tensor` in row-major order (`what` names it in errors).
+fn host_values<const D: usize>(tensor: Tensor<Flex, D>, what: &str) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .into_vec()
+        .map_err(|e| Error::Backend(format!("reading {what}: {e:?}")))
 }

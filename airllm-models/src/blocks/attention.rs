@@ -6,7 +6,6 @@
 use airllm_core::arch::LayerContext;
 use airllm_core::store::TensorSpec;
 use airllm_core::{DeviceUnit, Result};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -167,18 +166,10 @@ impl Attention {
             None => (q, k),
         };
         let (keys, values) = ctx.kv.append(k, v);
-        let total = keys.dims()[2];
-
-        // Group query heads under their KV head: [b, kv, group*seq, d].
-        let group = self.heads / self.kv_heads;
-        let q = q.reshape([batch, self.kv_heads, group * seq, self.head_dim]);
         let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale);
-        let scores = scores.reshape([batch, self.heads, seq, total]) + inputs.bias.clone();
-        let probs = softmax(scores, 3).reshape([batch, self.kv_heads, group * seq, total]);
-        let out = probs
-            .matmul(values)
-            .reshape([batch, self.heads, seq, self.head_dim])
+        let out = ctx
+            .backend
+            .attention(q, keys, values, inputs.bias, scale)?
             .swap_dims(1, 2)
             .reshape([batch, seq, self.heads * self.head_dim]);
         self.o.forward(unit, ctx.backend, out)

@@ -12,6 +12,8 @@ use airllm_core::BlockKind;
 use super::activations::{QuantizedRow, GROUP};
 use airllm_core::dequant::scale_min_k4;
 
+const PREFETCH_AHEAD: usize = 2048;
+
 /// Activation rows one pass over a weight row serves.
 pub const MAX_ROWS: usize = 4;
 
@@ -235,6 +237,14 @@ trait Width {
     unsafe fn total(a: Self::Acc, b: Self::Acc) -> f32;
 }
 
+/// The sum of the 8 lanes, halving the vector until one lane is left.
+#[inline(always)]
+unsafe fn sum_256(v: __m256) -> f32 {
+    let four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)))
+}
+
 struct Avx2;
 impl Width for Avx2 {
     type Acc = __m256;
@@ -266,9 +276,7 @@ impl Width for Avx2 {
 
     #[inline(always)]
     unsafe fn total(a: __m256, b: __m256) -> f32 {
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a, b));
-        lanes.iter().sum()
+        sum_256(_mm256_add_ps(a, b))
     }
 }
 
@@ -302,23 +310,24 @@ impl Width for Avx512 {
 
     #[inline(always)]
     unsafe fn total(a: __m512, b: __m512) -> f32 {
-        let mut lanes = [0.0f32; 16];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(a, b));
-        lanes.iter().sum()
+        let both = _mm512_castps_pd(_mm512_add_ps(a, b));
+        let low = _mm256_castpd_ps(_mm512_castpd512_pd256(both));
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(both));
+        sum_256(_mm256_add_ps(low, high))
     }
 }
 
-/// Adds group `at` of `row` times each activation row to `acc` (and its
-/// minimum term to `mins`).
+/// Adds group `at` of the weight row at `row` times each activation row
+/// to `acc` (and its minimum term to `mins`).
 #[inline(always)]
 unsafe fn add_group<W: Width, K: Groups, const R: usize>(
-    row: &[u8],
+    row: *const u8,
     at: usize,
     x: &[QuantizedRow<'_>],
     acc: &mut [W::Acc; R],
-    mins: &mut [__m256; R],
+    mins: &mut [f32; R],
 ) {
-    let block = row.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
+    let block = row.add(at / K::GROUPS * K::BLOCK_BYTES);
     let (w, scales, min) = K::group(block, at % K::GROUPS);
     for r in 0..R {
         let xr = x.get_unchecked(r);
@@ -327,8 +336,7 @@ unsafe fn add_group<W: Width, K: Groups, const R: usize>(
         let quants = xr.quants.as_ptr().add(at * GROUP);
         acc[r] = W::add_dot(w, quants, scales, K::SPLIT_SCALES, acc[r]);
         if K::HAS_MIN {
-            let sum = _mm256_set1_ps(*xr.sums.get_unchecked(at));
-            mins[r] = _mm256_fmadd_ps(_mm256_set1_ps(min), sum, mins[r]);
+            mins[r] += min * *xr.sums.get_unchecked(at);
         }
     }
 }
@@ -342,11 +350,13 @@ unsafe fn rows<W: Width, K: Groups, const R: usize>(
     out: &mut [f32],
 ) {
     let zero = [W::zero(); R];
-    let zero_mins = [_mm256_setzero_ps(); R];
     let (mut even, mut odd) = (zero, zero);
-    let (mut even_mins, mut odd_mins) = (zero_mins, zero_mins);
+    let (mut even_mins, mut odd_mins) = ([0.0f32; R], [0.0f32; R]);
     let groups = row.len() / K::BLOCK_BYTES * K::GROUPS;
+    let row = row.as_ptr();
     for pair in 0..groups / 2 {
+        let ahead = row.wrapping_add(2 * pair * K::BLOCK_BYTES / K::GROUPS + PREFETCH_AHEAD);
+        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
         add_group::<W, K, R>(row, 2 * pair, x, &mut even, &mut even_mins);
         add_group::<W, K, R>(row, 2 * pair + 1, x, &mut odd, &mut odd_mins);
     }
@@ -354,9 +364,7 @@ unsafe fn rows<W: Width, K: Groups, const R: usize>(
         add_group::<W, K, R>(row, groups - 1, x, &mut even, &mut even_mins);
     }
     for r in 0..R {
-        // Every lane of a min accumulator holds the same sum.
-        let min_total = _mm256_add_ps(even_mins[r], odd_mins[r]);
-        out[r] = W::total(even[r], odd[r]) + _mm256_cvtss_f32(min_total);
+        *out.get_unchecked_mut(r) = W::total(even[r], odd[r]) + even_mins[r] + odd_mins[r];
     }
 }
 
@@ -378,36 +386,20 @@ unsafe fn rows_avx512<K: Groups, const R: usize>(
     rows::<Avx512, K, R>(row, x, out);
 }
 
-/// Runs `rows` for `R` = the number of activation rows, at the widest
-/// vectors `wide` allows.
-unsafe fn rows_for<K: Groups, const R: usize>(
-    row: &[u8],
-    x: &[QuantizedRow<'_>],
-    out: &mut [f32],
-    wide: bool,
-) {
-    match wide {
-        true => rows_avx512::<K, R>(row, x, out),
-        false => rows_avx2::<K, R>(row, x, out),
-    }
-}
+/// A loop over one weight row and `x.len()` activation rows.
+type RowsFn = unsafe fn(&[u8], &[QuantizedRow<'_>], &mut [f32]);
 
-fn rows_of<K: Groups>(row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32], wide: bool) {
-    let groups = row.len() / K::BLOCK_BYTES * K::GROUPS;
-    assert!(x.iter().all(|r| r.quants.len() == groups * GROUP
-        && r.scales.len() == groups
-        && r.sums.len() == groups));
-    // SAFETY: `row_dots_at` checked `available()` (and `wide_available()`
-    // for `wide`); every activation row holds as many groups as the weight
-    // row (checked just above), so the loads stay inside both.
-    unsafe {
-        match x.len() {
-            1 => rows_for::<K, 1>(row, x, out, wide),
-            2 => rows_for::<K, 2>(row, x, out, wide),
-            3 => rows_for::<K, 3>(row, x, out, wide),
-            4 => rows_for::<K, 4>(row, x, out, wide),
-            _ => unreachable!("row_dots takes 1 to {MAX_ROWS} rows"),
-        }
+/// The loop for `rows` activation rows at 512 bits (`wide`) or 256.
+fn rows_fn<K: Groups>(rows: usize, wide: bool) -> RowsFn {
+    match (rows, wide) {
+        (1, true) => rows_avx512::<K, 1>,
+        (2, true) => rows_avx512::<K, 2>,
+        (3, true) => rows_avx512::<K, 3>,
+        (4, true) => rows_avx512::<K, 4>,
+        (1, false) => rows_avx2::<K, 1>,
+        (2, false) => rows_avx2::<K, 2>,
+        (3, false) => rows_avx2::<K, 3>,
+        _ => rows_avx2::<K, 4>,
     }
 }
 
@@ -416,31 +408,63 @@ pub fn wide_available() -> bool {
     available() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
 }
 
-/// `out[r] = row · x[r]` for up to [`MAX_ROWS`] activation rows and a weight
-/// row of whole blocks of `kind`, with AVX-512 where the CPU has it. Only
-/// call where [`available`] is true.
-pub fn row_dots(kind: BlockKind, row: &[u8], x: &[QuantizedRow<'_>], out: &mut [f32]) {
-    row_dots_at(kind, row, x, out, wide_available());
+/// Dot products of weight rows of one block kind with up to [`MAX_ROWS`]
+/// activation rows. The CPU's features and the rows' lengths are checked
+/// once, when it is made, not for every weight row.
+pub struct RowDots<'a> {
+    /// The activation rows.
+    x: &'a [QuantizedRow<'a>],
+    /// Bytes of a weight row with as many groups as the activation rows.
+    row_bytes: usize,
+    /// The loop for this kind, row count and width.
+    dots: RowsFn,
 }
 
-/// [`row_dots`] with 512-bit vectors (`wide`) or 256-bit ones.
-pub fn row_dots_at(
-    kind: BlockKind,
-    row: &[u8],
-    x: &[QuantizedRow<'_>],
-    out: &mut [f32],
-    wide: bool,
-) {
-    assert!(available() && (!wide || wide_available()));
-    assert!((1..=MAX_ROWS).contains(&x.len()) && out.len() == x.len());
-    match kind {
-        BlockKind::Q8_0 => rows_of::<Q8_0>(row, x, out, wide),
-        BlockKind::Q4_0 => rows_of::<Q4_0>(row, x, out, wide),
-        BlockKind::Q4_1 => rows_of::<Q4_1>(row, x, out, wide),
-        BlockKind::Q5_0 => rows_of::<Q5_0>(row, x, out, wide),
-        BlockKind::Q5_1 => rows_of::<Q5_1>(row, x, out, wide),
-        BlockKind::Q4_K => rows_of::<Q4K>(row, x, out, wide),
-        BlockKind::Q5_K => rows_of::<Q5K>(row, x, out, wide),
-        BlockKind::Q6_K => rows_of::<Q6K>(row, x, out, wide),
+impl<'a> RowDots<'a> {
+    /// Dots for weights of `kind` with the rows `x` (1 to [`MAX_ROWS`] rows
+    /// of equal length, whole blocks of `kind`), at 512 bits where `wide`.
+    /// `None` where the CPU lacks the instructions or the rows do not fit.
+    pub fn new(kind: BlockKind, x: &'a [QuantizedRow<'a>], wide: bool) -> Option<Self> {
+        match kind {
+            BlockKind::Q8_0 => Self::of::<Q8_0>(x, wide),
+            BlockKind::Q4_0 => Self::of::<Q4_0>(x, wide),
+            BlockKind::Q4_1 => Self::of::<Q4_1>(x, wide),
+            BlockKind::Q5_0 => Self::of::<Q5_0>(x, wide),
+            BlockKind::Q5_1 => Self::of::<Q5_1>(x, wide),
+            BlockKind::Q4_K => Self::of::<Q4K>(x, wide),
+            BlockKind::Q5_K => Self::of::<Q5K>(x, wide),
+            BlockKind::Q6_K => Self::of::<Q6K>(x, wide),
+        }
+    }
+
+    /// [`RowDots::new`] at the widest vectors this CPU has.
+    pub fn widest(kind: BlockKind, x: &'a [QuantizedRow<'a>]) -> Option<Self> {
+        Self::new(kind, x, wide_available())
+    }
+
+    fn of<K: Groups>(x: &'a [QuantizedRow<'a>], wide: bool) -> Option<Self> {
+        let supported = available() && (!wide || wide_available());
+        let groups = x.first()?.scales.len();
+        let fits = x.len() <= MAX_ROWS
+            && groups % K::GROUPS == 0
+            && x.iter().all(|r| {
+                r.quants.len() == groups * GROUP
+                    && r.scales.len() == groups
+                    && r.sums.len() == groups
+            });
+        (supported && fits).then(|| RowDots {
+            x,
+            row_bytes: groups / K::GROUPS * K::BLOCK_BYTES,
+            dots: rows_fn::<K>(x.len(), wide),
+        })
+    }
+
+    /// `out[r] = row · x[r]` for the weight row `row`.
+    pub fn dot(&self, row: &[u8], out: &mut [f32]) {
+        assert!(row.len() == self.row_bytes && out.len() == self.x.len());
+        // SAFETY: `of` checked the CPU's features and that every activation
+        // row holds as many groups as a row of `row_bytes`, checked just
+        // above with the output's length, so the loads stay inside both.
+        unsafe { (self.dots)(row, self.x, out) }
     }
 }

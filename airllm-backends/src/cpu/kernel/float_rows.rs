@@ -4,7 +4,12 @@
 
 use airllm_core::{dequant, BlockKind, HostTensor, Result, StorageKind};
 
-use super::over_outputs;
+use super::{over_outputs, prefetch};
+
+/// How far past the end of the weight row being dotted the weights are
+/// prefetched, in bytes (see the integer path's `PREFETCH_AHEAD`): SmolLM2's
+/// bf16 decode went from 29 to 36 tokens/s, the same at 2 and 4 KiB.
+const PREFETCH_AHEAD: usize = 4096;
 
 /// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]`; returns
 /// `[rows, outputs]`.
@@ -19,11 +24,15 @@ pub fn product(
         StorageKind::Block(kind) => Some(kind),
         StorageKind::Dense(_) => None,
     };
+    let bytes = w.bytes.as_slice();
+    let row_bytes = bytes.len() / outputs;
     over_outputs(
         rows,
         outputs,
         || vec![0.0f32; columns],
         |row, index, out| {
+            let ahead = (index + 1) * row_bytes + PREFETCH_AHEAD;
+            prefetch(&bytes[ahead.min(bytes.len())..(ahead + row_bytes).min(bytes.len())]);
             if let Some(kind) = fused {
                 if fused_dots(kind, w, index, columns, x, out) {
                     return Ok(());

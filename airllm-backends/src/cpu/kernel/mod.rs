@@ -132,6 +132,22 @@ pub fn linear_on(path: KernelPath, x: &[f32], rows: usize, w: &HostTensor) -> Re
     }
 }
 
+/// Asks the CPU to bring `bytes` into its caches (a hint; nothing on CPUs
+/// without the instruction).
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: SSE is part of x86_64, and a prefetch reads nothing.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 /// Runs `each(scratch, output, values)` for every output column in parallel
 /// (`values` receives that column's `rows` results), then lays the results
 /// out as `[rows, outputs]`. Each task owns a contiguous run of outputs and
@@ -142,16 +158,32 @@ fn over_outputs<S>(
     init: impl Fn() -> S + Sync,
     each: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
+    over_output_tiles(rows, outputs, 1, init, each)
+}
+
+/// [`over_outputs`] for tiles of `tile` output columns: `each(scratch,
+/// first, values)` computes columns `first..` (the last tile may be
+/// narrower), `values` holding their `rows` results column after column.
+fn over_output_tiles<S>(
+    rows: usize,
+    outputs: usize,
+    tile: usize,
+    init: impl Fn() -> S + Sync,
+    each: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync,
+) -> Result<Vec<f32>> {
     let threads = rayon::current_num_threads().max(1);
-    let per_task = outputs.div_ceil(threads * 4).max(MIN_COLUMNS_PER_TASK);
+    let per_task = outputs
+        .div_ceil(threads * 4)
+        .max(MIN_COLUMNS_PER_TASK)
+        .next_multiple_of(tile);
     let mut transposed = vec![0.0f32; outputs * rows];
     transposed
         .par_chunks_mut(per_task * rows)
         .enumerate()
         .try_for_each(|(task, out)| -> Result<()> {
             let mut scratch = init();
-            for (offset, values) in out.chunks_mut(rows).enumerate() {
-                each(&mut scratch, task * per_task + offset, values)?;
+            for (offset, values) in out.chunks_mut(tile * rows).enumerate() {
+                each(&mut scratch, task * per_task + offset * tile, values)?;
             }
             Ok(())
         })?;
@@ -345,7 +377,8 @@ pub(crate) mod tests {
             let widths = [false, true].into_iter();
             for wide in widths.filter(|&wide| !wide || avx2::wide_available()) {
                 let mut fast = [0.0f32; 3];
-                avx2::row_dots_at(kind, &row, &rows, &mut fast, wide);
+                let dots = avx2::RowDots::new(kind, &rows, wide).unwrap();
+                dots.dot(&row, &mut fast);
                 for r in 0..3 {
                     let portable = groups::row_dot(kind, &row, rows[r]);
                     assert!(

@@ -21,7 +21,10 @@ pub fn product(
     let activations: Vec<QuantizedRow<'_>> = (0..rows).map(|r| quantized.row(r)).collect();
     let row_bytes = columns / kind.block_len() * kind.block_bytes();
     #[cfg(target_arch = "x86_64")]
-    let simd = super::avx2::available();
+    let simd: Option<Vec<_>> = activations
+        .chunks(super::avx2::MAX_ROWS)
+        .map(|x| super::avx2::RowDots::widest(kind, x))
+        .collect();
     over_outputs(
         rows,
         outputs,
@@ -29,12 +32,9 @@ pub fn product(
         |_, index, out| {
             let row = &bytes[index * row_bytes..(index + 1) * row_bytes];
             #[cfg(target_arch = "x86_64")]
-            if simd {
-                for (x, out) in activations
-                    .chunks(super::avx2::MAX_ROWS)
-                    .zip(out.chunks_mut(super::avx2::MAX_ROWS))
-                {
-                    super::avx2::row_dots(kind, row, x, out);
+            if let Some(simd) = &simd {
+                for (dots, out) in simd.iter().zip(out.chunks_mut(super::avx2::MAX_ROWS)) {
+                    dots.dot(row, out);
                 }
                 return Ok(());
             }

@@ -1,0 +1,417 @@
+//! Attention on the cpu in one pass per block of queries: scores for a
+//! chunk of [`KEYS`] keys at a time, an online softmax (a running maximum
+//! and sum per query, earlier terms rescaled when the maximum grows) and the
+//! weighted values added at once, so no score matrix larger than a chunk
+//! exists. Query heads that share a KV head are computed together and read
+//! each key chunk once. Chunks every query of a block has masked out are
+//! skipped, which halves a causal prompt's work.
+
+use airllm_core::{Error, Result};
+use rayon::prelude::*;
+
+/// Keys per chunk: one AVX-512 vector of scores.
+pub const KEYS: usize = 16;
+
+/// Queries (per head) in one parallel task.
+const QUERIES: usize = 16;
+
+/// A bias at or below this hides its key (masks use -1e30).
+const HIDDEN: f32 = -1.0e29;
+
+/// The dimensions of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (dividing `heads`).
+    pub kv_heads: usize,
+    /// Queries per sequence.
+    pub seq: usize,
+    /// Keys per sequence.
+    pub total: usize,
+    /// Dims per head.
+    pub head_dim: usize,
+    /// Heads of the bias: 1 (shared) or `heads`.
+    pub bias_heads: usize,
+}
+
+impl AttentionShape {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// `softmax(q · kᵀ · scale + bias) · v` for `q: [batch, heads, seq,
+/// head_dim]`, `keys`, `values: [batch, kv_heads, total, head_dim]` and
+/// `bias: [batch, bias_heads, seq, total]`, all row-major; query head `h`
+/// reads KV head `h / (heads / kv_heads)`. Returns `[batch, heads, seq,
+/// head_dim]`; an error names the shape the inputs do not fit.
+pub fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    bias: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+) -> Result<Vec<f32>> {
+    let s = shape;
+    let grouped = s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads);
+    let consistent = grouped
+        && (s.bias_heads == 1 || s.bias_heads == s.heads)
+        && q.len() == s.batch * s.heads * s.seq * s.head_dim
+        && keys.len() == s.batch * s.kv_heads * s.total * s.head_dim
+        && values.len() == keys.len()
+        && bias.len() == s.batch * s.bias_heads * s.seq * s.total;
+    if !consistent {
+        return Err(Error::Backend(format!(
+            "attention inputs do not fit {s:?}: {} query, {} key, {} value and {} bias values",
+            q.len(),
+            keys.len(),
+            values.len(),
+            bias.len()
+        )));
+    }
+    let (batch, heads, seq, head_dim) = (s.batch, s.heads, s.seq, s.head_dim);
+    let mut out = vec![0.0f32; q.len()];
+    let blocks = seq.div_ceil(QUERIES);
+    let tasks: Vec<(usize, usize, usize)> = (0..batch)
+        .flat_map(|b| (0..s.kv_heads).flat_map(move |kv| (0..blocks).map(move |blk| (b, kv, blk))))
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(b, kv, block)| {
+            let task = Task {
+                shape,
+                b,
+                kv,
+                queries: block * QUERIES..((block + 1) * QUERIES).min(seq),
+                scale,
+            };
+            run(&task, q, keys, values, bias)
+        })
+        .collect();
+    let group = shape.group();
+    for (&(b, kv, block), result) in tasks.iter().zip(results) {
+        let first = block * QUERIES;
+        let count = QUERIES.min(seq - first);
+        for g in 0..group {
+            let head = kv * group + g;
+            let at = ((b * heads + head) * seq + first) * head_dim;
+            let from = g * count * head_dim;
+            out[at..at + count * head_dim].copy_from_slice(&result[from..from + count * head_dim]);
+        }
+    }
+    Ok(out)
+}
+
+/// One parallel task: a block of queries of every head of one KV head.
+struct Task {
+    shape: AttentionShape,
+    b: usize,
+    kv: usize,
+    queries: std::ops::Range<usize>,
+    scale: f32,
+}
+
+/// The running softmax of one query row.
+struct Row {
+    /// Largest score so far.
+    max: f32,
+    /// Σ exp(score - max) so far.
+    sum: f32,
+}
+
+/// The task's outputs, `[group, queries, head_dim]`.
+fn run(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { run_avx512(task, q, keys, values, bias) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        return unsafe { run_avx2(task, q, keys, values, bias) };
+    }
+    run_portable(task, q, keys, values, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_avx512(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -> Vec<f32> {
+    run_portable(task, q, k, v, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -> Vec<f32> {
+    run_portable(task, q, k, v, bias)
+}
+
+/// Plain loops over fixed-size arrays, written to vectorize at whatever
+/// width the caller's target features allow.
+#[inline(always)]
+fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Vec<f32> {
+    let s = task.shape;
+    let (d, group, count) = (s.head_dim, s.group(), task.queries.len());
+    let rows = group * count;
+    let mut out = vec![0.0f32; rows * d];
+    let mut state: Vec<Row> = (0..rows)
+        .map(|_| Row {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+        })
+        .collect();
+    // Keys of the chunk transposed, `[head_dim][KEYS]`, so each query dim
+    // scales one vector of key values.
+    let mut transposed = vec![[0.0f32; KEYS]; d];
+    let kv_base = (task.b * s.kv_heads + task.kv) * s.total * d;
+    let query_row = |r: usize| {
+        let (g, i) = (r / count, r % count);
+        let head = task.kv * group + g;
+        let at = ((task.b * s.heads + head) * s.seq + task.queries.start + i) * d;
+        (&q[at..at + d], head, task.queries.start + i)
+    };
+    let bias_row = |head: usize, query: usize| {
+        let bias_head = if s.bias_heads == 1 { 0 } else { head };
+        let at = ((task.b * s.bias_heads + bias_head) * s.seq + query) * s.total;
+        &bias[at..at + s.total]
+    };
+    for start in (0..s.total).step_by(KEYS) {
+        let width = KEYS.min(s.total - start);
+        let visible = (0..rows).any(|r| {
+            let (_, head, query) = query_row(r);
+            bias_row(head, query)[start..start + width]
+                .iter()
+                .any(|&b| b > HIDDEN)
+        });
+        if !visible {
+            continue;
+        }
+        for (j, key) in keys[kv_base + start * d..kv_base + (start + width) * d]
+            .chunks_exact(d)
+            .enumerate()
+        {
+            for (dim, value) in key.iter().enumerate() {
+                transposed[dim][j] = *value;
+            }
+        }
+        for (r, row) in state.iter_mut().enumerate() {
+            let (query, head, position) = query_row(r);
+            let mut dots = [0.0f32; KEYS];
+            for (qd, kd) in query.iter().zip(&transposed) {
+                for (dot, k) in dots.iter_mut().zip(kd) {
+                    *dot = qd.mul_add(*k, *dot);
+                }
+            }
+            // Columns past the chunk's width stay at -inf: weight 0.
+            let mut scores = [f32::NEG_INFINITY; KEYS];
+            let row_bias = &bias_row(head, position)[start..start + width];
+            for (score, (dot, b)) in scores.iter_mut().zip(dots.iter().zip(row_bias)) {
+                *score = dot * task.scale + b;
+            }
+            let chunk_max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let max = row.max.max(chunk_max);
+            let rescale = exp(row.max - max);
+            let mut weights = [0.0f32; KEYS];
+            for (weight, score) in weights.iter_mut().zip(&scores) {
+                *weight = exp(score - max);
+            }
+            weights[width..].fill(0.0);
+            row.sum = row.sum * rescale + weights.iter().sum::<f32>();
+            row.max = max;
+            let acc = &mut out[r * d..(r + 1) * d];
+            for a in acc.iter_mut() {
+                *a *= rescale;
+            }
+            let chunk_values = &values[kv_base + start * d..kv_base + (start + width) * d];
+            for (weight, value) in weights.iter().zip(chunk_values.chunks_exact(d)) {
+                for (a, v) in acc.iter_mut().zip(value) {
+                    *a = weight.mul_add(*v, *a);
+                }
+            }
+        }
+    }
+    for (row, acc) in state.iter().zip(out.chunks_exact_mut(d)) {
+        let inverse = 1.0 / row.sum;
+        for a in acc {
+            *a *= inverse;
+        }
+    }
+    out
+}
+
+/// `eˣ` to a few ulp, branch-free so loops over it vectorize: `x = n·ln2 +
+/// r` with `|r| ≤ ln2/2`, a degree-6 polynomial for `eʳ`, and `2ⁿ` built in
+/// the exponent bits. Arguments below -87 (masked scores, `-inf`) give about
+/// 1e-38 instead of 0, which no sum of weights of at least 1 notices.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HIGH: f32 = 0.693_145_75;
+    const LN2_LOW: f32 = 1.428_606_8e-6;
+    const SHIFT: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2_E + SHIFT) - SHIFT;
+    let r = x - n * LN2_HIGH - n * LN2_LOW;
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// The plain definition in f64: every score, the softmax, the sum.
+    fn reference(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        bias: &[f32],
+        s: AttentionShape,
+        scale: f64,
+    ) -> Vec<f64> {
+        let d = s.head_dim;
+        let mut out = Vec::new();
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let kv = h / s.group();
+                let bias_head = if s.bias_heads == 1 { 0 } else { h };
+                for i in 0..s.seq {
+                    let qi = &q[((b * s.heads + h) * s.seq + i) * d..][..d];
+                    let scores: Vec<f64> = (0..s.total)
+                        .map(|j| {
+                            let kj = &keys[((b * s.kv_heads + kv) * s.total + j) * d..][..d];
+                            let dot: f64 =
+                                qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let at = ((b * s.bias_heads + bias_head) * s.seq + i) * s.total + j;
+                            dot * scale + bias[at] as f64
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                    let sum: f64 = weights.iter().sum();
+                    for dim in 0..d {
+                        out.push(
+                            (0..s.total)
+                                .map(|j| {
+                                    let at = ((b * s.kv_heads + kv) * s.total + j) * d + dim;
+                                    weights[j] * values[at] as f64
+                                })
+                                .sum::<f64>()
+                                / sum,
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(count: usize, rng: &mut StdRng) -> Vec<f32> {
+        (0..count).map(|_| rng.random_range(-2.0..2.0)).collect()
+    }
+
+    /// Causal mask of a pass whose `seq` queries end the `total` keys, the
+    /// first `padding` of them padding: hidden from every other query, and
+    /// each seeing only itself (as the engine's masks have it).
+    fn causal(s: AttentionShape, padding: usize) -> Vec<f32> {
+        let mut bias = Vec::new();
+        for _ in 0..s.batch * s.bias_heads {
+            for i in 0..s.seq {
+                let position = s.total - s.seq + i;
+                for j in 0..s.total {
+                    let hidden = match position < padding {
+                        true => j != position,
+                        false => j > position || j < padding,
+                    };
+                    bias.push(if hidden { -1.0e30 } else { 0.0 });
+                }
+            }
+        }
+        bias
+    }
+
+    #[test]
+    fn matches_the_definition_for_grouped_heads_ragged_chunks_and_masks() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let shapes = [
+            // decode step: one query over a cache not a multiple of the chunk
+            (1, 6, 2, 1, 37, 64, 1),
+            // prompt: queries over several query blocks and key chunks
+            (2, 4, 4, 35, 35, 16, 1),
+            // a later prompt chunk, per-head bias (ALiBi-like), one KV head
+            (1, 3, 1, 20, 53, 8, 3),
+        ];
+        for (batch, heads, kv_heads, seq, total, head_dim, bias_heads) in shapes {
+            let s = AttentionShape {
+                batch,
+                heads,
+                kv_heads,
+                seq,
+                total,
+                head_dim,
+                bias_heads,
+            };
+            let q = random(batch * heads * seq * head_dim, &mut rng);
+            let keys = random(batch * kv_heads * total * head_dim, &mut rng);
+            let values = random(keys.len(), &mut rng);
+            let mut bias = causal(s, 2);
+            if bias_heads > 1 {
+                for (i, b) in bias.iter_mut().enumerate() {
+                    if *b == 0.0 {
+                        *b = -((i % 7) as f32) * 0.25;
+                    }
+                }
+            }
+            let scale = (head_dim as f64).powf(-0.5);
+            let got = attention(&q, &keys, &values, &bias, s, scale as f32).unwrap();
+            let want = reference(&q, &keys, &values, &bias, s, scale);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{s:?} [{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn inputs_that_do_not_fit_the_shape_are_an_error() {
+        let s = AttentionShape {
+            batch: 1,
+            heads: 3,
+            kv_heads: 2,
+            seq: 1,
+            total: 1,
+            head_dim: 4,
+            bias_heads: 1,
+        };
+        let error = attention(&[0.0; 12], &[0.0; 8], &[0.0; 8], &[0.0], s, 1.0).unwrap_err();
+        assert!(error.to_string().contains("kv_heads: 2"), "{error}");
+    }
+
+    #[test]
+    fn exp_is_close_to_the_library_exp() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= 4.0 * f32::EPSILON * want,
+                "{x}: {got} vs {want}"
+            );
+            x += 0.0137;
+        }
+        assert!(exp(f32::NEG_INFINITY) < 1e-37 && exp(-1.0e30) < 1e-37);
+    }
+}
