@@ -80,6 +80,12 @@ fn matmul_linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> 
         .reshape([batch, seq, out])
 }
 
+/// [`ComputeBackend::rms_norm`] in burn ops, in f32.
+fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let mean_square = x.clone().powi_scalar(2).mean_dim(2);
+    x * mean_square.add_scalar(eps).sqrt().recip() * weight.clone().unsqueeze::<3>()
+}
+
 /// [`ComputeBackend::attention`] in burn ops: the query heads of each KV
 /// head are stacked as rows of one matrix product with its keys.
 fn grouped_attention<B: Backend>(
@@ -199,6 +205,12 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         scale: f64,
     ) -> Result<Tensor<B, 4>> {
         Ok(grouped_attention(q, keys, values, bias, scale))
+    }
+
+    /// RMSNorm over the last dimension, `weight · x / sqrt(mean(x²) + eps)`,
+    /// for `x: [batch, seq, width]`. The default is burn's ops.
+    fn rms_norm(&self, x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Result<Tensor<B, 3>> {
+        Ok(rms_norm(x, weight, eps))
     }
 
     /// Rows `ids` of an embedding table `[vocab, hidden]`: `[ids, hidden]`.

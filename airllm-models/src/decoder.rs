@@ -19,7 +19,7 @@ use crate::blocks::attention::{Attention, AttentionInputs};
 use crate::blocks::mask::{alibi_slopes, causal_mask, key_minus_query};
 use crate::blocks::mlp::GatedMlp;
 use crate::blocks::moe::SparseMoe;
-use crate::blocks::norm::{rms_norm, row_norms};
+use crate::blocks::norm::row_norms;
 use crate::blocks::rope::{Rope, RopeTables};
 
 /// The feed-forward block of a layer.
@@ -316,9 +316,10 @@ impl<B: Backend> Architecture<B> for Decoder {
         };
         let mut ctx = ctx;
         let eps = self.config.eps;
-        let normed = rms_norm(hidden.clone(), unit.vector(&names.input_norm)?, eps);
+        let backend = ctx.backend;
+        let normed = backend.rms_norm(hidden.clone(), unit.vector(&names.input_norm)?, eps)?;
         let hidden = hidden + names.attention.forward(unit, normed, inputs, &mut ctx)?;
-        let normed = rms_norm(hidden.clone(), unit.vector(&names.post_norm)?, eps);
+        let normed = backend.rms_norm(hidden.clone(), unit.vector(&names.post_norm)?, eps)?;
         let update = match &names.ffn {
             FeedForward::Dense(mlp) => mlp.forward(unit, ctx.backend, normed)?,
             FeedForward::Sparse(moe) => moe.forward(unit, normed, &mut ctx)?,
@@ -332,11 +333,11 @@ impl<B: Backend> Architecture<B> for Decoder {
         hidden: Tensor<B, 3>,
         backend: &dyn ComputeBackend<B>,
     ) -> Result<Tensor<B, 3>> {
-        let normed = rms_norm(
+        let normed = backend.rms_norm(
             hidden,
             unit.vector(&self.config.final_norm)?,
             self.config.eps,
-        );
+        )?;
         let head = unit.matrix(&self.config.lm_head)?;
         let logits = backend.linear(normed, head)?;
         if !self.config.normalized_head {

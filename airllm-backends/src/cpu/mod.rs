@@ -1,12 +1,13 @@
 //! The CPU backend: burn's flex for everything but the linear op, which reads
 //! matrices straight from their memory-mapped encoding (f32, bf16, f16 or
-//! GGUF's quantized blocks) in [`kernel`], and attention, computed chunk by
-//! chunk with an online softmax in [`attention`]. Nothing is copied or widened on
+//! GGUF's quantized blocks) in [`kernel`], attention, computed chunk by
+//! chunk with an online softmax in [`attention`], and RMSNorm ([`norm`]). Nothing is copied or widened on
 //! upload, and a bf16 model moves half the bytes through memory per token
 //! that an f32 copy would (a Q4_1 model a sixth).
 
 pub mod attention;
 pub mod kernel;
+pub mod norm;
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
 use airllm_core::{ComputeBackend, Error, HostTensor, Result, WeightLayout};
@@ -94,6 +95,32 @@ impl ComputeBackend<Flex> for CpuBackend {
         )?;
         Ok(Tensor::from_data(
             TensorData::new(out, [batch, heads, seq, head_dim]),
+            &self.device,
+        ))
+    }
+
+    fn rms_norm(
+        &self,
+        x: Tensor<Flex, 3>,
+        weight: &Tensor<Flex, 1>,
+        eps: f64,
+    ) -> Result<Tensor<Flex, 3>> {
+        let dims = x.dims();
+        if weight.dims()[0] != dims[2] {
+            return Err(Error::Backend(format!(
+                "an RMSNorm scale of {} values for rows of {}",
+                weight.dims()[0],
+                dims[2]
+            )));
+        }
+        let mut values = host_values(x, "activations")?;
+        norm::rms_norm(
+            &mut values,
+            &host_values(weight.clone(), "the norm scale")?,
+            eps as f32,
+        );
+        Ok(Tensor::from_data(
+            TensorData::new(values, dims),
             &self.device,
         ))
     }

@@ -10,7 +10,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::linear::LinearNames;
-use super::norm::rms_norm;
 use super::rope::RopeTables;
 
 /// How q, k and v are projected from the hidden states.
@@ -156,8 +155,8 @@ impl Attention {
         let v = self.split_heads(v, self.kv_heads);
         let (q, k) = match &self.head_norms {
             Some(norms) => (
-                rms_norm(q, unit.vector(&norms.q)?, norms.eps),
-                rms_norm(k, unit.vector(&norms.k)?, norms.eps),
+                head_norm(ctx, q, unit.vector(&norms.q)?, norms.eps)?,
+                head_norm(ctx, k, unit.vector(&norms.k)?, norms.eps)?,
             ),
             None => (q, k),
         };
@@ -174,4 +173,19 @@ impl Attention {
             .reshape([batch, seq, self.heads * self.head_dim]);
         self.o.forward(unit, ctx.backend, out)
     }
+}
+
+/// RMSNorm of each head of `x: [batch, heads, seq, head_dim]`.
+fn head_norm<B: Backend>(
+    ctx: &LayerContext<'_, B>,
+    x: Tensor<B, 4>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Result<Tensor<B, 4>> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    let rows = x.reshape([batch * heads, seq, head_dim]);
+    Ok(ctx
+        .backend
+        .rms_norm(rows, weight, eps)?
+        .reshape([batch, heads, seq, head_dim]))
 }

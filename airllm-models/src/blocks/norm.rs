@@ -1,19 +1,8 @@
-//! RMSNorm: `weight * x / sqrt(mean(x²) + eps)`, computed in f32; row
-//! lengths of a weight matrix (for a normalised LM head).
+//! Row lengths of a weight matrix (for a normalised LM head). RMSNorm
+//! itself is a backend op (`ComputeBackend::rms_norm`).
 
 use airllm_core::{DeviceTensor, Error, Result};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
-
-/// Root-mean-square normalisation over the last dimension.
-pub fn rms_norm<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    weight: &Tensor<B, 1>,
-    eps: f64,
-) -> Tensor<B, D> {
-    let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
-    x * mean_square.add_scalar(eps).sqrt().recip() * weight.clone().unsqueeze::<D>()
-}
 
 /// The Euclidean length of each row of matrix `w` (`[out]` values).
 pub fn row_norms<B: Backend>(w: &DeviceTensor<B>) -> Result<Vec<f32>> {
