@@ -80,6 +80,19 @@ fn matmul_linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> 
         .reshape([batch, seq, out])
 }
 
+/// [`ComputeBackend::rotate_halves`] in burn ops.
+fn rotate_halves<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let first = x.clone().narrow(3, 0, half);
+    let second = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
 /// [`ComputeBackend::rms_norm`] in burn ops, in f32.
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let mean_square = x.clone().powi_scalar(2).mean_dim(2);
@@ -211,6 +224,19 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
     /// for `x: [batch, seq, width]`. The default is burn's ops.
     fn rms_norm(&self, x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Result<Tensor<B, 3>> {
         Ok(rms_norm(x, weight, eps))
+    }
+
+    /// Rotary positions in the "halves" layout: `x · cos + rotate(x) · sin`
+    /// for `x: [batch, heads, seq, dim]` and tables `[batch, 1, seq, dim]`,
+    /// where `rotate(x)` is `(-x₂, x₁)` of the two halves of each row. The
+    /// default is burn's ops.
+    fn rotate_halves(
+        &self,
+        x: Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>> {
+        Ok(rotate_halves(x, cos, sin))
     }
 
     /// Rows `ids` of an embedding table `[vocab, hidden]`: `[ids, hidden]`.

@@ -1,13 +1,15 @@
 //! The CPU backend: burn's flex for everything but the linear op, which reads
 //! matrices straight from their memory-mapped encoding (f32, bf16, f16 or
 //! GGUF's quantized blocks) in [`kernel`], attention, computed chunk by
-//! chunk with an online softmax in [`attention`], and RMSNorm ([`norm`]). Nothing is copied or widened on
+//! chunk with an online softmax in [`attention`], RMSNorm ([`norm`]) and
+//! rotary positions ([`rope`]). Nothing is copied or widened on
 //! upload, and a bf16 model moves half the bytes through memory per token
 //! that an f32 copy would (a Q4_1 model a sixth).
 
 pub mod attention;
 pub mod kernel;
 pub mod norm;
+pub mod rope;
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
 use airllm_core::{ComputeBackend, Error, HostTensor, Result, WeightLayout};
@@ -119,6 +121,30 @@ impl ComputeBackend<Flex> for CpuBackend {
             &host_values(weight.clone(), "the norm scale")?,
             eps as f32,
         );
+        Ok(Tensor::from_data(
+            TensorData::new(values, dims),
+            &self.device,
+        ))
+    }
+
+    fn rotate_halves(
+        &self,
+        x: Tensor<Flex, 4>,
+        cos: &Tensor<Flex, 4>,
+        sin: &Tensor<Flex, 4>,
+    ) -> Result<Tensor<Flex, 4>> {
+        let dims = x.dims();
+        let [batch, heads, seq, dim] = dims;
+        if cos.dims() != [batch, 1, seq, dim] || sin.dims() != cos.dims() || dim % 2 == 1 {
+            return Err(Error::Backend(format!(
+                "rotary tables {:?} do not fit queries or keys {dims:?}",
+                cos.dims()
+            )));
+        }
+        let mut values = host_values(x, "queries or keys")?;
+        let cos = host_values(cos.clone(), "the rotary cos table")?;
+        let sin = host_values(sin.clone(), "the rotary sin table")?;
+        rope::rotate_halves(&mut values, [heads, seq, dim], &cos, &sin);
         Ok(Tensor::from_data(
             TensorData::new(values, dims),
             &self.device,

@@ -161,7 +161,7 @@ impl Attention {
             None => (q, k),
         };
         let (q, k) = match inputs.rope {
-            Some(rope) => (rope.apply(q), rope.apply(k)),
+            Some(rope) => (rope.apply(ctx.backend, q)?, rope.apply(ctx.backend, k)?),
             None => (q, k),
         };
         let (keys, values) = ctx.kv.append(k, v);

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use airllm_core::{Error, Result};
+use airllm_core::{ComputeBackend, Error, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::Value;
@@ -353,9 +353,9 @@ impl Rope {
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Rotates the first `dim` dims of `x: [batch, heads, seq, head_dim]`;
-    /// the rest pass through.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// Rotates the first `dim` dims of `x: [batch, heads, seq, head_dim]`
+    /// (the halves layout on `backend`); the rest pass through.
+    pub fn apply(&self, backend: &dyn ComputeBackend<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
         let head_dim = x.dims()[3];
         let dim = self.rotated_dims();
         let (rot, pass) = if dim == head_dim {
@@ -367,13 +367,13 @@ impl<B: Backend> RopeTables<B> {
             )
         };
         let out = match self.style {
-            RopeStyle::Halves => self.rotate_halves(rot),
+            RopeStyle::Halves => backend.rotate_halves(rot, &self.cos, &self.sin)?,
             RopeStyle::Interleaved => self.rotate_pairs(rot),
         };
-        match pass {
+        Ok(match pass {
             Some(pass) => Tensor::cat(vec![out, pass], 3),
             None => out,
-        }
+        })
     }
 
     fn rotated_dims(&self) -> usize {
@@ -381,15 +381,6 @@ impl<B: Backend> RopeTables<B> {
             RopeStyle::Halves => self.cos.dims()[3],
             RopeStyle::Interleaved => 2 * self.cos.dims()[3],
         }
-    }
-
-    /// `x * cos + rotate_half(x) * sin`.
-    fn rotate_halves(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let half = x.dims()[3] / 2;
-        let first = x.clone().narrow(3, 0, half);
-        let second = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
     }
 
     /// `(a, b) -> (a cos - b sin, b cos + a sin)` for each pair `(x[2i], x[2i+1])`.
