@@ -25,7 +25,8 @@ pub fn product(
         StorageKind::Dense(_) => None,
     };
     let bytes = w.bytes.as_slice();
-    let row_bytes = bytes.len() / outputs;
+    // `linear_on` checked that whole rows of `columns` values fit the encoding.
+    let row_bytes = w.kind.encoded_bytes(columns).unwrap_or(0);
     over_outputs(
         rows,
         outputs,
