@@ -5,9 +5,10 @@
 //! 16, 64, 512, in ms, beside burn flex's f32 matmul on the same shapes
 //! (numpy's figures come from `kernel_table_numpy.py`).
 //!
-//! `... -- crossover`: every path at 1 to 16 (and 24 to 128) rows on SmolLM2's MLP down projection
+//! `... -- crossover`: every path at 1 to 16 (and 24 to 512) rows on SmolLM2's MLP down projection
 //! `[576, 1536]` in f32, bf16, Q8_0, Q4_1 and Q4_K, to place the row counts
-//! where one path overtakes another.
+//! where one path overtakes another. Names after `crossover` (`Q4_1`,
+//! `BF16`, ...) keep only those encodings.
 //!
 //! Threads: a rayon pool of `RAYON_NUM_THREADS` (default: every CPU); the
 //! calls are made from inside it, as the engine makes them.
@@ -120,15 +121,20 @@ fn crossover() {
         StorageKind::Block(BlockKind::Q4_1),
         StorageKind::Block(BlockKind::Q4_K),
     ];
+    let only: Vec<String> = std::env::args().skip(2).collect();
     for kind in kinds {
+        if !only.is_empty() && !only.contains(&kind.to_string()) {
+            continue;
+        }
         let w = matrix(kind, n, k);
-        for m in (1..=16).chain([24, 32, 48, 64, 128]) {
+        for m in (1..=16).chain([24, 32, 48, 64, 128, 256, 512]) {
             let x = values(m * k, 5);
             let mut row = format!("{{\"weights\":\"{kind}\",\"m\":{m}");
             for path in [
                 KernelPath::Quantized,
                 KernelPath::FloatRows,
                 KernelPath::Panel,
+                KernelPath::Tiles,
             ] {
                 if path == KernelPath::Quantized && matches!(kind, StorageKind::Dense(_)) {
                     continue;

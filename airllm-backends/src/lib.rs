@@ -112,13 +112,14 @@ impl<B: Backend> ComputeBackend<B> for BurnBackend<B> {
 /// linear op (float weights always see f32 activations).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Activations {
-    /// For one to a few rows (decoding), quantized to 16-bit integers per
+    /// For one row (decoding), quantized to 16-bit integers per
     /// group of 32 values and dotted with the weights' blocks in integers;
     /// the default. Steps are 256 times finer than llama.cpp's 8-bit
     /// activations, which change the answers of real models.
     #[default]
     Int16,
-    /// f32 everywhere: slower decoding, logits closest to the reference.
+    /// f32 everywhere: slower decoding of quantized models, logits closest
+    /// to the reference.
     F32,
 }
 

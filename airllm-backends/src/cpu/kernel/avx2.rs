@@ -238,8 +238,11 @@ trait Width {
 }
 
 /// The sum of the 8 lanes, halving the vector until one lane is left.
+///
+/// # Safety
+/// The CPU has AVX.
 #[inline(always)]
-unsafe fn sum_256(v: __m256) -> f32 {
+pub(super) unsafe fn sum_256(v: __m256) -> f32 {
     let four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
     _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)))
@@ -466,5 +469,51 @@ impl<'a> RowDots<'a> {
         // row holds as many groups as a row of `row_bytes`, checked just
         // above with the output's length, so the loads stay inside both.
         unsafe { (self.dots)(row, self.x, out) }
+    }
+}
+
+/// Decodes the whole blocks of `kind` in `bytes` into `out` (one value per
+/// weight, `quant · scale + min` as GGML's reference decoding, rounded
+/// once by the FMA) at 512 bits; false where the CPU lacks AVX-512 or
+/// `out` does not hold the blocks' values.
+pub fn decode_wide(kind: BlockKind, bytes: &[u8], out: &mut [f32]) -> bool {
+    if !wide_available() || !bytes.len().is_multiple_of(kind.block_bytes()) {
+        return false;
+    }
+    if out.len() != bytes.len() / kind.block_bytes() * kind.block_len() {
+        return false;
+    }
+    // SAFETY: the CPU has AVX-512 (checked above), and `out` holds a value
+    // for every weight of the whole blocks in `bytes`.
+    unsafe {
+        match kind {
+            BlockKind::Q8_0 => decode_blocks::<Q8_0>(bytes, out),
+            BlockKind::Q4_0 => decode_blocks::<Q4_0>(bytes, out),
+            BlockKind::Q4_1 => decode_blocks::<Q4_1>(bytes, out),
+            BlockKind::Q5_0 => decode_blocks::<Q5_0>(bytes, out),
+            BlockKind::Q5_1 => decode_blocks::<Q5_1>(bytes, out),
+            BlockKind::Q4_K => decode_blocks::<Q4K>(bytes, out),
+            BlockKind::Q5_K => decode_blocks::<Q5K>(bytes, out),
+            BlockKind::Q6_K => decode_blocks::<Q6K>(bytes, out),
+        }
+    }
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn decode_blocks<K: Groups>(bytes: &[u8], out: &mut [f32]) {
+    let groups = bytes.len() / K::BLOCK_BYTES * K::GROUPS;
+    for at in 0..groups {
+        let block = bytes.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
+        let (q, scales, min) = K::group(block, at % K::GROUPS);
+        let first = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+        let second = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
+        let min = _mm512_set1_ps(min);
+        let to = out.as_mut_ptr().add(at * GROUP);
+        _mm512_storeu_ps(to, _mm512_fmadd_ps(first, _mm512_set1_ps(scales[0]), min));
+        _mm512_storeu_ps(
+            to.add(16),
+            _mm512_fmadd_ps(second, _mm512_set1_ps(scales[1]), min),
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use airllm_core::{dequant, BlockKind, HostTensor, Result, StorageKind};
 
-use super::{over_outputs, prefetch};
+use super::{decode, over_outputs, prefetch};
 
 /// How far past the end of the weight row being dotted the weights are
 /// prefetched, in bytes (see the integer path's `PREFETCH_AHEAD`): SmolLM2's
@@ -39,7 +39,7 @@ pub fn product(
                     return Ok(());
                 }
             }
-            w.decode_range(index * columns, row)?;
+            decode(w, index * columns, row)?;
             dot_rows(x, row, out);
             Ok(())
         },

@@ -1,14 +1,16 @@
 //! The cpu backend's matrix product `x · wᵀ`, for activation rows in f32
 //! and a weight matrix in its stored encoding (f32, bf16, f16 or a GGUF
-//! block kind); no widened copy of the matrix is ever made. Three paths,
-//! by the number of activation rows:
+//! block kind); no widened copy of the matrix is ever made. Four paths,
+//! chosen by the number of activation rows ([`path`]):
 //!
 //! - block-quantized weights with [`Activations::Int16`] and up to
 //!   [`QUANTIZED_MAX_ROWS`] rows: the rows are quantized to 16-bit groups
 //!   and dotted with the weights in integers, block by block ([`quantized`]);
-//! - otherwise, up to [`FLOAT_MAX_ROWS`] rows: each weight row is decoded
-//!   once and dotted with every row in f32 ([`float_rows`]), except f32
-//!   matrices up to [`F32_GEMM_MAX_ROWS`] rows, which `gemm` reads faster;
+//! - up to [`TILES_MAX_ROWS`] rows: tiles of four weight rows are decoded
+//!   into L1 and dotted with several activation rows at once by a
+//!   register-blocked kernel ([`tiles`]; AVX-512 or AVX2);
+//! - few rows on CPUs without the tile kernel: each weight row is decoded
+//!   once and dotted with every row in f32 ([`float_rows`]);
 //! - more rows: panels of weight rows are decoded into a cached buffer and
 //!   multiplied by `gemm`'s register-blocked kernels ([`panel`]).
 //!
@@ -21,6 +23,7 @@ mod float_rows;
 mod groups;
 mod panel;
 mod quantized;
+mod tiles;
 
 use airllm_core::{DType, Error, HostTensor, Result, StorageKind};
 use rayon::prelude::*;
@@ -30,20 +33,28 @@ use crate::Activations;
 /// Rows up to which block-quantized weights take the integer path when
 /// activations may be quantized. Measured on SmolLM2's `[576, 1536]`
 /// matrix, 2 threads (`cargo run --release -p airllm-backends --example
-/// kernel_table -- crossover`): the integer path is ahead of the panels up
-/// to 14 rows for Q8_0, Q4_1 and Q4_K (Q4_1 at 14 rows: 437 µs against
-/// 545 µs) and level at 16.
-pub const QUANTIZED_MAX_ROWS: usize = 16;
+/// kernel_table -- crossover`): at one row the integer path is ahead of the
+/// tiles (Q4_1: 52 µs against 56; Q4_K: 54 against 82); at two rows the
+/// tiles are ahead (Q4_1: 69 against 91; Q4_K: 89 against 98) or level
+/// (Q8_0: 61 against 59).
+pub const QUANTIZED_MAX_ROWS: usize = 1;
+
+/// Rows up to which the tile kernel multiplies, where the CPU runs it.
+/// Measured as [`QUANTIZED_MAX_ROWS`]: it is ahead of every other path from
+/// one row (f32, bf16) or four rows (block kinds) to 48, and level with the
+/// panels at 64 and 128 rows (Q4_1: 876 µs against 872 at 64 rows; bf16:
+/// 846 against 861), where its activation rows no longer stay in L1.
+pub const TILES_MAX_ROWS: usize = 64;
 
 /// Rows up to which f32 activations are dotted row by row rather than
-/// multiplied panel by panel. Measured as [`QUANTIZED_MAX_ROWS`]: bf16 rows
-/// are ahead to 14 rows, f32 rows to 8–10.
+/// multiplied panel by panel, on CPUs without the tile kernel (bf16 rows
+/// were ahead of the panels to 14 rows, f32 rows to 8–10).
 pub const FLOAT_MAX_ROWS: usize = 10;
 
-/// Rows up to which f32 matrices go to `gemm` directly: its matrix-vector
-/// kernels read f32 weights faster than the row dots (measured as
-/// [`QUANTIZED_MAX_ROWS`]: 109 µs against 183 µs at one row, 115 against
-/// 231 at three, 397 against 258 at four).
+/// Rows up to which f32 matrices go to `gemm` directly on CPUs without the
+/// tile kernel: its matrix-vector kernels read f32 weights faster than the
+/// row dots (109 µs against 183 µs at one row, 115 against 231 at three,
+/// 397 against 258 at four).
 pub const F32_GEMM_MAX_ROWS: usize = 3;
 
 /// Output columns one task computes at least on the row-by-row paths
@@ -72,7 +83,7 @@ pub fn linear(
     linear_on(path(w.kind, rows, activations), x, rows, w)
 }
 
-/// One of the kernel's three ways to multiply.
+/// One of the kernel's ways to multiply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelPath {
     /// 16-bit activations dotted with the blocks in integers (block kinds only).
@@ -81,6 +92,9 @@ pub enum KernelPath {
     FloatRows,
     /// Decoded panels of weight rows through `gemm`.
     Panel,
+    /// Decoded tiles of weight rows through the register-blocked dot kernel
+    /// (the panels on CPUs without AVX2).
+    Tiles,
 }
 
 /// The path [`linear`] takes for `rows` activation rows and weights of `kind`.
@@ -91,6 +105,7 @@ pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelP
         {
             KernelPath::Quantized
         }
+        _ if rows <= TILES_MAX_ROWS && tiles::available() => KernelPath::Tiles,
         StorageKind::Dense(DType::F32) if rows <= F32_GEMM_MAX_ROWS => KernelPath::Panel,
         _ if rows <= FLOAT_MAX_ROWS => KernelPath::FloatRows,
         _ => KernelPath::Panel,
@@ -101,6 +116,9 @@ pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelP
 /// another. `Quantized` on a dense matrix takes `FloatRows`.
 pub fn linear_on(path: KernelPath, x: &[f32], rows: usize, w: &HostTensor) -> Result<Vec<f32>> {
     let (outputs, columns) = matrix_shape(w)?;
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
     if x.len() != rows * columns {
         return Err(Error::Backend(format!(
             "`{}` has {columns} columns; the input has {} values for {rows} rows",
@@ -128,8 +146,32 @@ pub fn linear_on(path: KernelPath, x: &[f32], rows: usize, w: &HostTensor) -> Re
             quantized::product(x, rows, kind, w.bytes.as_slice(), outputs, columns)
         }
         (KernelPath::Panel, _) => panel::product(x, rows, w, outputs, columns),
+        (KernelPath::Tiles, _) => tiles::product(x, rows, w, outputs, columns)
+            .unwrap_or_else(|| panel::product(x, rows, w, outputs, columns)),
         _ => float_rows::product(x, rows, w, outputs, columns),
     }
+}
+
+/// Decodes values `start..start + out.len()` of `w` into `out` (whole
+/// blocks), at 512 bits for the block kinds where the CPU has AVX-512
+/// (`HostTensor::decode_range` has AVX2 for three kinds, scalar code for
+/// the others: Q4_K tiles spent most of their time there).
+fn decode(w: &HostTensor, start: usize, out: &mut [f32]) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    if let StorageKind::Block(kind) = w.kind {
+        let from = w.kind.encoded_bytes(start);
+        let to = w.kind.encoded_bytes(start + out.len());
+        let whole =
+            start.is_multiple_of(kind.block_len()) && out.len().is_multiple_of(kind.block_len());
+        if let (Some(from), Some(to), true) = (from, to, whole) {
+            if let Some(bytes) = w.bytes.as_slice().get(from..to) {
+                if avx2::decode_wide(kind, bytes, out) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    w.decode_range(start, out)
 }
 
 /// Asks the CPU to bring `bytes` into its caches (a hint; nothing on CPUs
@@ -164,6 +206,10 @@ fn over_outputs<S>(
 /// [`over_outputs`] for tiles of `tile` output columns: `each(scratch,
 /// first, values)` computes columns `first..` (the last tile may be
 /// narrower), `values` holding their `rows` results column after column.
+/// Each tile's results go straight to their places in the `[rows, outputs]`
+/// product (no transposition of the whole product afterwards: for a
+/// 49152-column head and 64 rows, that pass wrote 64 rows 196 KB apart for
+/// every column).
 fn over_output_tiles<S>(
     rows: usize,
     outputs: usize,
@@ -176,27 +222,44 @@ fn over_output_tiles<S>(
         .div_ceil(threads * 4)
         .max(MIN_COLUMNS_PER_TASK)
         .next_multiple_of(tile);
-    let mut transposed = vec![0.0f32; outputs * rows];
-    transposed
-        .par_chunks_mut(per_task * rows)
-        .enumerate()
-        .try_for_each(|(task, out)| -> Result<()> {
+    let mut product = vec![0.0f32; rows * outputs];
+    let output = Output(product.as_mut_ptr());
+    (0..outputs.div_ceil(per_task))
+        .into_par_iter()
+        .try_for_each(|task| -> Result<()> {
             let mut scratch = init();
-            for (offset, values) in out.chunks_mut(tile * rows).enumerate() {
-                each(&mut scratch, task * per_task + offset * tile, values)?;
+            let mut values = vec![0.0f32; tile * rows];
+            let end = outputs.min((task + 1) * per_task);
+            for first in (task * per_task..end).step_by(tile) {
+                let values = &mut values[..tile.min(end - first) * rows];
+                each(&mut scratch, first, values)?;
+                for (o, column) in values.chunks_exact(rows).enumerate() {
+                    for (r, value) in column.iter().enumerate() {
+                        // SAFETY: `r < rows` and `first + o < outputs`, inside
+                        // `product`, which outlives the loop; only this task
+                        // writes columns `task * per_task..end`.
+                        unsafe { *output.at(r * outputs + first + o) = *value };
+                    }
+                }
             }
             Ok(())
         })?;
-    if rows == 1 {
-        return Ok(transposed);
-    }
-    let mut product = vec![0.0f32; rows * outputs];
-    for (o, column) in transposed.chunks(rows).enumerate() {
-        for (r, value) in column.iter().enumerate() {
-            product[r * outputs + o] = *value;
-        }
-    }
     Ok(product)
+}
+
+/// The product's buffer, shared by parallel tasks that each write their own
+/// output columns.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: the tasks holding it write disjoint columns (see its users).
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+impl Output {
+    /// The address of value `offset`.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
 }
 
 #[cfg(test)]
@@ -314,22 +377,26 @@ pub(crate) mod tests {
     const OUTPUTS: usize = 130;
 
     #[test]
-    fn f32_activations_match_an_f64_reference_for_every_encoding_and_row_count() {
+    fn f32_activations_match_an_f64_reference_on_every_path_encoding_and_row_count() {
         for (kind, columns) in kinds() {
             let w = random_matrix(kind, OUTPUTS, columns, 7);
             for rows in ROWS {
                 let x = random_rows(rows, columns, rows as u64);
-                let got = linear(&x, rows, &w, Activations::F32).unwrap();
                 let (want, magnitude) = reference(&x, rows, &w);
-                for i in 0..rows * OUTPUTS {
-                    let error = (got[i] as f64 - want[i]).abs();
-                    assert!(
-                        error <= 1e-5 * magnitude[i],
-                        "{kind} rows {rows} value {i}: {} vs {} (Σ|xw| {})",
-                        got[i],
-                        want[i],
-                        magnitude[i]
-                    );
+                let chosen = path(kind, rows, Activations::F32);
+                for path in [KernelPath::FloatRows, KernelPath::Panel, KernelPath::Tiles] {
+                    let got = linear_on(path, &x, rows, &w).unwrap();
+                    for i in 0..rows * OUTPUTS {
+                        let error = (got[i] as f64 - want[i]).abs();
+                        assert!(
+                            error <= 1e-5 * magnitude[i],
+                            "{kind} rows {rows} {path:?} (chosen: {chosen:?}) value {i}: \
+                             {} vs {} (Σ|xw| {})",
+                            got[i],
+                            want[i],
+                            magnitude[i]
+                        );
+                    }
                 }
             }
         }
@@ -341,19 +408,22 @@ pub(crate) mod tests {
             let w = random_matrix(kind, OUTPUTS, columns, 11);
             for rows in ROWS {
                 let x = random_rows(rows, columns, 100 + rows as u64);
-                let got = linear(&x, rows, &w, Activations::Int16).unwrap();
                 let (want, _) = reference(&x, rows, &w);
-                let error: f64 = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).powi(2))
-                    .sum();
-                let norm: f64 = want.iter().map(|w| w * w).sum();
-                assert!(
-                    error / norm <= 5e-4,
-                    "{kind} rows {rows}: normalized MSE {}",
-                    error / norm
-                );
+                let chosen = linear(&x, rows, &w, Activations::Int16).unwrap();
+                let integer = linear_on(KernelPath::Quantized, &x, rows, &w).unwrap();
+                for (name, got) in [("chosen", chosen), ("integer", integer)] {
+                    let error: f64 = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(g, w)| (*g as f64 - w).powi(2))
+                        .sum();
+                    let norm: f64 = want.iter().map(|w| w * w).sum();
+                    assert!(
+                        error / norm <= 5e-4,
+                        "{kind} rows {rows} ({name} path): normalized MSE {}",
+                        error / norm
+                    );
+                }
             }
         }
     }
@@ -388,6 +458,30 @@ pub(crate) mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The 512-bit decoding gives the reference values (within the FMA's
+    /// single rounding).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn wide_decoding_matches_the_reference_decoding() {
+        if !avx2::wide_available() {
+            return;
+        }
+        for kind in BLOCK_KINDS {
+            let bytes = random_blocks(kind, 3, 4);
+            let mut want = vec![0.0f32; 3 * kind.block_len()];
+            airllm_core::dequant::dequantize(kind, &bytes, &mut want);
+            let mut got = vec![0.0f32; want.len()];
+            assert!(avx2::decode_wide(kind, &bytes, &mut got));
+            for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (got - want).abs() <= 1e-6,
+                    "{kind:?} value {i}: {got} vs {want}"
+                );
+            }
+            assert!(!avx2::decode_wide(kind, &bytes, &mut got[1..]));
         }
     }
 

@@ -7,6 +7,8 @@
 use airllm_core::{DType, HostTensor, Result, StorageKind};
 use rayon::prelude::*;
 
+use super::{decode, Output};
+
 /// Bytes of decoded weights one panel holds at most (fits in L2 with room
 /// for the activations' packed tiles).
 const PANEL_BYTES: usize = 512 * 1024;
@@ -18,20 +20,6 @@ fn panel_rows(outputs: usize, columns: usize) -> usize {
     let by_cache = PANEL_BYTES / (4 * columns.max(1));
     let by_threads = outputs.div_ceil(4 * threads);
     (by_cache.min(by_threads).max(16)).next_multiple_of(16)
-}
-
-/// The output pointer shared by the panel tasks, each writing its own columns.
-#[derive(Clone, Copy)]
-struct Output(*mut f32);
-// SAFETY: tasks write disjoint columns of the output (see `product`).
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
-
-impl Output {
-    /// The address of value `offset`.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]`; returns
@@ -60,7 +48,7 @@ pub fn product(
                 Some(all) => &all[first * columns..(first + count) * columns],
                 None => {
                     buffer.resize(count * columns, 0.0);
-                    w.decode_range(first * columns, buffer)?;
+                    decode(w, first * columns, buffer)?;
                     &buffer[..]
                 }
             };
