@@ -15,6 +15,10 @@ pub const KEYS: usize = 16;
 /// Queries (per head) in one parallel task.
 const QUERIES: usize = 16;
 
+/// Query rows whose scores for a key chunk are computed together (one
+/// accumulator vector each; one row alone waits on each FMA's latency).
+const DOT_ROWS: usize = 8;
+
 /// A bias at or below this hides its key (masks use -1e30).
 const HIDDEN: f32 = -1.0e29;
 
@@ -141,7 +145,10 @@ fn run(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Ve
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn run_avx512(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -> Vec<f32> {
-    run_portable(task, q, k, v, bias)
+    // SAFETY: this function runs only where the CPU has AVX-512F.
+    run_with(task, q, k, v, bias, |query_dims, keys, dots| unsafe {
+        avx512_chunk_dots(query_dims, keys, dots)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -154,6 +161,65 @@ unsafe fn run_avx2(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -
 /// width the caller's target features allow.
 #[inline(always)]
 fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Vec<f32> {
+    run_with(task, q, keys, values, bias, portable_chunk_dots)
+}
+
+/// The scores of [`DOT_ROWS`] query rows against a key chunk, in plain loops.
+#[inline(always)]
+fn portable_chunk_dots(
+    query_dims: &[[f32; DOT_ROWS]],
+    keys: &[[f32; KEYS]],
+    dots: &mut [[f32; KEYS]],
+) {
+    let mut acc = [[0.0f32; KEYS]; DOT_ROWS];
+    for (query, key) in query_dims.iter().zip(keys) {
+        for (acc, q) in acc.iter_mut().zip(query) {
+            for (a, k) in acc.iter_mut().zip(key) {
+                *a = q.mul_add(*k, *a);
+            }
+        }
+    }
+    dots.copy_from_slice(&acc);
+}
+
+/// [`portable_chunk_dots`] with one AVX-512 accumulator per query row (the
+/// compiler vectorizes the plain loops across the rows, with gathers).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx512_chunk_dots(
+    query_dims: &[[f32; DOT_ROWS]],
+    keys: &[[f32; KEYS]],
+    dots: &mut [[f32; KEYS]],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); DOT_ROWS];
+    for (query, key) in query_dims.iter().zip(keys) {
+        let key = _mm512_loadu_ps(key.as_ptr());
+        for (acc, q) in acc.iter_mut().zip(query) {
+            *acc = _mm512_fmadd_ps(_mm512_set1_ps(*q), key, *acc);
+        }
+    }
+    for (dots, acc) in dots.iter_mut().zip(acc) {
+        _mm512_storeu_ps(dots.as_mut_ptr(), acc);
+    }
+}
+
+/// The task's outputs; `chunk_dots(query_dims, keys, dots)` computes the
+/// scores of a block of [`DOT_ROWS`] query rows (dims `[head_dim]
+/// [DOT_ROWS]`) against a chunk of keys (`[head_dim][KEYS]`) into `dots`
+/// (`[DOT_ROWS][KEYS]`).
+#[inline(always)]
+fn run_with(
+    task: &Task,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    bias: &[f32],
+    chunk_dots: impl Fn(&[[f32; DOT_ROWS]], &[[f32; KEYS]], &mut [[f32; KEYS]]),
+) -> Vec<f32> {
     let s = task.shape;
     let (d, group, count) = (s.head_dim, s.group(), task.queries.len());
     let rows = group * count;
@@ -164,10 +230,6 @@ fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f3
             sum: 0.0,
         })
         .collect();
-    // Keys of the chunk transposed, `[head_dim][KEYS]`, so each query dim
-    // scales one vector of key values.
-    let mut transposed = vec![[0.0f32; KEYS]; d];
-    let kv_base = (task.b * s.kv_heads + task.kv) * s.total * d;
     let query_row = |r: usize| {
         let (g, i) = (r / count, r % count);
         let head = task.kv * group + g;
@@ -179,6 +241,23 @@ fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f3
         let at = ((task.b * s.bias_heads + bias_head) * s.seq + query) * s.total;
         &bias[at..at + s.total]
     };
+    // The queries transposed in blocks of `DOT_ROWS` rows, `[block][head_dim]
+    // [DOT_ROWS]` (rows past the last are zero), so one key dim meets the
+    // block's rows as independent accumulators.
+    let blocks = rows.div_ceil(DOT_ROWS);
+    let mut query_dims = vec![[0.0f32; DOT_ROWS]; blocks * d];
+    for r in 0..rows {
+        let (query, _, _) = query_row(r);
+        let block = &mut query_dims[r / DOT_ROWS * d..(r / DOT_ROWS + 1) * d];
+        for (dims, value) in block.iter_mut().zip(query) {
+            dims[r % DOT_ROWS] = *value;
+        }
+    }
+    // Keys of the chunk transposed, `[head_dim][KEYS]`, so each query dim
+    // scales one vector of key values.
+    let mut transposed = vec![[0.0f32; KEYS]; d];
+    let mut dots = vec![[0.0f32; KEYS]; blocks * DOT_ROWS];
+    let kv_base = (task.b * s.kv_heads + task.kv) * s.total * d;
     for start in (0..s.total).step_by(KEYS) {
         let width = KEYS.min(s.total - start);
         let visible = (0..rows).any(|r| {
@@ -198,14 +277,15 @@ fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f3
                 transposed[dim][j] = *value;
             }
         }
-        for (r, row) in state.iter_mut().enumerate() {
-            let (query, head, position) = query_row(r);
-            let mut dots = [0.0f32; KEYS];
-            for (qd, kd) in query.iter().zip(&transposed) {
-                for (dot, k) in dots.iter_mut().zip(kd) {
-                    *dot = qd.mul_add(*k, *dot);
-                }
-            }
+        for (block_dims, block_dots) in query_dims
+            .chunks_exact(d)
+            .zip(dots.chunks_exact_mut(DOT_ROWS))
+        {
+            chunk_dots(block_dims, &transposed, block_dots);
+        }
+        let chunk_values = &values[kv_base + start * d..kv_base + (start + width) * d];
+        for (r, (row, dots)) in state.iter_mut().zip(&dots).enumerate() {
+            let (_, head, position) = query_row(r);
             // Columns past the chunk's width stay at -inf: weight 0.
             let mut scores = [f32::NEG_INFINITY; KEYS];
             let row_bias = &bias_row(head, position)[start..start + width];
@@ -222,16 +302,12 @@ fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f3
             weights[width..].fill(0.0);
             row.sum = row.sum * rescale + weights.iter().sum::<f32>();
             row.max = max;
-            let acc = &mut out[r * d..(r + 1) * d];
-            for a in acc.iter_mut() {
-                *a *= rescale;
-            }
-            let chunk_values = &values[kv_base + start * d..kv_base + (start + width) * d];
-            for (weight, value) in weights.iter().zip(chunk_values.chunks_exact(d)) {
-                for (a, v) in acc.iter_mut().zip(value) {
-                    *a = weight.mul_add(*v, *a);
-                }
-            }
+            add_weighted(
+                &mut out[r * d..(r + 1) * d],
+                rescale,
+                &weights,
+                chunk_values,
+            );
         }
     }
     for (row, acc) in state.iter().zip(out.chunks_exact_mut(d)) {
@@ -241,6 +317,49 @@ fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f3
         }
     }
     out
+}
+
+/// `acc = acc · rescale + Σⱼ weights[j] · values[j]` for the chunk's value
+/// rows (`values.len() / acc.len()` of them). Sixteen dims at a time in a
+/// local vector, even and odd keys into separate sums, so the adds of
+/// consecutive keys do not wait on each other.
+#[inline(always)]
+fn add_weighted(acc: &mut [f32], rescale: f32, weights: &[f32; KEYS], values: &[f32]) {
+    const LANES: usize = 16;
+    let d = acc.len();
+    let body = d - d % LANES;
+    for at in (0..body).step_by(LANES) {
+        let mut even = [0.0f32; LANES];
+        let mut odd = [0.0f32; LANES];
+        let pairs = values.chunks_exact(2 * d);
+        let last = pairs.remainder();
+        for (pair, weight) in pairs.zip(weights.chunks_exact(2)) {
+            let (first, second) = pair.split_at(d);
+            for (s, v) in even.iter_mut().zip(&first[at..at + LANES]) {
+                *s = weight[0].mul_add(*v, *s);
+            }
+            for (s, v) in odd.iter_mut().zip(&second[at..at + LANES]) {
+                *s = weight[1].mul_add(*v, *s);
+            }
+        }
+        if !last.is_empty() {
+            let weight = weights[values.len() / d - 1];
+            for (s, v) in even.iter_mut().zip(&last[at..at + LANES]) {
+                *s = weight.mul_add(*v, *s);
+            }
+        }
+        for ((a, e), o) in acc[at..at + LANES].iter_mut().zip(&even).zip(&odd) {
+            *a = a.mul_add(rescale, e + o);
+        }
+    }
+    for dim in body..d {
+        let sum: f32 = values
+            .chunks_exact(d)
+            .zip(weights)
+            .map(|(value, weight)| weight * value[dim])
+            .sum();
+        acc[dim] = acc[dim].mul_add(rescale, sum);
+    }
 }
 
 /// `eˣ` to a few ulp, branch-free so loops over it vectorize: `x = n·ln2 +
