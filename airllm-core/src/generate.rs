@@ -100,7 +100,7 @@ impl<B: Backend> Engine<B> {
             })
             .collect();
         let mut answers: Vec<Option<Generated>> = vec![None; prompts.len()];
-        let mut kv = KvCache::new(self.arch().dims().layers);
+        let mut kv = KvCache::new(self.arch().dims().layers, context);
 
         let padded: Vec<Vec<u32>> = rows
             .iter()
@@ -202,7 +202,7 @@ impl<B: Backend> Engine<B> {
             generated: Vec::new(),
             sampler: Sampler::new(SamplingConfig::default()),
         }];
-        let mut kv = KvCache::new(self.arch().dims().layers);
+        let mut kv = KvCache::new(self.arch().dims().layers, longest);
         let mut all = Vec::with_capacity(longest);
         for start in (0..longest).step_by(chunk) {
             let end = (start + chunk).min(longest);

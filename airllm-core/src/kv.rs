@@ -1,42 +1,114 @@
 //! The KV cache: per layer, keys and values `[batch, kv_heads, tokens, head_dim]`
-//! on the compute device.
+//! on the compute device, in buffers with room for the whole context, so a
+//! decode step writes its one position in place instead of copying the
+//! cache into a longer tensor.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+/// Positions added at once when a slot outgrows its room.
+const GROWTH: usize = 64;
+
 /// One layer's cached keys and values.
 pub struct KvSlot<B: Backend> {
-    entries: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    entries: Option<Entries<B>>,
+    /// Positions the buffers hold when first written.
+    room: usize,
 }
 
-impl<B: Backend> Default for KvSlot<B> {
-    fn default() -> Self {
-        KvSlot { entries: None }
+/// Key and value buffers `[batch, kv_heads, room, head_dim]`, the first
+/// `len` positions written.
+struct Entries<B: Backend> {
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    len: usize,
+}
+
+impl<B: Backend> Entries<B> {
+    /// Empty buffers of `room` positions shaped and typed like `keys` and `values`.
+    fn empty(keys: &Tensor<B, 4>, values: &Tensor<B, 4>, room: usize) -> Self {
+        let zeros = |t: &Tensor<B, 4>| t.clone().narrow(2, 0, 1).zeros_like().repeat_dim(2, room);
+        Entries {
+            keys: zeros(keys),
+            values: zeros(values),
+            len: 0,
+        }
+    }
+
+    fn room(&self) -> usize {
+        self.keys.dims()[2]
+    }
+
+    /// These entries in buffers of `room` positions.
+    fn moved(self, room: usize) -> Self {
+        let len = self.len;
+        let empty = Entries::empty(&self.keys, &self.values, room);
+        empty.write(self.keys.narrow(2, 0, len), self.values.narrow(2, 0, len))
+    }
+
+    /// Writes `keys` and `values` after the positions written so far (which
+    /// must leave room for them).
+    fn write(self, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> Self {
+        let [batch, heads, added, dim] = keys.dims();
+        let at = self.len..self.len + added;
+        let [_, _, _, value_dim] = values.dims();
+        Entries {
+            keys: self
+                .keys
+                .slice_assign([0..batch, 0..heads, at.clone(), 0..dim], keys),
+            values: self
+                .values
+                .slice_assign([0..batch, 0..heads, at, 0..value_dim], values),
+            len: self.len + added,
+        }
+    }
+
+    /// Views of the positions written.
+    fn written(&self) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        (
+            self.keys.clone().narrow(2, 0, self.len),
+            self.values.clone().narrow(2, 0, self.len),
+        )
     }
 }
 
 impl<B: Backend> KvSlot<B> {
+    fn with_room(room: usize) -> Self {
+        KvSlot {
+            entries: None,
+            room,
+        }
+    }
+
     /// Appends this pass's keys and values; returns the whole cached keys and
-    /// values to attend over.
+    /// values to attend over (views of the slot's buffers).
     pub fn append(
         &mut self,
         keys: Tensor<B, 4>,
         values: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let (k, v) = match self.entries.take() {
-            Some((pk, pv)) => (
-                Tensor::cat(vec![pk, keys], 2),
-                Tensor::cat(vec![pv, values], 2),
-            ),
-            None => (keys, values),
+        let added = keys.dims()[2];
+        let entries = match self.entries.take() {
+            Some(entries) if entries.len + added <= entries.room() => entries,
+            Some(entries) => {
+                let room = entries.len + added + GROWTH;
+                entries.moved(room)
+            }
+            None => Entries::empty(&keys, &values, self.room.max(added)),
         };
-        self.entries = Some((k.clone(), v.clone()));
-        (k, v)
+        let entries = entries.write(keys, values);
+        let written = entries.written();
+        self.entries = Some(entries);
+        written
     }
 
     fn retain_rows(&mut self, rows: &Tensor<B, 1, Int>) {
-        if let Some((k, v)) = self.entries.take() {
-            self.entries = Some((k.select(0, rows.clone()), v.select(0, rows.clone())));
+        if let Some(entries) = self.entries.take() {
+            self.entries = Some(Entries {
+                keys: entries.keys.select(0, rows.clone()),
+                values: entries.values.select(0, rows.clone()),
+                len: entries.len,
+            });
         }
     }
 }
@@ -47,10 +119,12 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for `layers` layers.
-    pub fn new(layers: usize) -> Self {
+    /// An empty cache for `layers` layers whose buffers make room for
+    /// `positions` tokens per sequence when first written (the pass's
+    /// context, as the residency plan budgets it); they grow if more come.
+    pub fn new(layers: usize, positions: usize) -> Self {
         KvCache {
-            slots: (0..layers).map(|_| KvSlot::default()).collect(),
+            slots: (0..layers).map(|_| KvSlot::with_room(positions)).collect(),
         }
     }
 
@@ -66,5 +140,48 @@ impl<B: Backend> KvCache<B> {
         for slot in &mut self.slots {
             slot.retain_rows(&index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::flex::{Flex, FlexDevice};
+
+    /// `[2, 1, count, 2]` values naming (sequence, position, dim) of the
+    /// positions `start..start + count`.
+    fn positions(start: usize, count: usize) -> Tensor<Flex, 4> {
+        let values: Vec<f32> = (0..2)
+            .flat_map(|b| {
+                (start..start + count)
+                    .flat_map(move |p| (0..2).map(move |d| (100 * b + 10 * p + d) as f32))
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(values, [2, 1, count, 2]), &FlexDevice)
+    }
+
+    fn values(t: Tensor<Flex, 4>) -> Vec<f32> {
+        t.into_data().into_vec().unwrap()
+    }
+
+    #[test]
+    fn appends_within_and_past_the_room_keep_every_position_in_order() {
+        let mut kv = KvCache::<Flex>::new(1, 3);
+        let mut total = 0;
+        for added in [2, 1, 2, 1] {
+            let new = positions(total, added);
+            let (keys, vals) = kv.slot(0).append(new.clone(), new * 2.0);
+            total += added;
+            assert_eq!(keys.dims(), [2, 1, total, 2]);
+            assert_eq!(values(keys.clone()), values(positions(0, total)));
+            assert_eq!(values(vals), values(positions(0, total) * 2.0));
+        }
+        kv.retain_rows(&[1], &FlexDevice);
+        let second = positions(total, 1).narrow(0, 1, 1);
+        let (keys, _) = kv.slot(0).append(second.clone(), second);
+        assert_eq!(
+            values(keys),
+            values(positions(0, total + 1).narrow(0, 1, 1))
+        );
     }
 }

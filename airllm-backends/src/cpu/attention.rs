@@ -35,6 +35,10 @@ pub struct AttentionShape {
     pub seq: usize,
     /// Keys per sequence.
     pub total: usize,
+    /// Positions between the starts of consecutive (sequence, KV head)
+    /// blocks of keys and of values (at least `total`: a cache with room for
+    /// more positions is read where it lies).
+    pub kv_room: usize,
     /// Dims per head.
     pub head_dim: usize,
     /// Heads of the bias: 1 (shared) or `heads`.
@@ -48,7 +52,8 @@ impl AttentionShape {
 }
 
 /// `softmax(q · kᵀ · scale + bias) · v` for `q: [batch, heads, seq,
-/// head_dim]`, `keys`, `values: [batch, kv_heads, total, head_dim]` and
+/// head_dim]`, `keys`, `values: [batch, kv_heads, total, head_dim]` (each
+/// block of `total` positions `kv_room` positions after the last) and
 /// `bias: [batch, bias_heads, seq, total]`, all row-major; query head `h`
 /// reads KV head `h / (heads / kv_heads)`. Returns `[batch, heads, seq,
 /// head_dim]`; an error names the shape the inputs do not fit.
@@ -65,7 +70,8 @@ pub fn attention(
     let consistent = grouped
         && (s.bias_heads == 1 || s.bias_heads == s.heads)
         && q.len() == s.batch * s.heads * s.seq * s.head_dim
-        && keys.len() == s.batch * s.kv_heads * s.total * s.head_dim
+        && s.kv_room >= s.total
+        && keys.len() == kv_values(s)
         && values.len() == keys.len()
         && bias.len() == s.batch * s.bias_heads * s.seq * s.total;
     if !consistent {
@@ -108,6 +114,15 @@ pub fn attention(
         }
     }
     Ok(out)
+}
+
+/// Values the keys (or the values) of shape `s` span: every (sequence, KV
+/// head) block but the last takes `kv_room` positions, the last `total`.
+fn kv_values(s: AttentionShape) -> usize {
+    match s.batch * s.kv_heads {
+        0 => 0,
+        blocks => ((blocks - 1) * s.kv_room + s.total) * s.head_dim,
+    }
 }
 
 /// One parallel task: a block of queries of every head of one KV head.
@@ -257,7 +272,7 @@ fn run_with(
     // scales one vector of key values.
     let mut transposed = vec![[0.0f32; KEYS]; d];
     let mut dots = vec![[0.0f32; KEYS]; blocks * DOT_ROWS];
-    let kv_base = (task.b * s.kv_heads + task.kv) * s.total * d;
+    let kv_base = (task.b * s.kv_heads + task.kv) * s.kv_room * d;
     for start in (0..s.total).step_by(KEYS) {
         let width = KEYS.min(s.total - start);
         let visible = (0..rows).any(|r| {
@@ -410,7 +425,7 @@ mod tests {
                     let qi = &q[((b * s.heads + h) * s.seq + i) * d..][..d];
                     let scores: Vec<f64> = (0..s.total)
                         .map(|j| {
-                            let kj = &keys[((b * s.kv_heads + kv) * s.total + j) * d..][..d];
+                            let kj = &keys[((b * s.kv_heads + kv) * s.kv_room + j) * d..][..d];
                             let dot: f64 =
                                 qi.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum();
                             let at = ((b * s.bias_heads + bias_head) * s.seq + i) * s.total + j;
@@ -424,7 +439,7 @@ mod tests {
                         out.push(
                             (0..s.total)
                                 .map(|j| {
-                                    let at = ((b * s.kv_heads + kv) * s.total + j) * d + dim;
+                                    let at = ((b * s.kv_heads + kv) * s.kv_room + j) * d + dim;
                                     weights[j] * values[at] as f64
                                 })
                                 .sum::<f64>()
@@ -473,17 +488,22 @@ mod tests {
             (1, 3, 1, 20, 53, 8, 3),
         ];
         for (batch, heads, kv_heads, seq, total, head_dim, bias_heads) in shapes {
-            let s = AttentionShape {
+            let mut s = AttentionShape {
                 batch,
                 heads,
                 kv_heads,
                 seq,
                 total,
+                kv_room: total,
                 head_dim,
                 bias_heads,
             };
+            // The decode step reads a cache with room for 9 more positions.
+            if seq == 1 {
+                s.kv_room = total + 9;
+            }
             let q = random(batch * heads * seq * head_dim, &mut rng);
-            let keys = random(batch * kv_heads * total * head_dim, &mut rng);
+            let keys = random(kv_values(s), &mut rng);
             let values = random(keys.len(), &mut rng);
             let mut bias = causal(s, 2);
             if bias_heads > 1 {
@@ -513,6 +533,7 @@ mod tests {
             kv_heads: 2,
             seq: 1,
             total: 1,
+            kv_room: 1,
             head_dim: 4,
             bias_heads: 1,
         };

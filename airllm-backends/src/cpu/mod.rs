@@ -13,8 +13,8 @@ pub mod rope;
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
 use airllm_core::{ComputeBackend, Error, HostTensor, Result, WeightLayout};
-use burn::backend::flex::{Flex, FlexDevice};
-use burn::tensor::{Tensor, TensorData};
+use burn::backend::flex::{Flex, FlexDevice, FlexTensor};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::Activations;
 
@@ -78,20 +78,31 @@ impl ComputeBackend<Flex> for CpuBackend {
     ) -> Result<Tensor<Flex, 4>> {
         let [batch, heads, seq, head_dim] = q.dims();
         let [_, kv_heads, total, _] = keys.dims();
+        let (mut key_view, key_room) = HostView::of_blocks(&keys, "keys")?;
+        let (mut value_view, value_room) = HostView::of_blocks(&values, "values")?;
+        if key_room != value_room {
+            key_view = HostView::copied(&keys, "keys")?;
+            value_view = HostView::copied(&values, "values")?;
+        }
         let shape = attention::AttentionShape {
             batch,
             heads,
             kv_heads,
             seq,
             total,
+            kv_room: if key_room == value_room {
+                key_room
+            } else {
+                total
+            },
             head_dim,
             bias_heads: bias.dims()[1],
         };
         let out = attention::attention(
-            &host_values(q, "queries")?,
-            &host_values(keys, "keys")?,
-            &host_values(values, "values")?,
-            &host_values(bias.clone(), "the attention bias")?,
+            HostView::of(&q, "queries")?.values(),
+            key_view.values(),
+            value_view.values(),
+            HostView::of(bias, "the attention bias")?.values(),
             shape,
             scale as f32,
         )?;
@@ -159,12 +170,82 @@ impl ComputeBackend<Flex> for CpuBackend {
         };
         let [batch, seq, _] = x.dims();
         let (outputs, _) = kernel::matrix_shape(w)?;
-        let input = host_values(x, "activations")?;
-        let product = kernel::linear(&input, batch * seq, w, self.activations)?;
+        let input = HostView::of(&x, "activations")?;
+        let product = kernel::linear(input.values(), batch * seq, w, self.activations)?;
         Ok(Tensor::from_data(
             TensorData::new(product, [batch, seq, outputs]),
             &self.device,
         ))
+    }
+}
+
+/// The values of a tensor in row-major order, read where they lie when the
+/// tensor is contiguous f32 (the KV cache's keys and values are shared with
+/// their slot, so `into_data` copied the whole cache twice per layer: once
+/// out of the shared buffer, once to realign it), copied otherwise.
+enum HostView {
+    /// `values` of a flex tensor's storage.
+    InPlace(FlexTensor, std::ops::Range<usize>),
+    /// A copy.
+    Copied(Vec<f32>),
+}
+
+impl HostView {
+    /// The values of `tensor` (`what` names it in errors).
+    fn of<const D: usize>(tensor: &Tensor<Flex, D>, what: &str) -> Result<Self> {
+        let flex = tensor.clone().into_primitive().tensor();
+        if flex.dtype() == DType::F32 && flex.is_contiguous() {
+            let start = flex.layout().start_offset();
+            let range = start..start + tensor.shape().num_elements();
+            if range.end <= flex.storage::<f32>().len() {
+                return Ok(HostView::InPlace(flex, range));
+            }
+        }
+        Self::copied(tensor, what)
+    }
+
+    /// A copy of the values of `tensor`.
+    fn copied<const D: usize>(tensor: &Tensor<Flex, D>, what: &str) -> Result<Self> {
+        Ok(HostView::Copied(host_values(tensor.clone(), what)?))
+    }
+
+    /// The values of `tensor: [batch, heads, positions, dim]` and the
+    /// positions from the start of one (sequence, head) block to the next:
+    /// read where they lie when each block is contiguous and the blocks lie
+    /// evenly apart (views of the KV cache's buffers, which have room for
+    /// more positions), copied (and `positions` apart) otherwise.
+    fn of_blocks(tensor: &Tensor<Flex, 4>, what: &str) -> Result<(Self, usize)> {
+        let [batch, heads, positions, dim] = tensor.dims();
+        let flex = tensor.clone().into_primitive().tensor();
+        let strides: Vec<usize> = flex
+            .layout()
+            .strides()
+            .iter()
+            .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
+            .collect();
+        let room = strides[1] / dim.max(1);
+        let even = strides[3] == 1
+            && strides[2] == dim
+            && strides[1] == room * dim
+            && room >= positions
+            && (batch == 1 || strides[0] == heads * strides[1]);
+        let blocks = batch * heads;
+        if flex.dtype() == DType::F32 && even && blocks > 0 {
+            let start = flex.layout().start_offset();
+            let range = start..start + ((blocks - 1) * room + positions) * dim;
+            if range.end <= flex.storage::<f32>().len() {
+                return Ok((HostView::InPlace(flex, range), room));
+            }
+        }
+        Ok((Self::copied(tensor, what)?, positions))
+    }
+
+    /// The values.
+    fn values(&self) -> &[f32] {
+        match self {
+            HostView::InPlace(flex, range) => &flex.storage::<f32>()[range.clone()],
+            HostView::Copied(values) => values,
+        }
     }
 }
 
