@@ -239,6 +239,19 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         Ok(rotate_halves(x, cos, sin))
     }
 
+    /// `buffer: [batch, heads, room, dim]` with positions `at..` replaced by
+    /// `new: [batch, heads, added, dim]` (the KV cache's write). The default
+    /// is burn's `slice_assign`.
+    fn write_positions(
+        &self,
+        buffer: Tensor<B, 4>,
+        at: usize,
+        new: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>> {
+        let [batch, heads, added, dim] = new.dims();
+        Ok(buffer.slice_assign([0..batch, 0..heads, at..at + added, 0..dim], new))
+    }
+
     /// Rows `ids` of an embedding table `[vocab, hidden]`: `[ids, hidden]`.
     fn embedding(&self, table: &DeviceTensor<B>, ids: &[u32]) -> Result<Tensor<B, 2>> {
         match table {

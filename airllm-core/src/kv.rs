@@ -6,6 +6,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::{ComputeBackend, Result};
+
 /// Positions added at once when a slot outgrows its room.
 const GROWTH: usize = 64;
 
@@ -40,27 +42,27 @@ impl<B: Backend> Entries<B> {
     }
 
     /// These entries in buffers of `room` positions.
-    fn moved(self, room: usize) -> Self {
+    fn moved(self, backend: &dyn ComputeBackend<B>, room: usize) -> Result<Self> {
         let len = self.len;
         let empty = Entries::empty(&self.keys, &self.values, room);
-        empty.write(self.keys.narrow(2, 0, len), self.values.narrow(2, 0, len))
+        let (keys, values) = (self.keys.narrow(2, 0, len), self.values.narrow(2, 0, len));
+        empty.write(backend, keys, values)
     }
 
     /// Writes `keys` and `values` after the positions written so far (which
     /// must leave room for them).
-    fn write(self, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> Self {
-        let [batch, heads, added, dim] = keys.dims();
-        let at = self.len..self.len + added;
-        let [_, _, _, value_dim] = values.dims();
-        Entries {
-            keys: self
-                .keys
-                .slice_assign([0..batch, 0..heads, at.clone(), 0..dim], keys),
-            values: self
-                .values
-                .slice_assign([0..batch, 0..heads, at, 0..value_dim], values),
+    fn write(
+        self,
+        backend: &dyn ComputeBackend<B>,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+    ) -> Result<Self> {
+        let added = keys.dims()[2];
+        Ok(Entries {
+            keys: backend.write_positions(self.keys, self.len, keys)?,
+            values: backend.write_positions(self.values, self.len, values)?,
             len: self.len + added,
-        }
+        })
     }
 
     /// Views of the positions written.
@@ -80,26 +82,28 @@ impl<B: Backend> KvSlot<B> {
         }
     }
 
-    /// Appends this pass's keys and values; returns the whole cached keys and
-    /// values to attend over (views of the slot's buffers).
+    /// Appends this pass's keys and values (written by `backend`); returns
+    /// the whole cached keys and values to attend over (views of the slot's
+    /// buffers).
     pub fn append(
         &mut self,
+        backend: &dyn ComputeBackend<B>,
         keys: Tensor<B, 4>,
         values: Tensor<B, 4>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
         let added = keys.dims()[2];
         let entries = match self.entries.take() {
             Some(entries) if entries.len + added <= entries.room() => entries,
             Some(entries) => {
                 let room = entries.len + added + GROWTH;
-                entries.moved(room)
+                entries.moved(backend, room)?
             }
             None => Entries::empty(&keys, &values, self.room.max(added)),
         };
-        let entries = entries.write(keys, values);
+        let entries = entries.write(backend, keys, values)?;
         let written = entries.written();
         self.entries = Some(entries);
-        written
+        Ok(written)
     }
 
     fn retain_rows(&mut self, rows: &Tensor<B, 1, Int>) {
@@ -148,6 +152,23 @@ mod tests {
     use super::*;
     use burn::backend::flex::{Flex, FlexDevice};
 
+    /// burn's ops for every backend op.
+    struct BurnOps;
+
+    impl ComputeBackend<Flex> for BurnOps {
+        fn device(&self) -> &FlexDevice {
+            &FlexDevice
+        }
+
+        fn name(&self) -> String {
+            "burn".into()
+        }
+
+        fn default_budget(&self) -> u64 {
+            0
+        }
+    }
+
     /// `[2, 1, count, 2]` values naming (sequence, position, dim) of the
     /// positions `start..start + count`.
     fn positions(start: usize, count: usize) -> Tensor<Flex, 4> {
@@ -170,7 +191,7 @@ mod tests {
         let mut total = 0;
         for added in [2, 1, 2, 1] {
             let new = positions(total, added);
-            let (keys, vals) = kv.slot(0).append(new.clone(), new * 2.0);
+            let (keys, vals) = kv.slot(0).append(&BurnOps, new.clone(), new * 2.0).unwrap();
             total += added;
             assert_eq!(keys.dims(), [2, 1, total, 2]);
             assert_eq!(values(keys.clone()), values(positions(0, total)));
@@ -178,7 +199,7 @@ mod tests {
         }
         kv.retain_rows(&[1], &FlexDevice);
         let second = positions(total, 1).narrow(0, 1, 1);
-        let (keys, _) = kv.slot(0).append(second.clone(), second);
+        let (keys, _) = kv.slot(0).append(&BurnOps, second.clone(), second).unwrap();
         assert_eq!(
             values(keys),
             values(positions(0, total + 1).narrow(0, 1, 1))

@@ -14,7 +14,7 @@ pub mod rope;
 use airllm_core::backend::{DeviceTensor, StagedTensor};
 use airllm_core::{ComputeBackend, Error, HostTensor, Result, WeightLayout};
 use burn::backend::flex::{Flex, FlexDevice, FlexTensor};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
 use crate::Activations;
 
@@ -162,6 +162,46 @@ impl ComputeBackend<Flex> for CpuBackend {
         ))
     }
 
+    /// In place where the buffer is f32, contiguous and held only here (the
+    /// KV cache's own buffer between steps); burn's `slice_assign` copies the
+    /// whole buffer on every write.
+    fn write_positions(
+        &self,
+        buffer: Tensor<Flex, 4>,
+        at: usize,
+        new: Tensor<Flex, 4>,
+    ) -> Result<Tensor<Flex, 4>> {
+        let [batch, heads, room, dim] = buffer.dims();
+        let [new_batch, new_heads, added, new_dim] = new.dims();
+        if [new_batch, new_heads, new_dim] != [batch, heads, dim] || at + added > room {
+            return Err(Error::Backend(format!(
+                "positions {at}..{} of shape {:?} do not fit a buffer {:?}",
+                at + added,
+                new.dims(),
+                buffer.dims()
+            )));
+        }
+        if added == 0 {
+            return Ok(buffer);
+        }
+        let mut flex = buffer.into_primitive().tensor();
+        let whole = flex.dtype() == DType::F32
+            && flex.is_contiguous()
+            && flex.layout().start_offset() == 0
+            && flex.bytes().len() == batch * heads * room * dim * 4;
+        if !(whole && flex.is_unique()) {
+            let buffer = Tensor::from_primitive(TensorPrimitive::Float(flex));
+            return Ok(buffer.slice_assign([0..batch, 0..heads, at..at + added, 0..dim], new));
+        }
+        let new = HostView::of(&new, "the positions written")?;
+        let storage = flex.storage_mut::<f32>();
+        for (block, rows) in new.values().chunks_exact(added * dim).enumerate() {
+            let start = (block * room + at) * dim;
+            storage[start..start + rows.len()].copy_from_slice(rows);
+        }
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(flex)))
+    }
+
     fn linear(&self, x: Tensor<Flex, 3>, w: &DeviceTensor<Flex>) -> Result<Tensor<Flex, 3>> {
         let DeviceTensor::Host(w) = w else {
             return Err(Error::Backend(
@@ -255,4 +295,44 @@ fn host_values<const D: usize>(tensor: Tensor<Flex, D>, what: &str) -> Result<Ve
         .into_data()
         .into_vec()
         .map_err(|e| Error::Backend(format!("reading {what}: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counting(shape: [usize; 4], from: f32) -> Tensor<Flex, 4> {
+        let count = shape.iter().product::<usize>();
+        let values: Vec<f32> = (0..count).map(|i| from + i as f32).collect();
+        Tensor::from_data(TensorData::new(values, shape), &FlexDevice)
+    }
+
+    fn values(t: Tensor<Flex, 4>) -> Vec<f32> {
+        t.into_data().into_vec().unwrap()
+    }
+
+    #[test]
+    fn positions_are_written_in_place_as_burn_writes_them() {
+        let backend = CpuBackend::default();
+        let new = counting([2, 3, 2, 4], 1000.0);
+        let want = counting([2, 3, 5, 4], 0.0).slice_assign([0..2, 0..3, 1..3, 0..4], new.clone());
+        let buffer = counting([2, 3, 5, 4], 0.0);
+        let address = buffer.clone().into_primitive().tensor().bytes().as_ptr();
+        let got = backend.write_positions(buffer, 1, new.clone()).unwrap();
+        assert_eq!(
+            got.clone().into_primitive().tensor().bytes().as_ptr(),
+            address
+        );
+        assert_eq!(values(got), values(want.clone()));
+        // A buffer still shared elsewhere is copied, not changed under its other holder.
+        let shared = counting([2, 3, 5, 4], 0.0);
+        let got = backend
+            .write_positions(shared.clone(), 1, new.clone())
+            .unwrap();
+        assert_eq!(values(got), values(want));
+        assert_eq!(values(shared), values(counting([2, 3, 5, 4], 0.0)));
+        assert!(backend
+            .write_positions(counting([2, 3, 5, 4], 0.0), 4, new)
+            .is_err());
+    }
 }

@@ -164,7 +164,7 @@ impl Attention {
             Some(rope) => (rope.apply(ctx.backend, q)?, rope.apply(ctx.backend, k)?),
             None => (q, k),
         };
-        let (keys, values) = ctx.kv.append(k, v);
+        let (keys, values) = ctx.kv.append(ctx.backend, k, v)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let out = ctx
             .backend
