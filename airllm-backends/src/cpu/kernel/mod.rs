@@ -41,10 +41,12 @@ pub const QUANTIZED_MAX_ROWS: usize = 1;
 
 /// Rows up to which the tile kernel multiplies, where the CPU runs it.
 /// Measured as [`QUANTIZED_MAX_ROWS`]: it is ahead of every other path from
-/// one row (f32, bf16) or four rows (block kinds) to 48, and level with the
-/// panels at 64 and 128 rows (Q4_1: 876 µs against 872 at 64 rows; bf16:
-/// 846 against 861), where its activation rows no longer stay in L1.
-pub const TILES_MAX_ROWS: usize = 64;
+/// one row (f32, bf16) or two (block kinds) to 48 (Q4_1: 656 µs against the
+/// panels' 752; bf16: 633 against 747) and level with the panels at 64 rows
+/// on `[576, 1536]`, where its activation rows no longer stay in L1; on
+/// `kernel_table -- table`'s `[8192, 2048]` the panels are ahead at 64 rows
+/// (14.4 ms against 16.6).
+pub const TILES_MAX_ROWS: usize = 48;
 
 /// Rows up to which f32 activations are dotted row by row rather than
 /// multiplied panel by panel, on CPUs without the tile kernel (bf16 rows
