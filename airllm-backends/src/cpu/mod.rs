@@ -78,23 +78,26 @@ impl ComputeBackend<Flex> for CpuBackend {
     ) -> Result<Tensor<Flex, 4>> {
         let [batch, heads, seq, head_dim] = q.dims();
         let [_, kv_heads, total, _] = keys.dims();
-        let (mut key_view, key_room) = HostView::of_blocks(&keys, "keys")?;
-        let (mut value_view, value_room) = HostView::of_blocks(&values, "values")?;
-        if key_room != value_room {
-            key_view = HostView::copied(&keys, "keys")?;
-            value_view = HostView::copied(&values, "values")?;
-        }
+        let (key_view, value_view, kv_room) = match (
+            HostView::of_blocks(&keys, "keys")?,
+            HostView::of_blocks(&values, "values")?,
+        ) {
+            ((keys, key_room), (values, value_room)) if key_room == value_room => {
+                (keys, values, key_room)
+            }
+            _ => (
+                HostView::copied(&keys, "keys")?,
+                HostView::copied(&values, "values")?,
+                total,
+            ),
+        };
         let shape = attention::AttentionShape {
             batch,
             heads,
             kv_heads,
             seq,
             total,
-            kv_room: if key_room == value_room {
-                key_room
-            } else {
-                total
-            },
+            kv_room,
             head_dim,
             bias_heads: bias.dims()[1],
         };
@@ -127,11 +130,8 @@ impl ComputeBackend<Flex> for CpuBackend {
             )));
         }
         let mut values = host_values(x, "activations")?;
-        norm::rms_norm(
-            &mut values,
-            &host_values(weight.clone(), "the norm scale")?,
-            eps as f32,
-        );
+        let weight = HostView::of(weight, "the norm scale")?;
+        norm::rms_norm(&mut values, weight.values(), eps as f32);
         Ok(Tensor::from_data(
             TensorData::new(values, dims),
             &self.device,
@@ -153,9 +153,9 @@ impl ComputeBackend<Flex> for CpuBackend {
             )));
         }
         let mut values = host_values(x, "queries or keys")?;
-        let cos = host_values(cos.clone(), "the rotary cos table")?;
-        let sin = host_values(sin.clone(), "the rotary sin table")?;
-        rope::rotate_halves(&mut values, [heads, seq, dim], &cos, &sin);
+        let cos = HostView::of(cos, "the rotary cos table")?;
+        let sin = HostView::of(sin, "the rotary sin table")?;
+        rope::rotate_halves(&mut values, [heads, seq, dim], cos.values(), sin.values());
         Ok(Tensor::from_data(
             TensorData::new(values, dims),
             &self.device,

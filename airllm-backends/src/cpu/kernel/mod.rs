@@ -154,6 +154,15 @@ pub fn linear_on(path: KernelPath, x: &[f32], rows: usize, w: &HostTensor) -> Re
     }
 }
 
+/// The values of an f32 matrix where they lie in its bytes (`None` for
+/// other encodings, or bytes not aligned for f32).
+fn f32_in_place(w: &HostTensor) -> Option<&[f32]> {
+    match w.kind {
+        StorageKind::Dense(DType::F32) => bytemuck::try_cast_slice(w.bytes.as_slice()).ok(),
+        _ => None,
+    }
+}
+
 /// Decodes values `start..start + out.len()` of `w` into `out` (whole
 /// blocks), at 512 bits for the block kinds where the CPU has AVX-512
 /// (`HostTensor::decode_range` has AVX2 for three kinds, scalar code for

@@ -4,10 +4,10 @@
 //! panel. Panels run in parallel; an f32 matrix whose bytes are aligned is
 //! multiplied where it lies.
 
-use airllm_core::{DType, HostTensor, Result, StorageKind};
+use airllm_core::{HostTensor, Result};
 use rayon::prelude::*;
 
-use super::{decode, Output};
+use super::{decode, f32_in_place, Output};
 
 /// Bytes of decoded weights one panel holds at most (fits in L2 with room
 /// for the activations' packed tiles).
@@ -35,10 +35,7 @@ pub fn product(
     let panel = panel_rows(outputs, columns);
     let mut product = vec![0.0f32; rows * outputs];
     let output = Output(product.as_mut_ptr());
-    let in_place: Option<&[f32]> = match w.kind {
-        StorageKind::Dense(DType::F32) => bytemuck::try_cast_slice(w.bytes.as_slice()).ok(),
-        _ => None,
-    };
+    let in_place = f32_in_place(w);
     (0..outputs.div_ceil(panel))
         .into_par_iter()
         .try_for_each_init(Vec::new, |buffer: &mut Vec<f32>, p| -> Result<()> {

@@ -10,9 +10,9 @@
 //! one vector per activation row, and issues one FMA per pair: with four
 //! weight rows and six activation rows (AVX-512), 10 loads feed 24 FMAs.
 
-use airllm_core::{DType, HostTensor, Result, StorageKind};
+use airllm_core::{HostTensor, Result};
 
-use super::{decode, over_output_tiles};
+use super::{decode, f32_in_place, over_output_tiles};
 
 /// Weight rows one micro-kernel call dots at once.
 pub const TILE_OUTPUTS: usize = 4;
@@ -37,10 +37,7 @@ pub fn product(
     #[cfg(target_arch = "x86_64")]
     {
         let kernel = x86::Kernel::widest()?;
-        let in_place: Option<&[f32]> = match w.kind {
-            StorageKind::Dense(DType::F32) => bytemuck::try_cast_slice(w.bytes.as_slice()).ok(),
-            _ => None,
-        };
+        let in_place = f32_in_place(w);
         Some(over_output_tiles(
             rows,
             outputs,
@@ -192,6 +189,9 @@ mod x86 {
         dots::<__m256, R>(x, w, columns, out, out_stride);
     }
 
+    /// Activation rows one micro-kernel call takes at most (AVX-512).
+    const MAX_ROWS: usize = 6;
+
     /// One micro-kernel: `R` activation rows against the tile's weight rows.
     type DotsFn = unsafe fn(*const f32, *const f32, usize, *mut f32, usize);
 
@@ -203,7 +203,7 @@ mod x86 {
         by_rows: &'static [DotsFn],
     }
 
-    const AVX512: [DotsFn; 6] = [
+    const AVX512: [DotsFn; MAX_ROWS] = [
         dots_avx512::<1>,
         dots_avx512::<2>,
         dots_avx512::<3>,
@@ -245,7 +245,7 @@ mod x86 {
             );
             let count = values.len() / rows;
             let most = self.by_rows.len();
-            let mut sums = [0.0f32; TILE_OUTPUTS * 6];
+            let mut sums = [0.0f32; TILE_OUTPUTS * MAX_ROWS];
             let mut first = 0;
             while first < rows {
                 let block = most.min(rows - first);
