@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p airllm-backends --example kernel_table -- table`:
 //! `x · wᵀ` for w `[8192, 2048]` (f32 and bf16) and x `[m, 2048]`, m = 1, 4,
-//! 16, 64, 512, in ms, beside burn flex's f32 matmul on the same shapes
+//! 16, 64, 512, in ms (f32 activations; `reduced_ms`: the default reduced
+//! precision, AMX where the CPU has it), beside burn flex's f32 matmul on the same shapes
 //! (numpy's figures come from `kernel_table_numpy.py`).
 //!
 //! `... -- crossover`: every path at 1 to 16 (and 24 to 512) rows on SmolLM2's MLP down projection
@@ -101,12 +102,15 @@ fn table() {
             let ours = time_ms(|| {
                 std::hint::black_box(linear(&x, m, &w, Activations::F32).unwrap());
             });
+            let reduced = time_ms(|| {
+                std::hint::black_box(linear(&x, m, &w, Activations::Reduced).unwrap());
+            });
             let xt = Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [m, k]), &device);
             let flex = time_ms(|| {
                 std::hint::black_box(xt.clone().matmul(wt.clone()).into_data());
             });
             println!(
-                "{{\"weights\":\"{label}\",\"m\":{m},\"k\":{k},\"n\":{n},\"kernel_ms\":{ours:.3},\"flex_f32_matmul_ms\":{flex:.3}}}"
+                "{{\"weights\":\"{label}\",\"m\":{m},\"k\":{k},\"n\":{n},\"kernel_ms\":{ours:.3},\"reduced_ms\":{reduced:.3},\"flex_f32_matmul_ms\":{flex:.3}}}"
             );
         }
     }
@@ -135,6 +139,7 @@ fn crossover() {
                 KernelPath::FloatRows,
                 KernelPath::Panel,
                 KernelPath::Tiles,
+                KernelPath::Amx,
             ] {
                 if path == KernelPath::Quantized && matches!(kind, StorageKind::Dense(_)) {
                     continue;

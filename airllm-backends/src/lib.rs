@@ -108,18 +108,21 @@ impl<B: Backend> ComputeBackend<B> for BurnBackend<B> {
     }
 }
 
-/// How activations meet block-quantized weights in the cpu backend's
-/// linear op (float weights always see f32 activations).
+/// How precisely the cpu backend's linear op multiplies activations with
+/// weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Activations {
-    /// For one row (decoding), quantized to 16-bit integers per
-    /// group of 32 values and dotted with the weights' blocks in integers;
-    /// the default. Steps are 256 times finer than llama.cpp's 8-bit
-    /// activations, which change the answers of real models.
+    /// Rounded where that is faster, each product within llama.cpp's bound
+    /// for quantized products (normalized MSE 5e-4); the default. One row
+    /// (decoding) against block-quantized weights is quantized to 16-bit
+    /// integers per group of 32 values and dotted with the blocks in
+    /// integers (steps 256 times finer than llama.cpp's 8-bit activations,
+    /// which change the answers of real models). Two or more rows, on CPUs
+    /// with AMX, are rounded to bf16 with the weights and multiplied by the
+    /// tile units.
     #[default]
-    Int16,
-    /// f32 everywhere: slower decoding of quantized models, logits closest
-    /// to the reference.
+    Reduced,
+    /// f32 everywhere: slower, logits closest to the reference.
     F32,
 }
 
@@ -128,10 +131,10 @@ impl FromStr for Activations {
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
-            "int16" => Ok(Activations::Int16),
+            "reduced" => Ok(Activations::Reduced),
             "f32" => Ok(Activations::F32),
             _ => Err(format!(
-                "unknown activation precision `{s}`; use int16 or f32"
+                "unknown activation precision `{s}`; use reduced or f32"
             )),
         }
     }
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn parses_activation_precisions() {
-        assert_eq!("INT16".parse(), Ok(Activations::Int16));
+        assert_eq!("Reduced".parse(), Ok(Activations::Reduced));
         assert_eq!("f32".parse(), Ok(Activations::F32));
         assert!("q8".parse::<Activations>().is_err());
     }

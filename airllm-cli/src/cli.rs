@@ -55,10 +55,11 @@ pub struct EngineArgs {
     /// (default: the physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Activations for block-quantized (GGUF) weights on the cpu: int16
-    /// dots them with the blocks in integers when decoding (fast), f32
-    /// keeps them in floats.
-    #[arg(long, default_value = "int16")]
+    /// Precision of the cpu's matrix products: reduced rounds activations
+    /// where that is faster within llama.cpp's error bound (16-bit integers
+    /// against GGUF blocks when decoding, bf16 on AMX for batches and
+    /// prompts); f32 keeps them in floats.
+    #[arg(long, default_value = "reduced")]
     pub activations: Activations,
     /// Memory budget (e.g. 64MiB, 2GiB); default: 80% of available RAM.
     #[arg(long)]

@@ -12,10 +12,12 @@ use burn::tensor::backend::Backend;
 
 const NEW_TOKENS: usize = 24;
 
-/// Every prompt's logits and greedy continuation, resident.
+/// Every prompt's logits and greedy continuation, resident, the prompts
+/// run `chunk` rows at a time.
 struct Outputs {
     model: PathBuf,
     prompts: Vec<Vec<u32>>,
+    chunk: usize,
 }
 
 type PromptOutputs = Vec<(Vec<Vec<f32>>, Vec<u32>)>;
@@ -26,7 +28,7 @@ impl BackendJob for Outputs {
     fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<PromptOutputs> {
         let shape = BatchShape {
             batch: 1,
-            chunk: 5,
+            chunk: self.chunk,
             context: 30 + NEW_TOKENS,
         };
         let mut engine = engine(&self.model, backend, Budget::Resident, 1, shape)?;
@@ -37,7 +39,7 @@ impl BackendJob for Outputs {
         };
         let mut outputs = Vec::new();
         for ids in &self.prompts {
-            let logits = engine.prompt_logits(ids, 5)?;
+            let logits = engine.prompt_logits(ids, self.chunk)?;
             let answer = engine.generate(std::slice::from_ref(ids), &config, &mut |_, _| {
                 TokenControl::Continue
             })?;
@@ -48,10 +50,15 @@ impl BackendJob for Outputs {
 }
 
 fn outputs(name: &str, options: DeviceOptions) -> PromptOutputs {
+    outputs_in_chunks(name, options, 5)
+}
+
+fn outputs_in_chunks(name: &str, options: DeviceOptions, chunk: usize) -> PromptOutputs {
     let prompts = reference(name).prompts.into_iter().map(|r| r.ids).collect();
     let job = Outputs {
         model: fixture(name),
         prompts,
+        chunk,
     };
     dispatch(DeviceChoice::Cpu, options, job).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
@@ -66,28 +73,47 @@ const INTEGER_LOGIT_TOLERANCE: f32 = 10.0 * LOGIT_TOLERANCE;
 #[test]
 fn integer_activations_keep_every_fixtures_logits_and_greedy_tokens() {
     let options = DeviceOptions {
-        activations: Activations::Int16,
+        activations: Activations::Reduced,
         ..EXACT
     };
     for name in FIXTURES {
-        let reference = reference(name);
-        for (record, (logits, greedy)) in reference.prompts.iter().zip(outputs(name, options)) {
-            for (ours, theirs) in logits.iter().zip(&record.logits) {
-                let diff = max_abs_diff(ours, theirs);
-                assert!(
-                    diff <= INTEGER_LOGIT_TOLERANCE,
-                    "{name}: logits differ by {diff}"
-                );
-            }
-            assert_eq!(greedy, record.greedy, "{name}: greedy tokens");
-        }
+        assert_close_to_reference(name, outputs(name, options));
     }
+}
+
+/// Each prompt's logits within [`INTEGER_LOGIT_TOLERANCE`] of the
+/// reference's, and its greedy tokens the same.
+fn assert_close_to_reference(name: &str, outputs: PromptOutputs) {
+    let reference = reference(name);
+    for (record, (logits, greedy)) in reference.prompts.iter().zip(outputs) {
+        for (ours, theirs) in logits.iter().zip(&record.logits) {
+            let diff = max_abs_diff(ours, theirs);
+            assert!(
+                diff <= INTEGER_LOGIT_TOLERANCE,
+                "{name}: logits differ by {diff}"
+            );
+        }
+        assert_eq!(greedy, record.greedy, "{name}: greedy tokens");
+    }
+}
+
+/// Whole prompts in one pass: 18 and 30 rows against bf16 weights take
+/// the AMX path where the CPU has it (bf16 tile products on the
+/// activations' high and low parts), and keep the logits and greedy tokens.
+#[test]
+fn reduced_precision_whole_prompts_keep_a_bf16_fixtures_logits_and_greedy_tokens() {
+    let options = DeviceOptions {
+        activations: Activations::Reduced,
+        ..EXACT
+    };
+    let name = "llama-tied-bf16";
+    assert_close_to_reference(name, outputs_in_chunks(name, options, 30));
 }
 
 #[test]
 fn one_and_two_threads_give_the_same_logits_and_tokens() {
     for name in ["llama-gqa", "llama-mixed.gguf", "qwen3-moe"] {
-        for activations in [Activations::F32, Activations::Int16] {
+        for activations in [Activations::F32, Activations::Reduced] {
             let run = |threads| {
                 let options = DeviceOptions {
                     threads: Some(threads),

@@ -1,11 +1,14 @@
 //! The cpu backend's matrix product `x · wᵀ`, for activation rows in f32
 //! and a weight matrix in its stored encoding (f32, bf16, f16 or a GGUF
-//! block kind); no widened copy of the matrix is ever made. Four paths,
-//! chosen by the number of activation rows ([`path`]):
+//! block kind); no widened copy of the matrix is ever made. Five paths,
+//! chosen by the number of activation rows and the activations' precision
+//! ([`path`]):
 //!
-//! - block-quantized weights with [`Activations::Int16`] and up to
+//! - block-quantized weights with [`Activations::Reduced`] and up to
 //!   [`QUANTIZED_MAX_ROWS`] rows: the rows are quantized to 16-bit groups
 //!   and dotted with the weights in integers, block by block ([`quantized`]);
+//! - more rows with [`Activations::Reduced`] on CPUs with AMX: activations
+//!   and weights rounded to bf16 and multiplied by the tile units ([`amx`]);
 //! - up to [`TILES_MAX_ROWS`] rows: tiles of four weight rows are decoded
 //!   into L1 and dotted with several activation rows at once by a
 //!   register-blocked kernel ([`tiles`]; AVX-512 or AVX2);
@@ -17,6 +20,7 @@
 //! The work is spread over the current rayon pool by output columns.
 
 mod activations;
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod float_rows;
@@ -38,6 +42,18 @@ use crate::Activations;
 /// tiles are ahead (Q4_1: 69 against 91; Q4_K: 89 against 98) or level
 /// (Q8_0: 61 against 59).
 pub const QUANTIZED_MAX_ROWS: usize = 1;
+
+/// Rows from which [`Activations::Reduced`] takes the AMX path for bf16
+/// weights, where the CPU has it. Measured on `[576, 1536]` as
+/// [`QUANTIZED_MAX_ROWS`]: AMX (two tile products per weight tile: the
+/// activations' high and low bf16 parts) is level with the tiles at 12–16
+/// rows and ahead beyond (16 rows: 184 µs against 203; 32: 250 against
+/// 366; 512: 2.2 ms against the panels' 4.1). Other encodings take three
+/// tile products (the weights are split too) and pass the tiles only at
+/// 48–64 rows, so they take AMX where the panels would
+/// ([`TILES_MAX_ROWS`]; Q4_1 at 64 rows: 625 µs against 851 and 890; at
+/// 128: 987 against 1401).
+pub const AMX_MIN_ROWS_BF16: usize = 16;
 
 /// Rows up to which the tile kernel multiplies, where the CPU runs it.
 /// Measured as [`QUANTIZED_MAX_ROWS`]: it is ahead of every other path from
@@ -97,20 +113,37 @@ pub enum KernelPath {
     /// Decoded tiles of weight rows through the register-blocked dot kernel
     /// (the panels on CPUs without AVX2).
     Tiles,
+    /// bf16 tiles through the AMX units (where the CPU lacks them or the
+    /// columns are not a multiple of 32, the path f32 activations take).
+    Amx,
 }
 
 /// The path [`linear`] takes for `rows` activation rows and weights of `kind`.
 pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelPath {
     match kind {
         StorageKind::Block(_)
-            if activations == Activations::Int16 && rows <= QUANTIZED_MAX_ROWS =>
+            if activations == Activations::Reduced && rows <= QUANTIZED_MAX_ROWS =>
         {
             KernelPath::Quantized
+        }
+        _ if activations == Activations::Reduced
+            && rows >= amx_min_rows(kind)
+            && amx::available() =>
+        {
+            KernelPath::Amx
         }
         _ if rows <= TILES_MAX_ROWS && tiles::available() => KernelPath::Tiles,
         StorageKind::Dense(DType::F32) if rows <= F32_GEMM_MAX_ROWS => KernelPath::Panel,
         _ if rows <= FLOAT_MAX_ROWS => KernelPath::FloatRows,
         _ => KernelPath::Panel,
+    }
+}
+
+/// Rows from which reduced precision takes the AMX path for `kind`.
+fn amx_min_rows(kind: StorageKind) -> usize {
+    match kind {
+        StorageKind::Dense(DType::BF16) => AMX_MIN_ROWS_BF16,
+        _ => TILES_MAX_ROWS + 1,
     }
 }
 
@@ -150,6 +183,8 @@ pub fn linear_on(path: KernelPath, x: &[f32], rows: usize, w: &HostTensor) -> Re
         (KernelPath::Panel, _) => panel::product(x, rows, w, outputs, columns),
         (KernelPath::Tiles, _) => tiles::product(x, rows, w, outputs, columns)
             .unwrap_or_else(|| panel::product(x, rows, w, outputs, columns)),
+        (KernelPath::Amx, _) => amx::product(x, rows, w, outputs, columns)
+            .unwrap_or_else(|| linear_on(self::path(w.kind, rows, Activations::F32), x, rows, w)),
         _ => float_rows::product(x, rows, w, outputs, columns),
     }
 }
@@ -413,16 +448,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// Reduced precision on every path that rounds (the integer path, AMX
+    /// where the CPU has it) and on the path chosen; float matrices also
+    /// with 96 columns, which AMX takes (100 is not a multiple of 32).
     #[test]
     fn quantized_activations_stay_within_the_normalized_error_bound() {
-        for (kind, columns) in kinds() {
+        let dense_whole_chunks =
+            [DType::F32, DType::BF16, DType::F16].map(|d| (StorageKind::Dense(d), 96));
+        for (kind, columns) in kinds().into_iter().chain(dense_whole_chunks) {
             let w = random_matrix(kind, OUTPUTS, columns, 11);
             for rows in ROWS {
                 let x = random_rows(rows, columns, 100 + rows as u64);
                 let (want, _) = reference(&x, rows, &w);
-                let chosen = linear(&x, rows, &w, Activations::Int16).unwrap();
+                let chosen = linear(&x, rows, &w, Activations::Reduced).unwrap();
                 let integer = linear_on(KernelPath::Quantized, &x, rows, &w).unwrap();
-                for (name, got) in [("chosen", chosen), ("integer", integer)] {
+                let amx = linear_on(KernelPath::Amx, &x, rows, &w).unwrap();
+                for (name, got) in [("chosen", chosen), ("integer", integer), ("amx", amx)] {
                     let error: f64 = got
                         .iter()
                         .zip(&want)
@@ -500,7 +541,7 @@ pub(crate) mod tests {
     fn a_matrix_shorter_than_its_shape_is_an_error() {
         let mut w = random_matrix(StorageKind::Block(BlockKind::Q4_0), 4, 64, 1);
         w.shape = vec![5, 64];
-        let error = linear(&[0.0; 64], 1, &w, Activations::Int16).unwrap_err();
+        let error = linear(&[0.0; 64], 1, &w, Activations::Reduced).unwrap_err();
         assert!(error.to_string().contains("`w`"), "{error}");
     }
 }
