@@ -226,6 +226,12 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         Ok(rms_norm(x, weight, eps))
     }
 
+    /// The gated MLP's activation, `silu(gate) · up`, for `gate` and `up`
+    /// of one shape. The default is burn's ops.
+    fn gated_silu(&self, gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
+        Ok(burn::tensor::activation::silu(gate) * up)
+    }
+
     /// Rotary positions in the "halves" layout: `x · cos + rotate(x) · sin`
     /// for `x: [batch, heads, seq, dim]` and tables `[batch, 1, seq, dim]`,
     /// where `rotate(x)` is `(-x₂, x₁)` of the two halves of each row. The

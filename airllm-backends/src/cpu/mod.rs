@@ -1,14 +1,16 @@
 //! The CPU backend: burn's flex for everything but the linear op, which reads
 //! matrices straight from their memory-mapped encoding (f32, bf16, f16 or
 //! GGUF's quantized blocks) in [`kernel`], attention, computed chunk by
-//! chunk with an online softmax in [`attention`], RMSNorm ([`norm`]) and
-//! rotary positions ([`rope`]). Nothing is copied or widened on
+//! chunk with an online softmax in [`attention`], RMSNorm ([`norm`]),
+//! the gated MLP's activation ([`elementwise`]) and rotary positions
+//! ([`rope`]). Nothing is copied or widened on
 //! upload, and a bf16 model moves half the bytes through memory per token
 //! that an f32 copy would (a Q4_1 model a sixth).
 
 pub mod attention;
+mod elementwise;
 pub mod kernel;
-pub mod norm;
+mod norm;
 pub mod rope;
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
@@ -132,6 +134,23 @@ impl ComputeBackend<Flex> for CpuBackend {
         let mut values = host_values(x, "activations")?;
         let weight = HostView::of(weight, "the norm scale")?;
         norm::rms_norm(&mut values, weight.values(), eps as f32);
+        Ok(Tensor::from_data(
+            TensorData::new(values, dims),
+            &self.device,
+        ))
+    }
+
+    fn gated_silu(&self, gate: Tensor<Flex, 3>, up: Tensor<Flex, 3>) -> Result<Tensor<Flex, 3>> {
+        let dims = gate.dims();
+        if up.dims() != dims {
+            return Err(Error::Backend(format!(
+                "an MLP gate of shape {dims:?} and an up projection of shape {:?}",
+                up.dims()
+            )));
+        }
+        let mut values = host_values(gate, "the MLP gate")?;
+        let up = HostView::of(&up, "the MLP up projection")?;
+        elementwise::gated_silu(&mut values, up.values());
         Ok(Tensor::from_data(
             TensorData::new(values, dims),
             &self.device,

@@ -3,7 +3,6 @@
 
 use airllm_core::store::TensorSpec;
 use airllm_core::{ComputeBackend, DeviceUnit, Result};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -70,6 +69,7 @@ impl GatedMlp {
                 )
             }
         };
-        self.down.forward(unit, backend, silu(gate) * up)
+        let activated = backend.gated_silu(gate, up)?;
+        self.down.forward(unit, backend, activated)
     }
 }
