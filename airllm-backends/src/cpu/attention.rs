@@ -307,7 +307,11 @@ fn run_with(
             for (score, (dot, b)) in scores.iter_mut().zip(dots.iter().zip(row_bias)) {
                 *score = dot * task.scale + b;
             }
-            let chunk_max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            // `>` rather than `f32::max` (which orders NaNs) so the
+            // maximum vectorizes.
+            let chunk_max = scores
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
             let max = row.max.max(chunk_max);
             let rescale = exp(row.max - max);
             let mut weights = [0.0f32; KEYS];
@@ -315,7 +319,7 @@ fn run_with(
                 *weight = exp(score - max);
             }
             weights[width..].fill(0.0);
-            row.sum = row.sum * rescale + weights.iter().sum::<f32>();
+            row.sum = row.sum * rescale + lane_sum(&weights);
             row.max = max;
             add_weighted(
                 &mut out[r * d..(r + 1) * d],
@@ -332,6 +336,21 @@ fn run_with(
         }
     }
     out
+}
+
+/// The sum of a chunk's weights, in a tree (a running sum would add them
+/// one after another).
+#[inline(always)]
+fn lane_sum(weights: &[f32; KEYS]) -> f32 {
+    let mut half = [0.0f32; KEYS / 2];
+    for (h, pair) in half.iter_mut().zip(weights.chunks_exact(2)) {
+        *h = pair[0] + pair[1];
+    }
+    let mut quarter = [0.0f32; KEYS / 4];
+    for (q, pair) in quarter.iter_mut().zip(half.chunks_exact(2)) {
+        *q = pair[0] + pair[1];
+    }
+    (quarter[0] + quarter[1]) + (quarter[2] + quarter[3])
 }
 
 /// `acc = acc · rescale + Σⱼ weights[j] · values[j]` for the chunk's value
