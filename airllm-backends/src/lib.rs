@@ -117,9 +117,9 @@ pub enum Activations {
     /// (decoding) against block-quantized weights is quantized to 16-bit
     /// integers per group of 32 values and dotted with the blocks in
     /// integers (steps 256 times finer than llama.cpp's 8-bit activations,
-    /// which change the answers of real models). Two or more rows, on CPUs
-    /// with AMX, are rounded to bf16 with the weights and multiplied by the
-    /// tile units.
+    /// which change the answers of real models). Batches and prompts, on
+    /// CPUs with AMX, are split into high and low bf16 parts (with weights
+    /// that are not bf16) and multiplied by the tile units.
     #[default]
     Reduced,
     /// f32 everywhere: slower, logits closest to the reference.

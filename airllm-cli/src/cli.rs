@@ -57,8 +57,8 @@ pub struct EngineArgs {
     pub threads: Option<usize>,
     /// Precision of the cpu's matrix products: reduced rounds activations
     /// where that is faster within llama.cpp's error bound (16-bit integers
-    /// against GGUF blocks when decoding, bf16 on AMX for batches and
-    /// prompts); f32 keeps them in floats.
+    /// against GGUF blocks when decoding, pairs of bf16 parts on AMX for
+    /// batches and prompts); f32 keeps them in floats.
     #[arg(long, default_value = "reduced")]
     pub activations: Activations,
     /// Memory budget (e.g. 64MiB, 2GiB); default: 80% of available RAM.

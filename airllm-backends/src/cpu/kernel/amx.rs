@@ -261,27 +261,28 @@ mod x86 {
         packed
             .par_chunks_mut(chunks * 2 * TILE_PAIRS)
             .enumerate()
-            .for_each(|(block, tiles)| {
-                let first = block * TILE;
-                let mut high = vec![0u32; columns / 2];
-                let mut low = vec![0u32; columns / 2];
-                for r in first..first + TILE {
-                    if r < rows {
-                        let row = &x[r * columns..(r + 1) * columns];
-                        split_bf16(
-                            row,
-                            bytemuck::cast_slice_mut(&mut high),
-                            bytemuck::cast_slice_mut(&mut low),
-                        );
-                    } else {
-                        high.fill(0);
-                        low.fill(0);
+            .for_each_init(
+                || (vec![0u32; columns / 2], vec![0u32; columns / 2]),
+                |(high, low), (block, tiles)| {
+                    let first = block * TILE;
+                    for r in first..first + TILE {
+                        if r < rows {
+                            let row = &x[r * columns..(r + 1) * columns];
+                            split_bf16(
+                                row,
+                                bytemuck::cast_slice_mut(high),
+                                bytemuck::cast_slice_mut(low),
+                            );
+                        } else {
+                            high.fill(0);
+                            low.fill(0);
+                        }
+                        // SAFETY: AVX-512 (`permitted`); `tiles` holds the
+                        // block's `2 · chunks` tiles, `high` and `low` a row.
+                        unsafe { scatter_pairs(high, low, tiles[r - first..].as_mut_ptr()) };
                     }
-                    // SAFETY: AVX-512 (`permitted`); `tiles` holds the
-                    // block's `2 · chunks` tiles, `high` and `low` a row.
-                    unsafe { scatter_pairs(&high, &low, tiles[r - first..].as_mut_ptr()) };
-                }
-            });
+                },
+            );
     }
 
     /// Writes a row's column pairs (`high`, `low`: 16 per chunk) into
@@ -319,9 +320,6 @@ mod x86 {
     struct WeightBuffer {
         /// One row in f32, as decoded.
         row: Vec<f32>,
-        /// That row's high and low bf16 parts.
-        row_high: Vec<u16>,
-        row_low: Vec<u16>,
         /// The panel's rows, high bf16 parts.
         high: Vec<u16>,
         /// The panel's rows, low bf16 parts.
@@ -363,14 +361,14 @@ mod x86 {
             }
         } else {
             buffer.row.resize(columns, 0.0);
-            buffer.row_high.resize(columns, 0);
-            buffer.row_low.resize(columns, 0);
             buffer.low.resize(padded, 0);
             for o in 0..count {
                 decode(w, (first + o) * columns, &mut buffer.row)?;
-                split_bf16(&buffer.row, &mut buffer.row_high, &mut buffer.row_low);
-                place_row(&buffer.row_high, o, &mut buffer.high);
-                place_row(&buffer.row_low, o, &mut buffer.low);
+                let places = tile_rows(o, columns).zip(buffer.row.chunks_exact(CHUNK));
+                for (at, values) in places {
+                    let (high, low) = (&mut buffer.high[at..], &mut buffer.low[at..]);
+                    split_bf16(values, &mut high[..CHUNK], &mut low[..CHUNK]);
+                }
             }
         }
         let zero_rows = |tiles: &mut [u16]| {
@@ -401,6 +399,29 @@ mod x86 {
     fn place_row(row: &[u16], o: usize, tiles: &mut [u16]) {
         for (at, values) in tile_rows(o, row.len()).zip(row.chunks_exact(CHUNK)) {
             tiles[at..at + CHUNK].copy_from_slice(values);
+        }
+    }
+
+    /// Adds each kernel call's two partial sums and writes them, transposed,
+    /// where outputs `group..` and rows `rows_here` lie in the `[rows,
+    /// outputs]` product.
+    fn write_sums(
+        sums: &Sums,
+        group: usize,
+        rows_here: std::ops::Range<usize>,
+        outputs: usize,
+        output: Output,
+    ) {
+        for (half, [even, odd]) in sums.0.iter().enumerate() {
+            let outputs_here = (group + half * TILE)..outputs.min(group + (half + 1) * TILE);
+            for (i, o) in outputs_here.enumerate() {
+                for (j, r) in rows_here.clone().enumerate() {
+                    let value = even[i * TILE + j] + odd[i * TILE + j];
+                    // SAFETY: the caller's rows and `o < outputs` lie in the
+                    // product; only the caller's task writes these outputs.
+                    unsafe { *output.at(r * outputs + o) = value };
+                }
+            }
         }
     }
 
@@ -466,19 +487,7 @@ mod x86 {
                                 let low = low.map_or(std::ptr::null(), |low| low[at..].as_ptr());
                                 group_by_block(high[at..].as_ptr(), low, b, chunks, &mut sums)
                             }
-                            for (half, [even, odd]) in sums.0.iter().enumerate() {
-                                let outputs_here =
-                                    (group + half * TILE)..outputs.min(group + (half + 1) * TILE);
-                                for (i, o) in outputs_here.enumerate() {
-                                    for (j, r) in rows_here.clone().enumerate() {
-                                        let value = even[i * TILE + j] + odd[i * TILE + j];
-                                        // SAFETY: `r < rows`, `o < outputs`;
-                                        // only this task writes its panel's
-                                        // outputs.
-                                        unsafe { *output.at(r * outputs + o) = value };
-                                    }
-                                }
-                            }
+                            write_sums(&sums, group, rows_here.clone(), outputs, output);
                         }
                     }
                     Ok(())

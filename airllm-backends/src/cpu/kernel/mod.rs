@@ -7,8 +7,10 @@
 //! - block-quantized weights with [`Activations::Reduced`] and up to
 //!   [`QUANTIZED_MAX_ROWS`] rows: the rows are quantized to 16-bit groups
 //!   and dotted with the weights in integers, block by block ([`quantized`]);
-//! - more rows with [`Activations::Reduced`] on CPUs with AMX: activations
-//!   and weights rounded to bf16 and multiplied by the tile units ([`amx`]);
+//! - from [`AMX_MIN_ROWS_BF16`] rows (bf16 weights) or past
+//!   [`TILES_MAX_ROWS`] (other encodings) with [`Activations::Reduced`] on
+//!   CPUs with AMX: activations, and weights that are not bf16, split into
+//!   high and low bf16 parts and multiplied by the tile units ([`amx`]);
 //! - up to [`TILES_MAX_ROWS`] rows: tiles of four weight rows are decoded
 //!   into L1 and dotted with several activation rows at once by a
 //!   register-blocked kernel ([`tiles`]; AVX-512 or AVX2);
