@@ -97,17 +97,19 @@ fn assert_close_to_reference(name: &str, outputs: PromptOutputs) {
     }
 }
 
-/// Whole prompts in one pass: 18 and 30 rows against bf16 weights take
-/// the AMX path where the CPU has it (bf16 tile products on the
-/// activations' high and low parts), and keep the logits and greedy tokens.
+/// Whole prompts in one pass: 18 and 30 rows against bf16 weights, and 30
+/// against the GGUF fixtures' block kinds, take the AMX path where the CPU
+/// has it (bf16 tile products on the activations' high and low parts, the
+/// block kinds as integer codes), and keep the logits and greedy tokens.
 #[test]
-fn reduced_precision_whole_prompts_keep_a_bf16_fixtures_logits_and_greedy_tokens() {
+fn reduced_precision_whole_prompts_keep_logits_and_greedy_tokens() {
     let options = DeviceOptions {
         activations: Activations::Reduced,
         ..EXACT
     };
-    let name = "llama-tied-bf16";
-    assert_close_to_reference(name, outputs_in_chunks(name, options, 30));
+    for name in ["llama-tied-bf16", "llama-mixed.gguf", "qwen2-mixed.gguf"] {
+        assert_close_to_reference(name, outputs_in_chunks(name, options, 30));
+    }
 }
 
 #[test]

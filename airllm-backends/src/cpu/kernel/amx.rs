@@ -6,21 +6,37 @@
 //!
 //! bf16 alone (8 significant bits) changed the greedy tokens of most test
 //! fixtures, so each activation is split into a high bf16 part and a low
-//! one (the rounded rest), and so is each weight that is not bf16 already:
+//! one (the rounded rest), and so is each f32 or f16 weight:
 //! `w·x ≈ w_high·x_high + w_high·x_low + w_low·x_high`, within about 2⁻¹⁶
-//! of each term, two or three tile products where one would do.
+//! of each term, two or three tile products where one would do. Block
+//! kinds whose groups of 32 weights share one scale and minimum (all but
+//! Q6_K) need no split: their integer codes are exact in bf16, so each
+//! group of 32 columns is its own pair of tile products (`codes · x_high +
+//! codes · x_low`), scaled in f32 per weight row and group, plus the
+//! minimum times the activations' sum over the group ([`codes_panel`]).
 //!
 //! The weights are the left operand: a panel of weight rows (decoded or
-//! copied) is laid out tile by tile, 16 rows of 32 columns each. The
+//! copied; for block kinds, 256 columns of 32 rows at a time, decoded into
+//! L1 just before their products) is laid out tile by tile, 16 rows of 32
+//! columns each. The
 //! activations are packed once per product into the right operand's pair
 //! layout (row `p` of a tile holds columns `2p, 2p + 1` of 16 activation
 //! rows). Each result tile is `[16 outputs, 16 rows]`, written transposed
 //! into the `[rows, outputs]` product.
 
-use airllm_core::{HostTensor, Result};
+use airllm_core::{BlockKind, HostTensor, Result, StorageKind};
 
 /// Columns one tile row holds (64 bytes of bf16).
 pub const CHUNK: usize = 32;
+
+/// Rows of activations one tile product takes (a block; fewer are padded).
+pub const BLOCK_ROWS: usize = 16;
+
+/// Whether weights of `kind` are multiplied as integer codes: the block
+/// kinds whose groups of 32 weights share one scale (all but Q6_K).
+pub fn takes_codes(kind: StorageKind) -> bool {
+    matches!(kind, StorageKind::Block(block) if block != BlockKind::Q6_K)
+}
 
 /// Whether this CPU has AMX bf16 and the OS lets this process use it.
 pub fn available() -> bool {
@@ -58,15 +74,16 @@ mod x86 {
     use std::cell::RefCell;
     use std::sync::OnceLock;
 
-    use airllm_core::{DType, HostTensor, Result, StorageKind};
+    use airllm_core::{BlockKind, DType, HostTensor, Result, StorageKind};
     use rayon::prelude::*;
 
-    use super::super::{decode, Output};
+    use super::super::avx2::{AffineCodes, Strides};
+    use super::super::{decode, prefetch, Output};
     use super::CHUNK;
 
     /// Rows of a tile (activation rows of a right tile, weight rows of a
     /// left one).
-    const TILE: usize = 16;
+    const TILE: usize = super::BLOCK_ROWS;
 
     /// Weight rows one kernel call multiplies: two left tiles.
     const GROUP: usize = 2 * TILE;
@@ -203,6 +220,118 @@ mod x86 {
         );
     }
 
+    /// Two result tiles of each of two chunks in flight, as the codes
+    /// kernel stores them to scale them.
+    #[repr(C, align(64))]
+    struct Staged([[f32; TILE * TILE]; 4]);
+
+    /// One chunk's tile products for [`codes_by_block`]: `codes` (the
+    /// group's two tiles) times the high and the low activation tile at
+    /// `b`, into result tiles tmm0–1 (`slot` 0) or tmm2–3 (`slot` 1), stored
+    /// to `staged`'s tiles `2 · slot` and `2 · slot + 1`.
+    ///
+    /// # Safety
+    /// As [`codes_by_block`]; `codes` and `b` hold 2 KiB each.
+    #[inline(always)]
+    unsafe fn chunk_products(codes: *const u16, b: *const u32, slot: usize, staged: *mut f32) {
+        let c = staged.add(slot * 2 * TILE * TILE);
+        macro_rules! products {
+            ($r0:literal, $r1:literal) => {
+                asm!(
+                    concat!("tilezero ", $r0),
+                    concat!("tilezero ", $r1),
+                    "tileloadd tmm6, [{b} + {stride}*1]",
+                    "tileloadd tmm4, [{a} + {stride}*1]",
+                    "tileloadd tmm7, [{b} + {stride}*1 + 1024]",
+                    "tileloadd tmm5, [{a} + {stride}*1 + 1024]",
+                    concat!("tdpbf16ps ", $r0, ", tmm4, tmm6"),
+                    concat!("tdpbf16ps ", $r1, ", tmm5, tmm6"),
+                    concat!("tdpbf16ps ", $r0, ", tmm4, tmm7"),
+                    concat!("tdpbf16ps ", $r1, ", tmm5, tmm7"),
+                    concat!("tilestored [{c} + {stride}*1], ", $r0),
+                    concat!("tilestored [{c} + {stride}*1 + 1024], ", $r1),
+                    a = in(reg) codes,
+                    b = in(reg) b,
+                    c = in(reg) c,
+                    stride = in(reg) 64usize,
+                    options(nostack),
+                )
+            };
+        }
+        match slot {
+            0 => products!("tmm0", "tmm1"),
+            _ => products!("tmm2", "tmm3"),
+        }
+    }
+
+    /// One group of weights as integer codes (`weights`, a span decoded by
+    /// [`codes_span`]: per chunk two tiles of 16 rows, and a scale and a
+    /// minimum for each of the 32 rows) against one block of packed
+    /// activations (`b`, as for [`group_by_block`]; `sums`: per chunk the
+    /// 16 rows' sums of their 32 columns), over `chunks` chunks: per chunk `codes · x_high + codes ·
+    /// x_low` in the tiles, then each weight row's result times its scale,
+    /// plus its minimum times the rows' sums (`MIN`), added in f32. The
+    /// next chunk's tile products run while one chunk is scaled. The two
+    /// `[16 outputs, 16 rows]` results go to the first sum of each half of
+    /// `out`, added to what it holds where `add`.
+    ///
+    /// # Safety
+    /// The tiles are configured ([`Tiles`]); `weights` holds `chunks`
+    /// chunks, `b` `2 · chunks` KiB, `sums` `16 · chunks` values.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn codes_by_block<const MIN: bool>(
+        weights: &WeightBuffer,
+        b: *const u32,
+        sums: *const f32,
+        chunks: usize,
+        add: bool,
+        out: &mut Sums,
+    ) {
+        use std::arch::x86_64::*;
+        let codes = weights.high.as_ptr();
+        let (scales, mins) = (weights.scales.as_ptr(), weights.mins.as_ptr());
+        let mut staged = std::mem::MaybeUninit::<Staged>::uninit();
+        let staged = staged.as_mut_ptr() as *mut f32;
+        let mut acc: [__m512; GROUP] = std::array::from_fn(|i| match add {
+            true => _mm512_loadu_ps(out.0[i / TILE][0][i % TILE * TILE..].as_ptr()),
+            false => _mm512_setzero_ps(),
+        });
+        chunk_products(codes, b, 0, staged);
+        for chunk in 0..chunks {
+            if chunk + 1 < chunks {
+                let next = chunk + 1;
+                chunk_products(
+                    codes.add(next * 2 * TILE_VALUES),
+                    b.add(next * 2 * TILE_PAIRS),
+                    next % 2,
+                    staged,
+                );
+            }
+            let results = staged.add(chunk % 2 * 2 * TILE * TILE);
+            let row_sums = match MIN {
+                true => _mm512_loadu_ps(sums.add(chunk * TILE)),
+                false => _mm512_setzero_ps(),
+            };
+            // The activations of the chunk after next (2 KiB) brought to L1,
+            // a line per weight row (the codes were just decoded there).
+            let ahead = b.wrapping_add((chunk + 2) * 2 * TILE_PAIRS) as *const i8;
+            for (i, acc) in acc.iter_mut().enumerate() {
+                if chunk + 2 < chunks {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(i * 64));
+                }
+                let at = chunk * GROUP + i;
+                let result = _mm512_load_ps(results.add(i * TILE));
+                *acc = _mm512_fmadd_ps(result, _mm512_set1_ps(*scales.add(at)), *acc);
+                if MIN {
+                    *acc = _mm512_fmadd_ps(row_sums, _mm512_set1_ps(*mins.add(at)), *acc);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.0[i / TILE][0][i % TILE * TILE..].as_mut_ptr(), *acc);
+        }
+    }
+
     /// `from` (a multiple of 32 values) split into bf16 parts: `high`
     /// rounded to nearest even, `low` the rounded rest `from − high`; their
     /// sum is within 2⁻¹⁶ of each value (the high part alone: 2⁻⁸).
@@ -249,21 +378,42 @@ mod x86 {
     /// u32s (column pairs) in one packed tile.
     const TILE_PAIRS: usize = TILE_VALUES / 2;
 
+    /// Activations packed for the tile units ([`pack_activations`]).
+    #[derive(Default)]
+    struct Packed {
+        /// Per block of 16 rows and chunk of 32 columns, a tile of the
+        /// values' high bf16 parts, then one of their low parts.
+        pairs: Vec<u32>,
+        /// Per block and chunk, each row's sum of its 32 values (filled
+        /// for weights with minimums only).
+        sums: Vec<f32>,
+    }
+
     /// `x: [rows, columns]` in the tile units' pair layout, into `packed`:
     /// for each block of 16 rows and each chunk of 32 columns, a tile of
     /// the values' high bf16 parts then one of their low parts; row `p` of
     /// a tile holds columns `2p, 2p + 1` of the 16 rows (rows past `rows`
     /// zero). Column pairs are moved as one u32: a row's pairs go 16 apart.
-    fn pack_activations(x: &[f32], rows: usize, columns: usize, packed: &mut Vec<u32>) {
+    /// With `with_sums`, also each row's sum over each chunk.
+    fn pack_activations(
+        x: &[f32],
+        rows: usize,
+        columns: usize,
+        packed: &mut Packed,
+        with_sums: bool,
+    ) {
         let chunks = columns / CHUNK;
         let blocks = rows.div_ceil(TILE);
-        packed.resize(blocks * chunks * 2 * TILE_PAIRS, 0);
+        packed.pairs.resize(blocks * chunks * 2 * TILE_PAIRS, 0);
+        packed.sums.resize(blocks * chunks * TILE, 0.0);
         packed
+            .pairs
             .par_chunks_mut(chunks * 2 * TILE_PAIRS)
+            .zip(packed.sums.par_chunks_mut(chunks * TILE))
             .enumerate()
             .for_each_init(
                 || (vec![0u32; columns / 2], vec![0u32; columns / 2]),
-                |(high, low), (block, tiles)| {
+                |(high, low), (block, (tiles, sums))| {
                     let first = block * TILE;
                     for r in first..first + TILE {
                         if r < rows {
@@ -273,9 +423,17 @@ mod x86 {
                                 bytemuck::cast_slice_mut(high),
                                 bytemuck::cast_slice_mut(low),
                             );
+                            if with_sums {
+                                for (chunk, values) in row.chunks_exact(CHUNK).enumerate() {
+                                    sums[chunk * TILE + r - first] = values.iter().sum();
+                                }
+                            }
                         } else {
                             high.fill(0);
                             low.fill(0);
+                            for chunk in 0..chunks {
+                                sums[chunk * TILE + r - first] = 0.0;
+                            }
                         }
                         // SAFETY: AVX-512 (`permitted`); `tiles` holds the
                         // block's `2 · chunks` tiles, `high` and `low` a row.
@@ -320,23 +478,45 @@ mod x86 {
     struct WeightBuffer {
         /// One row in f32, as decoded.
         row: Vec<f32>,
-        /// The panel's rows, high bf16 parts.
+        /// The panel's rows: bf16 weights or high bf16 parts; a span of a
+        /// group's codes.
         high: Vec<u16>,
         /// The panel's rows, low bf16 parts.
         low: Vec<u16>,
+        /// A span of a group's scales and minimums ([`codes_span`]).
+        scales: Vec<f32>,
+        mins: Vec<f32>,
+        /// Per block of activation rows, a group's sums ([`codes_panel`]).
+        block_sums: Vec<Sums>,
     }
 
     thread_local! {
         static WEIGHTS: RefCell<WeightBuffer> = RefCell::default();
-        static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+        static PACKED: RefCell<Packed> = RefCell::default();
+    }
+
+    /// A panel of weight rows as the kernels read them: group after group,
+    /// chunk after chunk, the 16 rows of the group's first half then those
+    /// of its second (each tile 1 KiB, read sequentially); zero past the
+    /// last output.
+    enum Panel<'a> {
+        /// bf16 weights as they are.
+        Bf16(&'a [u16]),
+        /// Other weights split into high and low bf16 parts.
+        Split { high: &'a [u16], low: &'a [u16] },
+    }
+
+    /// Whether block-kind weights of `kind` have a minimum per group
+    /// (`value = code · scale + min`, the minimum not zero).
+    fn has_minimums(kind: BlockKind) -> bool {
+        matches!(
+            kind,
+            BlockKind::Q4_1 | BlockKind::Q5_1 | BlockKind::Q4_K | BlockKind::Q5_K
+        )
     }
 
     /// Weight rows `first..first + panel` (`panel` a multiple of
-    /// [`GROUP`]) in bf16, laid out as the kernels read them: group after
-    /// group, chunk after chunk, the 16 rows of the group's first half then
-    /// those of its second (each tile 1 KiB, read sequentially). The high
-    /// parts, and the low parts unless the weights are bf16; zero past the
-    /// last output.
+    /// [`GROUP`]) laid out as [`Panel`].
     fn weight_panel<'a>(
         w: &HostTensor,
         first: usize,
@@ -344,7 +524,7 @@ mod x86 {
         outputs: usize,
         columns: usize,
         buffer: &'a mut WeightBuffer,
-    ) -> Result<(&'a [u16], Option<&'a [u16]>)> {
+    ) -> Result<Panel<'a>> {
         let count = panel.min(outputs - first);
         let padded = panel * columns;
         buffer.high.resize(padded, 0);
@@ -354,23 +534,6 @@ mod x86 {
             }
             _ => None,
         };
-        if let Some(all) = bf16 {
-            for o in 0..count {
-                let row = &all[(first + o) * columns..(first + o + 1) * columns];
-                place_row(row, o, &mut buffer.high);
-            }
-        } else {
-            buffer.row.resize(columns, 0.0);
-            buffer.low.resize(padded, 0);
-            for o in 0..count {
-                decode(w, (first + o) * columns, &mut buffer.row)?;
-                let places = tile_rows(o, columns).zip(buffer.row.chunks_exact(CHUNK));
-                for (at, values) in places {
-                    let (high, low) = (&mut buffer.high[at..], &mut buffer.low[at..]);
-                    split_bf16(values, &mut high[..CHUNK], &mut low[..CHUNK]);
-                }
-            }
-        }
         let zero_rows = |tiles: &mut [u16]| {
             for o in count..count.next_multiple_of(GROUP) {
                 for at in tile_rows(o, columns) {
@@ -378,12 +541,98 @@ mod x86 {
                 }
             }
         };
-        zero_rows(&mut buffer.high);
-        if bf16.is_some() {
-            return Ok((&buffer.high[..padded], None));
+        if let Some(all) = bf16 {
+            for o in 0..count {
+                let row = &all[(first + o) * columns..(first + o + 1) * columns];
+                place_row(row, o, &mut buffer.high);
+            }
+            zero_rows(&mut buffer.high);
+            return Ok(Panel::Bf16(&buffer.high[..padded]));
         }
+        buffer.row.resize(columns, 0.0);
+        buffer.low.resize(padded, 0);
+        for o in 0..count {
+            decode(w, (first + o) * columns, &mut buffer.row)?;
+            let places = tile_rows(o, columns).zip(buffer.row.chunks_exact(CHUNK));
+            for (at, values) in places {
+                let (high, low) = (&mut buffer.high[at..], &mut buffer.low[at..]);
+                split_bf16(values, &mut high[..CHUNK], &mut low[..CHUNK]);
+            }
+        }
+        zero_rows(&mut buffer.high);
         zero_rows(&mut buffer.low);
-        Ok((&buffer.high[..padded], Some(&buffer.low[..padded])))
+        Ok(Panel::Split {
+            high: &buffer.high[..padded],
+            low: &buffer.low[..padded],
+        })
+    }
+
+    /// Chunks of columns whose codes are decoded at once (256 columns:
+    /// whole blocks of every kind; 16 KiB of codes for a group, in L1).
+    const SPAN: usize = 8;
+
+    /// Rows `first..first + count` (`count` at most [`GROUP`]) of
+    /// block-kind weights, chunks `span` of their columns, as codes into
+    /// `buffer.high` (per chunk the group's two tiles) and their scales and
+    /// minimums (per chunk one for each of the group's rows). Rows past
+    /// `count` are zero.
+    fn codes_span(
+        w: &HostTensor,
+        decoder: &AffineCodes,
+        (first, count): (usize, usize),
+        span: std::ops::Range<usize>,
+        columns: usize,
+        buffer: &mut WeightBuffer,
+    ) -> Result<()> {
+        let kind = decoder.kind();
+        // Whole blocks per span: a chunk is a whole number of bytes.
+        let chunk_bytes = kind.block_bytes() * CHUNK / kind.block_len();
+        let row_bytes = columns / CHUNK * chunk_bytes;
+        let bytes = span.start * chunk_bytes..span.end * chunk_bytes;
+        buffer.high.resize(span.len() * 2 * TILE_VALUES, 0);
+        buffer.scales.resize(span.len() * GROUP, 0.0);
+        buffer.mins.resize(span.len() * GROUP, 0.0);
+        let strides = Strides {
+            codes: 2 * TILE_VALUES,
+            scales: GROUP,
+        };
+        let all = w.bytes.as_slice();
+        let (next_rows, next) = match bytes.end < row_bytes {
+            true => (first, bytes.end..row_bytes.min(bytes.end + bytes.len())),
+            false => (first + GROUP, 0..row_bytes.min(SPAN * chunk_bytes)),
+        };
+        for o in 0..GROUP {
+            let codes_at = o / TILE * TILE_VALUES + o % TILE * CHUNK;
+            if o >= count {
+                for chunk in 0..span.len() {
+                    let at = codes_at + chunk * strides.codes;
+                    buffer.high[at..at + CHUNK].fill(0);
+                    buffer.scales[chunk * GROUP + o] = 0.0;
+                    buffer.mins[chunk * GROUP + o] = 0.0;
+                }
+                continue;
+            }
+            // The span decoded next, read while this one is multiplied (32
+            // rows a few hundred bytes each are too many streams for the
+            // hardware prefetcher).
+            let ahead = next_rows * row_bytes + o * row_bytes;
+            prefetch(all.get(ahead + next.start..ahead + next.end).unwrap_or(&[]));
+            let row = &all[(first + o) * row_bytes..][bytes.clone()];
+            let decoded = decoder.decode(
+                row,
+                &mut buffer.high[codes_at..],
+                &mut buffer.scales[o..],
+                &mut buffer.mins[o..],
+                strides,
+            );
+            if !decoded {
+                return Err(airllm_core::Error::Backend(format!(
+                    "`{}`: {kind:?} weights did not fit the tile buffer",
+                    w.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Where each chunk of panel row `o` starts in the panel's tile layout
@@ -412,16 +661,82 @@ mod x86 {
         outputs: usize,
         output: Output,
     ) {
+        debug_assert!(rows_here.len() <= TILE && group < outputs);
+        // SAFETY: AVX-512 (`permitted`); the caller's rows and outputs from
+        // `group` lie in the product (the stores are masked at `outputs`),
+        // and only the caller's task writes them.
+        unsafe { write_sums_avx512(sums, group, rows_here, outputs, output) }
+    }
+
+    /// [`write_sums`]: per half, the 16 × 16 sums transposed in registers,
+    /// then a row's 16 outputs stored at once.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn write_sums_avx512(
+        sums: &Sums,
+        group: usize,
+        rows_here: std::ops::Range<usize>,
+        outputs: usize,
+        output: Output,
+    ) {
+        use std::arch::x86_64::*;
         for (half, [even, odd]) in sums.0.iter().enumerate() {
-            let outputs_here = (group + half * TILE)..outputs.min(group + (half + 1) * TILE);
-            for (i, o) in outputs_here.enumerate() {
-                for (j, r) in rows_here.clone().enumerate() {
-                    let value = even[i * TILE + j] + odd[i * TILE + j];
-                    // SAFETY: the caller's rows and `o < outputs` lie in the
-                    // product; only the caller's task writes these outputs.
-                    unsafe { *output.at(r * outputs + o) = value };
-                }
+            let start = group + half * TILE;
+            if start >= outputs {
+                break;
             }
+            let mask: __mmask16 = match outputs - start {
+                left if left >= TILE => 0xFFFF,
+                left => (1u16 << left) - 1,
+            };
+            let mut lines: [__m512; TILE] = std::array::from_fn(|i| {
+                _mm512_add_ps(
+                    _mm512_loadu_ps(even[i * TILE..].as_ptr()),
+                    _mm512_loadu_ps(odd[i * TILE..].as_ptr()),
+                )
+            });
+            transpose(&mut lines);
+            for (line, r) in lines.iter().zip(rows_here.clone()) {
+                _mm512_mask_storeu_ps(output.at(r * outputs + start), mask, *line);
+            }
+        }
+    }
+
+    /// Transposes a 16 × 16 f32 matrix held as 16 rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose(rows: &mut [std::arch::x86_64::__m512; TILE]) {
+        use std::arch::x86_64::*;
+        // Pairs of rows interleaved: in each 128-bit lane `l` of `pairs[2i]`,
+        // columns 4l and 4l + 1 of rows 2i and 2i + 1; of `pairs[2i + 1]`,
+        // columns 4l + 2 and 4l + 3.
+        let pairs: [__m512; TILE] = std::array::from_fn(|i| {
+            let (a, b) = (rows[i / 2 * 2], rows[i / 2 * 2 + 1]);
+            match i % 2 {
+                0 => _mm512_unpacklo_ps(a, b),
+                _ => _mm512_unpackhi_ps(a, b),
+            }
+        });
+        // Quads: in lane `l` of `quads[4i + c]`, column 4l + c of rows
+        // 4i..4i + 4.
+        let quads: [__m512; TILE] = std::array::from_fn(|i| {
+            let (quad, c) = (i / 4, i % 4);
+            let a = _mm512_castps_pd(pairs[4 * quad + c / 2]);
+            let b = _mm512_castps_pd(pairs[4 * quad + 2 + c / 2]);
+            _mm512_castpd_ps(match c % 2 {
+                0 => _mm512_unpacklo_pd(a, b),
+                _ => _mm512_unpackhi_pd(a, b),
+            })
+        });
+        // Column 4l + c: lane `l` of quads `c`, `4 + c`, `8 + c`, `12 + c`.
+        for c in 0..4 {
+            let (a, b, e, d) = (quads[c], quads[4 + c], quads[8 + c], quads[12 + c]);
+            let ab_low = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+            let ab_high = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+            let ed_low = _mm512_shuffle_f32x4::<0b01_00_01_00>(e, d);
+            let ed_high = _mm512_shuffle_f32x4::<0b11_10_11_10>(e, d);
+            rows[c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_low, ed_low);
+            rows[4 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_low, ed_low);
+            rows[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_high, ed_high);
+            rows[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_high, ed_high);
         }
     }
 
@@ -447,52 +762,153 @@ mod x86 {
     ) -> Result<Vec<f32>> {
         debug_assert!(permitted() && columns.is_multiple_of(CHUNK) && x.len() == rows * columns);
         let mut packed = PACKED.take();
-        pack_activations(x, rows, columns, &mut packed);
+        let with_sums = matches!(w.kind, StorageKind::Block(kind) if has_minimums(kind));
+        pack_activations(x, rows, columns, &mut packed, with_sums);
         let result = multiply(&packed, rows, w, outputs, columns);
         PACKED.set(packed);
         result
     }
 
-    /// The product for activations packed by [`pack_activations`].
+    /// The product for activations packed by [`pack_activations`]: each
+    /// task takes a panel of weight rows.
     fn multiply(
-        packed: &[u32],
+        packed: &Packed,
         rows: usize,
         w: &HostTensor,
         outputs: usize,
         columns: usize,
     ) -> Result<Vec<f32>> {
-        let chunks = columns / CHUNK;
-        let blocks = rows.div_ceil(TILE);
         let groups = outputs.div_ceil(GROUP);
         let panel = panel_groups(groups, columns) * GROUP;
         let mut product = vec![0.0f32; rows * outputs];
         let output = Output(product.as_mut_ptr());
+        let shape = Shape {
+            rows,
+            outputs,
+            columns,
+        };
         (0..outputs.div_ceil(panel))
             .into_par_iter()
             .try_for_each(|task| -> Result<()> {
                 WEIGHTS.with_borrow_mut(|buffer| {
-                    let first = task * panel;
-                    let (high, low) = weight_panel(w, first, panel, outputs, columns, buffer)?;
-                    let mut sums = Sums([[[0.0; TILE * TILE]; 2]; 2]);
+                    let panel = task * panel..outputs.min((task + 1) * panel);
                     let _tiles = Tiles::configure();
-                    for block in 0..blocks {
-                        let b = packed[block * chunks * 2 * TILE_PAIRS..].as_ptr();
-                        let rows_here = block * TILE..rows.min((block + 1) * TILE);
-                        for group in (first..outputs.min(first + panel)).step_by(GROUP) {
-                            let at = (group - first) * columns;
-                            // SAFETY: the tiles are configured; `high` and
-                            // `low` hold GROUP rows of `columns` values from
-                            // `at`, `packed` the block's `2 · chunks` tiles.
-                            unsafe {
-                                let low = low.map_or(std::ptr::null(), |low| low[at..].as_ptr());
-                                group_by_block(high[at..].as_ptr(), low, b, chunks, &mut sums)
-                            }
-                            write_sums(&sums, group, rows_here.clone(), outputs, output);
+                    match w.kind {
+                        StorageKind::Block(kind) if super::takes_codes(w.kind) => {
+                            codes_panel(packed, shape, w, kind, panel, output, buffer)
                         }
+                        _ => float_panel(packed, shape, w, panel, output, buffer),
                     }
-                    Ok(())
                 })
             })?;
         Ok(product)
+    }
+
+    /// The dimensions of a product.
+    #[derive(Clone, Copy)]
+    struct Shape {
+        rows: usize,
+        outputs: usize,
+        columns: usize,
+    }
+
+    impl Shape {
+        /// Chunks of 32 columns.
+        fn chunks(self) -> usize {
+            self.columns / CHUNK
+        }
+
+        /// Activation rows `block * 16..` (at most 16).
+        fn rows_of(self, block: usize) -> std::ops::Range<usize> {
+            block * TILE..self.rows.min((block + 1) * TILE)
+        }
+    }
+
+    /// Outputs `panel` of a product with bf16, f32 or f16 weights (or Q6_K),
+    /// decoded into a panel of tiles once and multiplied by every block of
+    /// activation rows.
+    fn float_panel(
+        packed: &Packed,
+        shape: Shape,
+        w: &HostTensor,
+        panel: std::ops::Range<usize>,
+        output: Output,
+        buffer: &mut WeightBuffer,
+    ) -> Result<()> {
+        let (chunks, first) = (shape.chunks(), panel.start);
+        let padded = panel.len().next_multiple_of(GROUP);
+        let weights = weight_panel(w, first, padded, shape.outputs, shape.columns, buffer)?;
+        let mut sums = Sums([[[0.0; TILE * TILE]; 2]; 2]);
+        for block in 0..shape.rows.div_ceil(TILE) {
+            let b = packed.pairs[block * chunks * 2 * TILE_PAIRS..].as_ptr();
+            for group in panel.clone().step_by(GROUP) {
+                let at = (group - first) * shape.columns;
+                let (high, low) = match weights {
+                    Panel::Bf16(high) => (high[at..].as_ptr(), std::ptr::null()),
+                    Panel::Split { high, low } => (high[at..].as_ptr(), low[at..].as_ptr()),
+                };
+                // SAFETY: the tiles are configured; the panel holds GROUP
+                // rows of `columns` values from `at`, `packed` the block's
+                // `2 · chunks` tiles.
+                unsafe { group_by_block(high, low, b, chunks, &mut sums) };
+                write_sums(&sums, group, shape.rows_of(block), shape.outputs, output);
+            }
+        }
+        Ok(())
+    }
+
+    /// Outputs `panel` of a product with block-kind weights, group by group:
+    /// [`SPAN`] chunks of a group's codes are decoded into L1 and multiplied
+    /// by every block of activation rows, each block's sums kept until the
+    /// group's last span.
+    fn codes_panel(
+        packed: &Packed,
+        shape: Shape,
+        w: &HostTensor,
+        kind: BlockKind,
+        panel: std::ops::Range<usize>,
+        output: Output,
+        buffer: &mut WeightBuffer,
+    ) -> Result<()> {
+        let chunks = shape.chunks();
+        let kernel = match has_minimums(kind) {
+            true => codes_by_block::<true>,
+            false => codes_by_block::<false>,
+        };
+        let decoder = AffineCodes::new(kind).ok_or_else(|| {
+            airllm_core::Error::Backend(format!("`{}`: no AMX decoder for {kind:?}", w.name))
+        })?;
+        // The second sum of each half stays zero: the kernel writes the first.
+        let mut sums = std::mem::take(&mut buffer.block_sums);
+        sums.resize_with(shape.rows.div_ceil(TILE), || {
+            Sums([[[0.0; TILE * TILE]; 2]; 2])
+        });
+        for group in panel.clone().step_by(GROUP) {
+            let count = (panel.end - group).min(GROUP);
+            for start in (0..chunks).step_by(SPAN) {
+                let span = start..chunks.min(start + SPAN);
+                codes_span(
+                    w,
+                    &decoder,
+                    (group, count),
+                    span.clone(),
+                    shape.columns,
+                    buffer,
+                )?;
+                for (block, sums) in sums.iter_mut().enumerate() {
+                    let b = packed.pairs[(block * chunks + start) * 2 * TILE_PAIRS..].as_ptr();
+                    let row_sums = packed.sums[(block * chunks + start) * TILE..].as_ptr();
+                    // SAFETY: the tiles are configured; the buffer holds
+                    // the span's codes, scales and minimums, `packed` the
+                    // block's tiles and sums from the span's first chunk.
+                    unsafe { kernel(buffer, b, row_sums, span.len(), start > 0, sums) };
+                }
+            }
+            for (block, sums) in sums.iter().enumerate() {
+                write_sums(sums, group, shape.rows_of(block), shape.outputs, output);
+            }
+        }
+        buffer.block_sums = sums;
+        Ok(())
     }
 }

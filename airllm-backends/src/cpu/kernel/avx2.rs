@@ -517,3 +517,107 @@ unsafe fn decode_blocks<K: Groups>(bytes: &[u8], out: &mut [f32]) {
         );
     }
 }
+
+/// Where [`AffineCodes::decode`] writes each group: its 32 codes `codes` values
+/// after the previous group's, its scale and minimum `scales` after the
+/// previous group's.
+#[derive(Clone, Copy, Debug)]
+pub struct Strides {
+    /// Distance between groups' codes (at least 32).
+    pub codes: usize,
+    /// Distance between groups' scales and minimums (at least 1).
+    pub scales: usize,
+}
+
+/// Decodes rows of one block kind as groups of 32 integer codes with an
+/// affine map each (`value = code · scale + min`, as [`decode_wide`]
+/// computes it): the codes as bf16, exact since every code lies in
+/// −128..=127, with one scale and one minimum per group. The CPU's features
+/// and the kind are checked once, when it is made.
+pub struct AffineCodes {
+    kind: BlockKind,
+    decode: unsafe fn(&[u8], *mut u16, *mut f32, *mut f32, Strides),
+}
+
+impl AffineCodes {
+    /// The decoder for `kind`; `None` for Q6_K (the halves of its groups
+    /// have their own scales) or on CPUs without AVX-512 BF16.
+    pub fn new(kind: BlockKind) -> Option<Self> {
+        if !wide_available() || !is_x86_feature_detected!("avx512bf16") {
+            return None;
+        }
+        let decode = match kind {
+            BlockKind::Q8_0 => affine_blocks::<Q8_0>,
+            BlockKind::Q4_0 => affine_blocks::<Q4_0>,
+            BlockKind::Q4_1 => affine_blocks::<Q4_1>,
+            BlockKind::Q5_0 => affine_blocks::<Q5_0>,
+            BlockKind::Q5_1 => affine_blocks::<Q5_1>,
+            BlockKind::Q4_K => affine_blocks::<Q4K>,
+            BlockKind::Q5_K => affine_blocks::<Q5K>,
+            BlockKind::Q6_K => return None,
+        };
+        Some(AffineCodes { kind, decode })
+    }
+
+    /// The block kind it decodes.
+    pub fn kind(&self) -> BlockKind {
+        self.kind
+    }
+
+    /// Decodes the whole blocks in `bytes`: each group's codes into
+    /// `codes`, its scale and minimum into `scales` and `mins`, placed as
+    /// `strides` says. False where the outputs do not hold every group.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        codes: &mut [u16],
+        scales: &mut [f32],
+        mins: &mut [f32],
+        strides: Strides,
+    ) -> bool {
+        let kind = self.kind;
+        let groups = bytes.len() / kind.block_bytes() * kind.block_len() / GROUP;
+        let holds = |len: usize, stride: usize, each: usize| {
+            groups == 0
+                || (groups - 1)
+                    .checked_mul(stride)
+                    .and_then(|s| s.checked_add(each))
+                    <= Some(len)
+        };
+        let fits = bytes.len().is_multiple_of(kind.block_bytes())
+            && strides.codes >= GROUP
+            && strides.scales >= 1
+            && holds(codes.len(), strides.codes, GROUP)
+            && holds(scales.len(), strides.scales, 1)
+            && holds(mins.len(), strides.scales, 1);
+        if fits {
+            let (codes, scales, mins) =
+                (codes.as_mut_ptr(), scales.as_mut_ptr(), mins.as_mut_ptr());
+            // SAFETY: `new` checked the CPU's features; `codes`, `scales`
+            // and `mins` hold every group's values at their strides.
+            unsafe { (self.decode)(bytes, codes, scales, mins, strides) };
+        }
+        fits
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma,f16c")]
+unsafe fn affine_blocks<K: Groups>(
+    bytes: &[u8],
+    codes: *mut u16,
+    scales: *mut f32,
+    mins: *mut f32,
+    strides: Strides,
+) {
+    debug_assert!(!K::SPLIT_SCALES);
+    for at in 0..bytes.len() / K::BLOCK_BYTES * K::GROUPS {
+        let block = bytes.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
+        let (q, scale, min) = K::group(block, at % K::GROUPS);
+        let first = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+        let second = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
+        let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(second, first));
+        _mm512_storeu_si512(codes.add(at * strides.codes) as *mut _, both);
+        *scales.add(at * strides.scales) = scale[0];
+        *mins.add(at * strides.scales) = min;
+    }
+}

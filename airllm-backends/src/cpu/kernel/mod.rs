@@ -7,10 +7,11 @@
 //! - block-quantized weights with [`Activations::Reduced`] and up to
 //!   [`QUANTIZED_MAX_ROWS`] rows: the rows are quantized to 16-bit groups
 //!   and dotted with the weights in integers, block by block ([`quantized`]);
-//! - from [`AMX_MIN_ROWS_BF16`] rows (bf16 weights) or past
-//!   [`TILES_MAX_ROWS`] (other encodings) with [`Activations::Reduced`] on
-//!   CPUs with AMX: activations, and weights that are not bf16, split into
-//!   high and low bf16 parts and multiplied by the tile units ([`amx`]);
+//! - from [`AMX_MIN_ROWS_BF16`] rows (bf16 weights), [`AMX_MIN_ROWS_CODES`]
+//!   (block kinds but Q6_K) or past [`TILES_MAX_ROWS`] (the others) with
+//!   [`Activations::Reduced`] on CPUs with AMX: activations split into high
+//!   and low bf16 parts, block kinds as their integer codes, f32 and f16
+//!   weights split too, multiplied by the tile units ([`amx`]);
 //! - up to [`TILES_MAX_ROWS`] rows: tiles of four weight rows are decoded
 //!   into L1 and dotted with several activation rows at once by a
 //!   register-blocked kernel ([`tiles`]; AVX-512 or AVX2);
@@ -50,12 +51,27 @@ pub const QUANTIZED_MAX_ROWS: usize = 1;
 /// [`QUANTIZED_MAX_ROWS`]: AMX (two tile products per weight tile: the
 /// activations' high and low bf16 parts) is level with the tiles at 12–16
 /// rows and ahead beyond (16 rows: 184 µs against 203; 32: 250 against
-/// 366; 512: 2.2 ms against the panels' 4.1). Other encodings take three
-/// tile products (the weights are split too) and pass the tiles only at
-/// 48–64 rows, so they take AMX where the panels would
-/// ([`TILES_MAX_ROWS`]; Q4_1 at 64 rows: 625 µs against 851 and 890; at
-/// 128: 987 against 1401).
+/// 366; 512: 2.2 ms against the panels' 4.1). f32 and f16 weights, and
+/// Q6_K, take three tile products (the weights are split too) and pass the
+/// tiles only at 48–64 rows, so they take AMX where the panels would
+/// ([`TILES_MAX_ROWS`]).
 pub const AMX_MIN_ROWS_BF16: usize = 16;
+
+/// Rows from which the block kinds that AMX multiplies as integer codes
+/// (all but Q6_K) take it. Measured as [`QUANTIZED_MAX_ROWS`]: at 16 rows
+/// AMX is level with the tiles or ahead (Q4_1: 217 µs against 251; Q4_K:
+/// 258 against 273; Q8_0: 202 against 206), at 8–12 behind (Q4_1 at 8:
+/// 224 against 173); at 32 rows ahead (Q4_1: 349 against 447), at 64 far
+/// ahead (552 against 827 and the panels' 941), at 512 ahead of the
+/// panels (Q4_1: 3.4 ms against 4.2; Q4_K: 3.7 against 4.3).
+pub const AMX_MIN_ROWS_CODES: usize = 16;
+
+/// The tile units multiply blocks of 16 rows, padding the last: past
+/// [`AMX_MIN_ROWS_CODES`], block kinds take AMX where the last block holds
+/// at least this many rows (or none is partial), up to [`TILES_MAX_ROWS`].
+/// At 24 rows (a half block) the tiles are ahead (Q4_1: 296 µs against
+/// 350; Q4_K: 339 against 393), at 32 AMX (349 against 447).
+pub const AMX_MIN_LAST_BLOCK_ROWS: usize = 10;
 
 /// Rows up to which the tile kernel multiplies, where the CPU runs it.
 /// Measured as [`QUANTIZED_MAX_ROWS`]: it is ahead of every other path from
@@ -128,10 +144,7 @@ pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelP
         {
             KernelPath::Quantized
         }
-        _ if activations == Activations::Reduced
-            && rows >= amx_min_rows(kind)
-            && amx::available() =>
-        {
+        _ if activations == Activations::Reduced && amx_takes(kind, rows) && amx::available() => {
             KernelPath::Amx
         }
         _ if rows <= TILES_MAX_ROWS && tiles::available() => KernelPath::Tiles,
@@ -141,11 +154,18 @@ pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelP
     }
 }
 
-/// Rows from which reduced precision takes the AMX path for `kind`.
-fn amx_min_rows(kind: StorageKind) -> usize {
+/// Whether reduced precision takes the AMX path for `rows` rows of
+/// weights of `kind` (where the CPU has it).
+fn amx_takes(kind: StorageKind, rows: usize) -> bool {
     match kind {
-        StorageKind::Dense(DType::BF16) => AMX_MIN_ROWS_BF16,
-        _ => TILES_MAX_ROWS + 1,
+        StorageKind::Dense(DType::BF16) => rows >= AMX_MIN_ROWS_BF16,
+        _ if amx::takes_codes(kind) => {
+            let last_block = rows % amx::BLOCK_ROWS;
+            rows > TILES_MAX_ROWS
+                || (rows >= AMX_MIN_ROWS_CODES
+                    && (last_block == 0 || last_block >= AMX_MIN_LAST_BLOCK_ROWS))
+        }
+        _ => rows > TILES_MAX_ROWS,
     }
 }
 
@@ -482,6 +502,37 @@ pub(crate) mod tests {
         }
     }
 
+    /// Block kinds that the AMX path multiplies as integer codes lose only
+    /// the activations' rounding to a high and a low bf16 part (about 2⁻¹⁷
+    /// of each value) and f32 sums: each output stays within 1e-5 of
+    /// `Σ|xᵢ·wᵢ|`, as the f32 paths do.
+    #[test]
+    fn amx_codes_match_an_f64_reference() {
+        if !amx::available() {
+            return;
+        }
+        let codes = BLOCK_KINDS.into_iter().filter(|k| *k != BlockKind::Q6_K);
+        for kind in codes {
+            let kind = StorageKind::Block(kind);
+            let w = random_matrix(kind, OUTPUTS, 768, 13);
+            for rows in ROWS {
+                let x = random_rows(rows, 768, 200 + rows as u64);
+                let (want, magnitude) = reference(&x, rows, &w);
+                let got = linear_on(KernelPath::Amx, &x, rows, &w).unwrap();
+                for i in 0..rows * OUTPUTS {
+                    let error = (got[i] as f64 - want[i]).abs();
+                    assert!(
+                        error <= 1e-5 * magnitude[i],
+                        "{kind} rows {rows} value {i}: {} vs {} (Σ|xw| {})",
+                        got[i],
+                        want[i],
+                        magnitude[i]
+                    );
+                }
+            }
+        }
+    }
+
     /// The vector code computes the same dots as the portable code.
     #[cfg(target_arch = "x86_64")]
     #[test]
@@ -536,6 +587,42 @@ pub(crate) mod tests {
                 );
             }
             assert!(!avx2::decode_wide(kind, &bytes, &mut got[1..]));
+        }
+    }
+
+    /// The codes the AMX path multiplies, times their scale plus their
+    /// minimum, are the reference values (within one rounding), and the
+    /// decoder places each group at its strides.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn affine_codes_rebuild_the_reference_decoding() {
+        let strides = avx2::Strides {
+            codes: 40,
+            scales: 3,
+        };
+        for kind in BLOCK_KINDS {
+            let Some(decoder) = avx2::AffineCodes::new(kind) else {
+                assert!(kind == BlockKind::Q6_K || !avx2::wide_available());
+                continue;
+            };
+            let bytes = random_blocks(kind, 3, 6);
+            let mut want = vec![0.0f32; 3 * kind.block_len()];
+            airllm_core::dequant::dequantize(kind, &bytes, &mut want);
+            let groups = want.len() / 32;
+            let mut codes = vec![0u16; (groups - 1) * strides.codes + 32];
+            let (mut scales, mut mins) = (vec![0.0; groups * 3], vec![0.0; groups * 3]);
+            assert!(decoder.decode(&bytes, &mut codes, &mut scales, &mut mins, strides));
+            for (i, want) in want.iter().enumerate() {
+                let (group, at) = (i / 32, i / 32 * strides.codes + i % 32);
+                let code = half::bf16::from_bits(codes[at]).to_f32();
+                assert_eq!(code, code.round(), "{kind:?} value {i}: code {code}");
+                let got = code * scales[group * 3] + mins[group * 3];
+                assert!(
+                    (got - want).abs() <= 1e-6,
+                    "{kind:?} value {i}: {got} vs {want}"
+                );
+            }
+            assert!(!decoder.decode(&bytes, &mut codes[1..], &mut scales, &mut mins, strides));
         }
     }
 
