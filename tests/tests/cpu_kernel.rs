@@ -97,8 +97,8 @@ fn assert_close_to_reference(name: &str, outputs: PromptOutputs) {
     }
 }
 
-/// Whole prompts in one pass: 18 and 30 rows against bf16 weights, and 30
-/// against the GGUF fixtures' block kinds, take the AMX path where the CPU
+/// Whole prompts in one pass: 18 and 30 rows against bf16 weights and
+/// against the GGUF fixtures' block kinds take the AMX path where the CPU
 /// has it (bf16 tile products on the activations' high and low parts, the
 /// block kinds as integer codes), and keep the logits and greedy tokens.
 #[test]

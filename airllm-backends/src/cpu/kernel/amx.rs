@@ -29,9 +29,6 @@ use airllm_core::{BlockKind, HostTensor, Result, StorageKind};
 /// Columns one tile row holds (64 bytes of bf16).
 pub const CHUNK: usize = 32;
 
-/// Rows of activations one tile product takes (a block; fewer are padded).
-pub const BLOCK_ROWS: usize = 16;
-
 /// Whether weights of `kind` are multiplied as integer codes: the block
 /// kinds whose groups of 32 weights share one scale (all but Q6_K).
 pub fn takes_codes(kind: StorageKind) -> bool {
@@ -83,7 +80,7 @@ mod x86 {
 
     /// Rows of a tile (activation rows of a right tile, weight rows of a
     /// left one).
-    const TILE: usize = super::BLOCK_ROWS;
+    const TILE: usize = 16;
 
     /// Weight rows one kernel call multiplies: two left tiles.
     const GROUP: usize = 2 * TILE;

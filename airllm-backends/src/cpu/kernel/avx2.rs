@@ -34,6 +34,8 @@ trait Groups {
     const HAS_MIN: bool;
     /// Whether the first and second 16 weights of a group have their own scales.
     const SPLIT_SCALES: bool = false;
+    /// Whether every quant lies in −32..=31 (all kinds but Q8_0).
+    const SIX_BITS: bool = true;
 
     /// Group `g` of the block at `block`: the quants, the scales of the
     /// first and second 16 of them, and the minimum.
@@ -84,6 +86,7 @@ impl Groups for Q8_0 {
     const GROUPS: usize = 1;
     const BLOCK_BYTES: usize = 34;
     const HAS_MIN: bool = false;
+    const SIX_BITS: bool = false;
     #[inline(always)]
     unsafe fn group(block: *const u8, _: usize) -> (__m256i, [f32; 2], f32) {
         let q = _mm256_loadu_si256(block.add(2) as *const __m256i);
@@ -610,12 +613,33 @@ unsafe fn affine_blocks<K: Groups>(
     strides: Strides,
 ) {
     debug_assert!(!K::SPLIT_SCALES);
+    /// The bf16 values of 32 quants (as 16-bit lanes: 16 from `first` in
+    /// the low half, 16 from `second`).
+    #[inline(always)]
+    unsafe fn bf16s(first: __m512i, second: __m512i) -> __m512i {
+        let pairs = _mm512_cvtne2ps_pbh(_mm512_cvtepi32_ps(second), _mm512_cvtepi32_ps(first));
+        std::mem::transmute::<__m512bh, __m512i>(pairs)
+    }
+    // The bf16 of each quant −32..=31 by its low six bits: 0..=31, then
+    // −32..=−1 (one permutation instead of four conversions).
+    let count = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let sixteen = _mm512_set1_epi32(16);
+    let low = bf16s(count, _mm512_add_epi32(count, sixteen));
+    let minus = _mm512_set1_epi32(-32);
+    let high = bf16s(
+        _mm512_add_epi32(count, minus),
+        _mm512_add_epi32(_mm512_add_epi32(count, sixteen), minus),
+    );
     for at in 0..bytes.len() / K::BLOCK_BYTES * K::GROUPS {
         let block = bytes.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
         let (q, scale, min) = K::group(block, at % K::GROUPS);
-        let first = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-        let second = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
-        let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(second, first));
+        let both = match K::SIX_BITS {
+            true => _mm512_permutex2var_epi16(low, _mm512_cvtepi8_epi16(q), high),
+            false => bf16s(
+                _mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)),
+                _mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)),
+            ),
+        };
         _mm512_storeu_si512(codes.add(at * strides.codes) as *mut _, both);
         *scales.add(at * strides.scales) = scale[0];
         *mins.add(at * strides.scales) = min;

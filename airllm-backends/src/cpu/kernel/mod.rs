@@ -59,19 +59,12 @@ pub const AMX_MIN_ROWS_BF16: usize = 16;
 
 /// Rows from which the block kinds that AMX multiplies as integer codes
 /// (all but Q6_K) take it. Measured as [`QUANTIZED_MAX_ROWS`]: at 16 rows
-/// AMX is level with the tiles or ahead (Q4_1: 217 µs against 251; Q4_K:
-/// 258 against 273; Q8_0: 202 against 206), at 8–12 behind (Q4_1 at 8:
-/// 224 against 173); at 32 rows ahead (Q4_1: 349 against 447), at 64 far
-/// ahead (552 against 827 and the panels' 941), at 512 ahead of the
-/// panels (Q4_1: 3.4 ms against 4.2; Q4_K: 3.7 against 4.3).
+/// AMX is ahead of the tiles (Q4_1: 222 µs against 243; at 12: 212
+/// against 201; at 8 behind, 206 against 156); a partial last block of 16
+/// rows costs it a whole one, yet at 24 rows it is ahead (264 against
+/// 335); at 64 far ahead (437 against 838 and the panels' 857), at 512
+/// ahead of the panels (2.96 ms against 4.22).
 pub const AMX_MIN_ROWS_CODES: usize = 16;
-
-/// The tile units multiply blocks of 16 rows, padding the last: past
-/// [`AMX_MIN_ROWS_CODES`], block kinds take AMX where the last block holds
-/// at least this many rows (or none is partial), up to [`TILES_MAX_ROWS`].
-/// At 24 rows (a half block) the tiles are ahead (Q4_1: 296 µs against
-/// 350; Q4_K: 339 against 393), at 32 AMX (349 against 447).
-pub const AMX_MIN_LAST_BLOCK_ROWS: usize = 10;
 
 /// Rows up to which the tile kernel multiplies, where the CPU runs it.
 /// Measured as [`QUANTIZED_MAX_ROWS`]: it is ahead of every other path from
@@ -144,7 +137,10 @@ pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelP
         {
             KernelPath::Quantized
         }
-        _ if activations == Activations::Reduced && amx_takes(kind, rows) && amx::available() => {
+        _ if activations == Activations::Reduced
+            && rows >= amx_min_rows(kind)
+            && amx::available() =>
+        {
             KernelPath::Amx
         }
         _ if rows <= TILES_MAX_ROWS && tiles::available() => KernelPath::Tiles,
@@ -154,18 +150,12 @@ pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelP
     }
 }
 
-/// Whether reduced precision takes the AMX path for `rows` rows of
-/// weights of `kind` (where the CPU has it).
-fn amx_takes(kind: StorageKind, rows: usize) -> bool {
+/// Rows from which reduced precision takes the AMX path for `kind`.
+fn amx_min_rows(kind: StorageKind) -> usize {
     match kind {
-        StorageKind::Dense(DType::BF16) => rows >= AMX_MIN_ROWS_BF16,
-        _ if amx::takes_codes(kind) => {
-            let last_block = rows % amx::BLOCK_ROWS;
-            rows > TILES_MAX_ROWS
-                || (rows >= AMX_MIN_ROWS_CODES
-                    && (last_block == 0 || last_block >= AMX_MIN_LAST_BLOCK_ROWS))
-        }
-        _ => rows > TILES_MAX_ROWS,
+        StorageKind::Dense(DType::BF16) => AMX_MIN_ROWS_BF16,
+        _ if amx::takes_codes(kind) => AMX_MIN_ROWS_CODES,
+        _ => TILES_MAX_ROWS + 1,
     }
 }
 
