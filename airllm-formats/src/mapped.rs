@@ -100,16 +100,28 @@ impl MappedSpan {
                 detail: format!("bytes {span:?} lie past the end of the {len}-byte file"),
             });
         }
-        // SAFETY: read-only map of a file this process does not write; the
-        // split writer only renames finished files into place.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(span.start as u64)
-                .len(span.len())
-                .populate()
-                .map(&file)
-        }
-        .map_err(|e| FormatError::io(path, e))?;
+        let options = || {
+            let mut options = memmap2::MmapOptions::new();
+            options.offset(span.start as u64).len(span.len());
+            options
+        };
+        // SAFETY (both maps): read-only maps of a file this process does
+        // not write; the split writer only renames finished files into place.
+        let map = unsafe { options().map(&file) }.map_err(|e| FormatError::io(path, e))?;
+        // Pages read in from disk for this map come in huge folios where
+        // the kernel can (a hint; refused without transparent huge pages):
+        // each later read of the cached file then fills fewer page-table
+        // entries (streamed reads of SmolLM2's layers, evicted first: 0.13–
+        // 0.14 ms against 0.17).
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let map = match map.advise(memmap2::Advice::PopulateRead) {
+            Ok(()) => map,
+            // Kernels before 5.14 lack the advice: map again, pre-faulted.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                unsafe { options().populate().map(&file) }.map_err(|e| FormatError::io(path, e))?
+            }
+            Err(e) => return Err(FormatError::io(path, e)),
+        };
         Ok(MappedSpan {
             map: Arc::new(map),
             start: span.start,
