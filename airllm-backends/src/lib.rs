@@ -118,8 +118,9 @@ pub enum Activations {
     /// integers per group of 32 values and dotted with the blocks in
     /// integers (steps 256 times finer than llama.cpp's 8-bit activations,
     /// which change the answers of real models). Batches and prompts, on
-    /// CPUs with AMX, are split into high and low bf16 parts (with weights
-    /// that are not bf16) and multiplied by the tile units.
+    /// CPUs with AMX, are split into high and low bf16 parts and multiplied
+    /// by the tile units (with block kinds' integer codes, bf16 weights, or
+    /// f32 and f16 weights split too).
     #[default]
     Reduced,
     /// f32 everywhere: slower, logits closest to the reference.
