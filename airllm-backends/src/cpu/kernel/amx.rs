@@ -262,22 +262,21 @@ mod x86 {
     }
 
     /// One group of weights as integer codes (`weights`, a span decoded by
-    /// [`codes_span`]: per chunk two tiles of 16 rows, and a scale and a
-    /// minimum for each of the 32 rows) against one block of packed
-    /// activations (`b`, as for [`group_by_block`]; `sums`: per chunk the
-    /// 16 rows' sums of their 32 columns), over `chunks` chunks: per chunk `codes · x_high + codes ·
-    /// x_low` in the tiles, then each weight row's result times its scale,
-    /// plus its minimum times the rows' sums (`MIN`), added in f32. The
-    /// next chunk's tile products run while one chunk is scaled. The two
-    /// `[16 outputs, 16 rows]` results go to the first sum of each half of
-    /// `out`, added to what it holds where `add`.
+    /// [`codes_span`]) against one block of packed activations (`b`, as
+    /// for [`group_by_block`]; `sums`: per chunk the 16 rows' sums of their
+    /// 32 columns), over `chunks` chunks: per chunk `codes · x_high + codes
+    /// · x_low` in the tiles, then each weight row's result times its
+    /// scale, plus its minimum times the rows' sums (`MIN`), added in f32.
+    /// The next chunk's tile products run while one chunk is scaled. The
+    /// two `[16 outputs, 16 rows]` results go to the first sum of each half
+    /// of `out`, added to what it holds where `add`.
     ///
     /// # Safety
     /// The tiles are configured ([`Tiles`]); `weights` holds `chunks`
     /// chunks, `b` `2 · chunks` KiB, `sums` `16 · chunks` values.
     #[target_feature(enable = "avx512f")]
     unsafe fn codes_by_block<const MIN: bool>(
-        weights: &WeightBuffer,
+        weights: &CodesSpan,
         b: *const u32,
         sums: *const f32,
         chunks: usize,
@@ -285,7 +284,7 @@ mod x86 {
         out: &mut Sums,
     ) {
         use std::arch::x86_64::*;
-        let codes = weights.high.as_ptr();
+        let codes = weights.codes.as_ptr();
         let (scales, mins) = (weights.scales.as_ptr(), weights.mins.as_ptr());
         let mut staged = std::mem::MaybeUninit::<Staged>::uninit();
         let staged = staged.as_mut_ptr() as *mut f32;
@@ -352,24 +351,35 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn split_bf16_avx512(from: *const f32, high: *mut u16, low: *mut u16, count: usize) {
         use std::arch::x86_64::*;
+        for i in (0..count).step_by(32) {
+            let (top, bottom) = split_chunk(
+                _mm512_loadu_ps(from.add(i)),
+                _mm512_loadu_ps(from.add(i + 16)),
+            );
+            _mm512_storeu_si512(high.add(i) as *mut _, top);
+            _mm512_storeu_si512(low.add(i) as *mut _, bottom);
+        }
+    }
+
+    /// 32 values (`first`, then `second`) split into their high bf16 parts
+    /// and their low ones, each 32 bf16 in order (so column pairs are u32s).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn split_chunk(
+        first: std::arch::x86_64::__m512,
+        second: std::arch::x86_64::__m512,
+    ) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
         /// The bf16 values of `half` (16 of them) widened to f32.
         #[inline(always)]
         unsafe fn widen(half: __m256i) -> __m512 {
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
         }
-        for i in (0..count).step_by(32) {
-            let first = _mm512_loadu_ps(from.add(i));
-            let second = _mm512_loadu_ps(from.add(i + 16));
-            let top = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(second, first));
-            _mm512_storeu_si512(high.add(i) as *mut _, top);
-            let first_rest = _mm512_sub_ps(first, widen(_mm512_castsi512_si256(top)));
-            let second_rest = _mm512_sub_ps(second, widen(_mm512_extracti64x4_epi64::<1>(top)));
-            let bottom = _mm512_cvtne2ps_pbh(second_rest, first_rest);
-            _mm512_storeu_si512(
-                low.add(i) as *mut _,
-                std::mem::transmute::<__m512bh, __m512i>(bottom),
-            );
-        }
+        let top = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(second, first));
+        let first_rest = _mm512_sub_ps(first, widen(_mm512_castsi512_si256(top)));
+        let second_rest = _mm512_sub_ps(second, widen(_mm512_extracti64x4_epi64::<1>(top)));
+        let bottom = _mm512_cvtne2ps_pbh(second_rest, first_rest);
+        (top, std::mem::transmute::<__m512bh, __m512i>(bottom))
     }
 
     /// u32s (column pairs) in one packed tile.
@@ -390,8 +400,7 @@ mod x86 {
     /// for each block of 16 rows and each chunk of 32 columns, a tile of
     /// the values' high bf16 parts then one of their low parts; row `p` of
     /// a tile holds columns `2p, 2p + 1` of the 16 rows (rows past `rows`
-    /// zero). Column pairs are moved as one u32: a row's pairs go 16 apart.
-    /// With `with_sums`, also each row's sum over each chunk.
+    /// zero). With `with_sums`, also each row's sum over each chunk.
     fn pack_activations(
         x: &[f32],
         rows: usize,
@@ -405,68 +414,68 @@ mod x86 {
         packed.sums.resize(blocks * chunks * TILE, 0.0);
         packed
             .pairs
-            .par_chunks_mut(chunks * 2 * TILE_PAIRS)
-            .zip(packed.sums.par_chunks_mut(chunks * TILE))
+            .par_chunks_mut(2 * TILE_PAIRS)
+            .zip(packed.sums.par_chunks_mut(TILE))
             .enumerate()
-            .for_each_init(
-                || (vec![0u32; columns / 2], vec![0u32; columns / 2]),
-                |(high, low), (block, (tiles, sums))| {
-                    let first = block * TILE;
-                    for r in first..first + TILE {
-                        if r < rows {
-                            let row = &x[r * columns..(r + 1) * columns];
-                            split_bf16(
-                                row,
-                                bytemuck::cast_slice_mut(high),
-                                bytemuck::cast_slice_mut(low),
-                            );
-                            if with_sums {
-                                for (chunk, values) in row.chunks_exact(CHUNK).enumerate() {
-                                    sums[chunk * TILE + r - first] = values.iter().sum();
-                                }
-                            }
-                        } else {
-                            high.fill(0);
-                            low.fill(0);
-                            for chunk in 0..chunks {
-                                sums[chunk * TILE + r - first] = 0.0;
-                            }
-                        }
-                        // SAFETY: AVX-512 (`permitted`); `tiles` holds the
-                        // block's `2 · chunks` tiles, `high` and `low` a row.
-                        unsafe { scatter_pairs(high, low, tiles[r - first..].as_mut_ptr()) };
-                    }
-                },
-            );
+            // A block of rows per task: 16 rows fit one (splitting them
+            // cost more than it saved).
+            .with_min_len(chunks)
+            .for_each(|(at, (tiles, sums))| {
+                let (block, chunk) = (at / chunks, at % chunks);
+                let first = block * TILE;
+                let values = (first..rows.min(first + TILE))
+                    .map(|r| &x[r * columns + chunk * CHUNK..][..CHUNK]);
+                // SAFETY: AVX-512 BF16 (`permitted`).
+                unsafe { pack_chunk(values, tiles, sums, with_sums) };
+            });
     }
 
-    /// Writes a row's column pairs (`high`, `low`: 16 per chunk) into
-    /// column `row` of its block's tiles (`row` is where `tiles` starts):
-    /// pair `p` of chunk `c` goes to `tiles[c · 2 · TILE_PAIRS + 16p]`, the
-    /// low parts a tile later.
-    ///
-    /// # Safety
-    /// AVX-512; `tiles` holds `high.len() / 16` chunks of two tiles, less
-    /// the row's offset.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn scatter_pairs(high: &[u32], low: &[u32], tiles: *mut u32) {
+    /// One chunk of up to 16 activation rows (`values`, 32 each) into its
+    /// two tiles (`tiles`: high parts, then low parts) and, with
+    /// `with_sums`, each row's sum into `sums`: each row is split, and the
+    /// 16 × 16 column pairs transposed in registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_chunk<'a>(
+        values: impl Iterator<Item = &'a [f32]>,
+        tiles: &mut [u32],
+        sums: &mut [f32],
+        with_sums: bool,
+    ) {
         use std::arch::x86_64::*;
-        let offsets = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(TILE as i32),
-        );
-        for (chunk, (high, low)) in high.chunks_exact(16).zip(low.chunks_exact(16)).enumerate() {
-            let at = tiles.add(chunk * 2 * TILE_PAIRS);
-            _mm512_i32scatter_epi32::<4>(
-                at as *mut _,
-                offsets,
-                _mm512_loadu_si512(high.as_ptr() as *const _),
+        assert!(tiles.len() == 2 * TILE_PAIRS && sums.len() == TILE);
+        let mut high = [_mm512_setzero_ps(); TILE];
+        let mut low = [_mm512_setzero_ps(); TILE];
+        let mut totals = [_mm512_setzero_ps(); TILE];
+        for (r, row) in values.take(TILE).enumerate() {
+            // The row's chunk after next, brought to L1 (16 rows are too
+            // many streams for the hardware prefetcher).
+            let ahead = row.as_ptr().wrapping_add(2 * CHUNK) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            let (first, second) = (
+                _mm512_loadu_ps(row.as_ptr()),
+                _mm512_loadu_ps(row[16..CHUNK].as_ptr()),
             );
-            _mm512_i32scatter_epi32::<4>(
-                at.add(TILE_PAIRS) as *mut _,
-                offsets,
-                _mm512_loadu_si512(low.as_ptr() as *const _),
+            let (top, bottom) = split_chunk(first, second);
+            high[r] = _mm512_castsi512_ps(top);
+            low[r] = _mm512_castsi512_ps(bottom);
+            totals[r] = _mm512_add_ps(first, second);
+        }
+        transpose(&mut high);
+        transpose(&mut low);
+        for (p, (high, low)) in high.iter().zip(&low).enumerate() {
+            _mm512_storeu_ps(tiles[p * TILE..].as_mut_ptr() as *mut f32, *high);
+            _mm512_storeu_ps(
+                tiles[TILE_PAIRS + p * TILE..].as_mut_ptr() as *mut f32,
+                *low,
             );
+        }
+        if with_sums {
+            transpose(&mut totals);
+            let total = totals
+                .iter()
+                .fold(_mm512_setzero_ps(), |a, b| _mm512_add_ps(a, *b));
+            _mm512_storeu_ps(sums.as_mut_ptr(), total);
         }
     }
 
@@ -475,16 +484,34 @@ mod x86 {
     struct WeightBuffer {
         /// One row in f32, as decoded.
         row: Vec<f32>,
-        /// The panel's rows: bf16 weights or high bf16 parts; a span of a
-        /// group's codes.
+        /// The panel's rows: bf16 weights or high bf16 parts.
         high: Vec<u16>,
         /// The panel's rows, low bf16 parts.
         low: Vec<u16>,
-        /// A span of a group's scales and minimums ([`codes_span`]).
-        scales: Vec<f32>,
-        mins: Vec<f32>,
+        /// A span of a group's codes.
+        span: CodesSpan,
         /// Per block of activation rows, a group's sums ([`codes_panel`]).
         block_sums: Vec<Sums>,
+    }
+
+    /// A span of a group of weight rows as integer codes ([`codes_span`]).
+    #[derive(Default)]
+    struct CodesSpan {
+        /// Per chunk the group's two tiles of codes (bf16).
+        codes: Vec<u16>,
+        /// Per chunk a scale for each of the group's rows.
+        scales: Vec<f32>,
+        /// Per chunk a minimum for each of the group's rows.
+        mins: Vec<f32>,
+    }
+
+    impl CodesSpan {
+        /// Room for `chunks` chunks.
+        fn prepare(&mut self, chunks: usize) {
+            self.codes.resize(chunks * 2 * TILE_VALUES, 0);
+            self.scales.resize(chunks * GROUP, 0.0);
+            self.mins.resize(chunks * GROUP, 0.0);
+        }
     }
 
     thread_local! {
@@ -570,25 +597,21 @@ mod x86 {
 
     /// Rows `first..first + count` (`count` at most [`GROUP`]) of
     /// block-kind weights, chunks `span` of their columns, as codes into
-    /// `buffer.high` (per chunk the group's two tiles) and their scales and
-    /// minimums (per chunk one for each of the group's rows). Rows past
-    /// `count` are zero.
+    /// `out` (prepared for the span), with their scales and minimums. Rows
+    /// past `count` are zero.
     fn codes_span(
         w: &HostTensor,
         decoder: &AffineCodes,
         (first, count): (usize, usize),
         span: std::ops::Range<usize>,
         columns: usize,
-        buffer: &mut WeightBuffer,
+        out: &mut CodesSpan,
     ) -> Result<()> {
         let kind = decoder.kind();
         // Whole blocks per span: a chunk is a whole number of bytes.
         let chunk_bytes = kind.block_bytes() * CHUNK / kind.block_len();
         let row_bytes = columns / CHUNK * chunk_bytes;
         let bytes = span.start * chunk_bytes..span.end * chunk_bytes;
-        buffer.high.resize(span.len() * 2 * TILE_VALUES, 0);
-        buffer.scales.resize(span.len() * GROUP, 0.0);
-        buffer.mins.resize(span.len() * GROUP, 0.0);
         let strides = Strides {
             codes: 2 * TILE_VALUES,
             scales: GROUP,
@@ -603,9 +626,9 @@ mod x86 {
             if o >= count {
                 for chunk in 0..span.len() {
                     let at = codes_at + chunk * strides.codes;
-                    buffer.high[at..at + CHUNK].fill(0);
-                    buffer.scales[chunk * GROUP + o] = 0.0;
-                    buffer.mins[chunk * GROUP + o] = 0.0;
+                    out.codes[at..at + CHUNK].fill(0);
+                    out.scales[chunk * GROUP + o] = 0.0;
+                    out.mins[chunk * GROUP + o] = 0.0;
                 }
                 continue;
             }
@@ -617,9 +640,9 @@ mod x86 {
             let row = &all[(first + o) * row_bytes..][bytes.clone()];
             let decoded = decoder.decode(
                 row,
-                &mut buffer.high[codes_at..],
-                &mut buffer.scales[o..],
-                &mut buffer.mins[o..],
+                &mut out.codes[codes_at..],
+                &mut out.scales[o..],
+                &mut out.mins[o..],
                 strides,
             );
             if !decoded {
@@ -884,21 +907,22 @@ mod x86 {
             let count = (panel.end - group).min(GROUP);
             for start in (0..chunks).step_by(SPAN) {
                 let span = start..chunks.min(start + SPAN);
+                buffer.span.prepare(span.len());
                 codes_span(
                     w,
                     &decoder,
                     (group, count),
                     span.clone(),
                     shape.columns,
-                    buffer,
+                    &mut buffer.span,
                 )?;
                 for (block, sums) in sums.iter_mut().enumerate() {
                     let b = packed.pairs[(block * chunks + start) * 2 * TILE_PAIRS..].as_ptr();
                     let row_sums = packed.sums[(block * chunks + start) * TILE..].as_ptr();
-                    // SAFETY: the tiles are configured; the buffer holds
-                    // the span's codes, scales and minimums, `packed` the
-                    // block's tiles and sums from the span's first chunk.
-                    unsafe { kernel(buffer, b, row_sums, span.len(), start > 0, sums) };
+                    // SAFETY: the tiles are configured; the span holds its
+                    // codes, scales and minimums, `packed` the block's
+                    // tiles and sums from the span's first chunk.
+                    unsafe { kernel(&buffer.span, b, row_sums, span.len(), start > 0, sums) };
                 }
             }
             for (block, sums) in sums.iter().enumerate() {
