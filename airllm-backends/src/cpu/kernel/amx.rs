@@ -506,11 +506,14 @@ mod x86 {
     }
 
     impl CodesSpan {
-        /// Room for `chunks` chunks.
+        /// Room for `chunks` chunks (kept when a shorter span comes: growing
+        /// back would fill the room with zeros again).
         fn prepare(&mut self, chunks: usize) {
-            self.codes.resize(chunks * 2 * TILE_VALUES, 0);
-            self.scales.resize(chunks * GROUP, 0.0);
-            self.mins.resize(chunks * GROUP, 0.0);
+            if self.scales.len() < chunks * GROUP {
+                self.codes.resize(chunks * 2 * TILE_VALUES, 0);
+                self.scales.resize(chunks * GROUP, 0.0);
+                self.mins.resize(chunks * GROUP, 0.0);
+            }
         }
     }
 
