@@ -9,6 +9,8 @@
 use airllm_core::{Error, Result};
 use rayon::prelude::*;
 
+use super::math::exp;
+
 /// Keys per chunk: one AVX-512 vector of scores.
 pub const KEYS: usize = 16;
 
@@ -161,9 +163,15 @@ fn run(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Ve
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn run_avx512(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -> Vec<f32> {
     // SAFETY: this function runs only where the CPU has AVX-512F.
-    run_with(task, q, k, v, bias, |query_dims, keys, dots| unsafe {
-        avx512_chunk_dots(query_dims, keys, dots)
-    })
+    run_with(
+        task,
+        q,
+        k,
+        v,
+        bias,
+        |keys, transposed| unsafe { avx512_transpose_keys(keys, transposed) },
+        |query_dims, keys, dots| unsafe { avx512_chunk_dots(query_dims, keys, dots) },
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -176,7 +184,53 @@ unsafe fn run_avx2(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -
 /// width the caller's target features allow.
 #[inline(always)]
 fn run_portable(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Vec<f32> {
-    run_with(task, q, keys, values, bias, portable_chunk_dots)
+    run_with(
+        task,
+        q,
+        keys,
+        values,
+        bias,
+        portable_transpose_keys,
+        portable_chunk_dots,
+    )
+}
+
+/// A chunk of keys (`[width, head_dim]`, at most [`KEYS`] of them) into
+/// `transposed` (`[head_dim][KEYS]`); columns past `width` keep what they
+/// held (their scores are masked).
+#[inline(always)]
+fn portable_transpose_keys(keys: &[f32], transposed: &mut [[f32; KEYS]]) {
+    let d = transposed.len();
+    for (j, key) in keys.chunks_exact(d).enumerate() {
+        for (dim, value) in key.iter().enumerate() {
+            transposed[dim][j] = *value;
+        }
+    }
+}
+
+/// [`portable_transpose_keys`] by 16 × 16 blocks in registers where the
+/// head's dims are a multiple of 16 (columns past `width` zero).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx512_transpose_keys(keys: &[f32], transposed: &mut [[f32; KEYS]]) {
+    use std::arch::x86_64::*;
+    let d = transposed.len();
+    if !d.is_multiple_of(KEYS) {
+        return portable_transpose_keys(keys, transposed);
+    }
+    for (block, out) in transposed.chunks_exact_mut(KEYS).enumerate() {
+        let mut rows = [_mm512_setzero_ps(); KEYS];
+        for (row, key) in rows.iter_mut().zip(keys.chunks_exact(d)) {
+            *row = _mm512_loadu_ps(key[block * KEYS..(block + 1) * KEYS].as_ptr());
+        }
+        super::transpose::transpose_16x16(&mut rows);
+        for (dims, row) in out.iter_mut().zip(rows) {
+            _mm512_storeu_ps(dims.as_mut_ptr(), row);
+        }
+    }
 }
 
 /// The scores of [`DOT_ROWS`] query rows against a key chunk, in plain loops.
@@ -222,7 +276,8 @@ unsafe fn avx512_chunk_dots(
     }
 }
 
-/// The task's outputs; `chunk_dots(query_dims, keys, dots)` computes the
+/// The task's outputs; `transpose_keys(keys, transposed)` turns a chunk of
+/// keys as [`portable_transpose_keys`] does; `chunk_dots(query_dims, keys, dots)` computes the
 /// scores of a block of [`DOT_ROWS`] query rows (dims `[head_dim]
 /// [DOT_ROWS]`) against a chunk of keys (`[head_dim][KEYS]`) into `dots`
 /// (`[DOT_ROWS][KEYS]`).
@@ -233,6 +288,7 @@ fn run_with(
     keys: &[f32],
     values: &[f32],
     bias: &[f32],
+    transpose_keys: impl Fn(&[f32], &mut [[f32; KEYS]]),
     chunk_dots: impl Fn(&[[f32; DOT_ROWS]], &[[f32; KEYS]], &mut [[f32; KEYS]]),
 ) -> Vec<f32> {
     let s = task.shape;
@@ -284,14 +340,10 @@ fn run_with(
         if !visible {
             continue;
         }
-        for (j, key) in keys[kv_base + start * d..kv_base + (start + width) * d]
-            .chunks_exact(d)
-            .enumerate()
-        {
-            for (dim, value) in key.iter().enumerate() {
-                transposed[dim][j] = *value;
-            }
-        }
+        transpose_keys(
+            &keys[kv_base + start * d..kv_base + (start + width) * d],
+            &mut transposed,
+        );
         for (block_dims, block_dots) in query_dims
             .chunks_exact(d)
             .zip(dots.chunks_exact_mut(DOT_ROWS))
@@ -394,29 +446,6 @@ fn add_weighted(acc: &mut [f32], rescale: f32, weights: &[f32; KEYS], values: &[
             .sum();
         acc[dim] = acc[dim].mul_add(rescale, sum);
     }
-}
-
-/// `eˣ` to a few ulp, branch-free so loops over it vectorize: `x = n·ln2 +
-/// r` with `|r| ≤ ln2/2`, a degree-6 polynomial for `eʳ`, and `2ⁿ` built in
-/// the exponent bits. Arguments below -87 (masked scores, `-inf`) give about
-/// 1e-38 instead of 0, which no sum of weights of at least 1 notices.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HIGH: f32 = 0.693_145_75;
-    const LN2_LOW: f32 = 1.428_606_8e-6;
-    const SHIFT: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E + SHIFT) - SHIFT;
-    let r = x - n * LN2_HIGH - n * LN2_LOW;
-    let p = 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -558,19 +587,5 @@ mod tests {
         };
         let error = attention(&[0.0; 12], &[0.0; 8], &[0.0; 8], &[0.0], s, 1.0).unwrap_err();
         assert!(error.to_string().contains("kv_heads: 2"), "{error}");
-    }
-
-    #[test]
-    fn exp_is_close_to_the_library_exp() {
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                (got - want).abs() <= 4.0 * f32::EPSILON * want,
-                "{x}: {got} vs {want}"
-            );
-            x += 0.0137;
-        }
-        assert!(exp(f32::NEG_INFINITY) < 1e-37 && exp(-1.0e30) < 1e-37);
     }
 }

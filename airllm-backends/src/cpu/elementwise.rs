@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use super::math::exp;
+
 /// Values below which one thread computes them all.
 const PARALLEL_VALUES: usize = 16 * 1024;
 
@@ -14,7 +16,7 @@ pub fn gated_silu(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len());
     let activate = |(gate, up): (&mut [f32], &[f32])| {
         for (g, u) in gate.iter_mut().zip(up) {
-            *g = *g * *u / (1.0 + (-*g).exp());
+            *g = *g * *u / (1.0 + exp(-*g));
         }
     };
     if gate.len() < PARALLEL_VALUES {

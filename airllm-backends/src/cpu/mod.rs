@@ -10,8 +10,11 @@
 pub mod attention;
 mod elementwise;
 pub mod kernel;
+mod math;
 mod norm;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+mod transpose;
 
 use airllm_core::backend::{DeviceTensor, StagedTensor};
 use airllm_core::{ComputeBackend, Error, HostTensor, Result, WeightLayout};

@@ -77,6 +77,7 @@ mod x86 {
     use super::super::avx2::{AffineCodes, Strides};
     use super::super::{decode, prefetch, Output};
     use super::CHUNK;
+    use crate::cpu::transpose::transpose_16x16;
 
     /// Rows of a tile (activation rows of a right tile, weight rows of a
     /// left one).
@@ -461,8 +462,8 @@ mod x86 {
             low[r] = _mm512_castsi512_ps(bottom);
             totals[r] = _mm512_add_ps(first, second);
         }
-        transpose(&mut high);
-        transpose(&mut low);
+        transpose_16x16(&mut high);
+        transpose_16x16(&mut low);
         for (p, (high, low)) in high.iter().zip(&low).enumerate() {
             _mm512_storeu_ps(tiles[p * TILE..].as_mut_ptr() as *mut f32, *high);
             _mm512_storeu_ps(
@@ -471,7 +472,7 @@ mod x86 {
             );
         }
         if with_sums {
-            transpose(&mut totals);
+            transpose_16x16(&mut totals);
             let total = totals
                 .iter()
                 .fold(_mm512_setzero_ps(), |a, b| _mm512_add_ps(a, *b));
@@ -717,49 +718,10 @@ mod x86 {
                     _mm512_loadu_ps(odd[i * TILE..].as_ptr()),
                 )
             });
-            transpose(&mut lines);
+            transpose_16x16(&mut lines);
             for (line, r) in lines.iter().zip(rows_here.clone()) {
                 _mm512_mask_storeu_ps(output.at(r * outputs + start), mask, *line);
             }
-        }
-    }
-
-    /// Transposes a 16 × 16 f32 matrix held as 16 rows.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose(rows: &mut [std::arch::x86_64::__m512; TILE]) {
-        use std::arch::x86_64::*;
-        // Pairs of rows interleaved: in each 128-bit lane `l` of `pairs[2i]`,
-        // columns 4l and 4l + 1 of rows 2i and 2i + 1; of `pairs[2i + 1]`,
-        // columns 4l + 2 and 4l + 3.
-        let pairs: [__m512; TILE] = std::array::from_fn(|i| {
-            let (a, b) = (rows[i / 2 * 2], rows[i / 2 * 2 + 1]);
-            match i % 2 {
-                0 => _mm512_unpacklo_ps(a, b),
-                _ => _mm512_unpackhi_ps(a, b),
-            }
-        });
-        // Quads: in lane `l` of `quads[4i + c]`, column 4l + c of rows
-        // 4i..4i + 4.
-        let quads: [__m512; TILE] = std::array::from_fn(|i| {
-            let (quad, c) = (i / 4, i % 4);
-            let a = _mm512_castps_pd(pairs[4 * quad + c / 2]);
-            let b = _mm512_castps_pd(pairs[4 * quad + 2 + c / 2]);
-            _mm512_castpd_ps(match c % 2 {
-                0 => _mm512_unpacklo_pd(a, b),
-                _ => _mm512_unpackhi_pd(a, b),
-            })
-        });
-        // Column 4l + c: lane `l` of quads `c`, `4 + c`, `8 + c`, `12 + c`.
-        for c in 0..4 {
-            let (a, b, e, d) = (quads[c], quads[4 + c], quads[8 + c], quads[12 + c]);
-            let ab_low = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
-            let ab_high = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
-            let ed_low = _mm512_shuffle_f32x4::<0b01_00_01_00>(e, d);
-            let ed_high = _mm512_shuffle_f32x4::<0b11_10_11_10>(e, d);
-            rows[c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_low, ed_low);
-            rows[4 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_low, ed_low);
-            rows[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_high, ed_high);
-            rows[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_high, ed_high);
         }
     }
 
