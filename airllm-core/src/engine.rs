@@ -2,7 +2,7 @@
 //! with a reader thread running `prefetch` units ahead, keeping resident the
 //! units the residency plan allows, and recording where the time goes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use crate::arch::{Experts, LayerContext};
 use crate::backend::StagedTensor;
 use crate::experts::{read_experts, ExpertCache, ExpertFetcher, LoadedExperts, ReaderRequest};
+use crate::memory::Rss;
 use crate::plan::{BatchShape, PlanInput};
 use crate::{
     check_units, Architecture, ComputeBackend, DeviceUnit, Error, KvCache, LayerStore, PassInfo,
@@ -63,11 +64,14 @@ struct LoadedUnit {
     read: Duration,
 }
 
-/// Counts streamed units alive at once (read started, device copy not yet dropped).
+/// Counts streamed units alive at once (read started, device copy not yet
+/// dropped), and the resident set's peaks the reader thread sees.
 #[derive(Default)]
 struct InFlight {
     alive: AtomicUsize,
     peak: AtomicUsize,
+    peak_rss_anon: AtomicU64,
+    peak_rss_file: AtomicU64,
 }
 
 impl InFlight {
@@ -78,6 +82,14 @@ impl InFlight {
 
     fn leave(&self) {
         self.alive.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Samples the resident set (`/proc`): after each streamed read, when
+    /// the most units are alive.
+    fn sample_rss(&self) {
+        let rss = Rss::now();
+        self.peak_rss_anon.fetch_max(rss.anon, Ordering::SeqCst);
+        self.peak_rss_file.fetch_max(rss.file, Ordering::SeqCst);
     }
 }
 
@@ -326,7 +338,7 @@ impl<B: Backend> Engine<B> {
         let (request_tx, request_rx) = channel::<ReaderRequest>();
         for _ in 0..=prefetch {
             request_tx
-                .send(ReaderRequest::Permit)
+                .send(ReaderRequest::Permit { released: None })
                 .expect("the reader's request channel is open");
         }
         let reader = Reader {
@@ -342,14 +354,20 @@ impl<B: Backend> Engine<B> {
                 requests: request_tx,
                 experts: expert_rx,
             };
-            self.run_units(tokens, pass, kv, logits, channels, &in_flight)
+            self.run_units(tokens, pass, kv, logits, channels)
         });
         self.stats.passes += 1;
         self.stats.sample_rss();
-        self.stats.peak_streamed_units = self
-            .stats
+        let stats = &mut self.stats;
+        stats.peak_streamed_units = stats
             .peak_streamed_units
             .max(in_flight.peak.load(Ordering::SeqCst));
+        stats.peak_rss_anon = stats
+            .peak_rss_anon
+            .max(in_flight.peak_rss_anon.load(Ordering::SeqCst));
+        stats.peak_rss_file = stats
+            .peak_rss_file
+            .max(in_flight.peak_rss_file.load(Ordering::SeqCst));
         result
     }
 
@@ -360,7 +378,6 @@ impl<B: Backend> Engine<B> {
         kv: &mut KvCache<B>,
         logits: Logits,
         channels: PassChannels,
-        in_flight: &InFlight,
     ) -> Result<Option<Tensor<B, 3>>> {
         let device = self.backend.device().clone();
         let prepared = self.arch.begin_pass(pass, &device);
@@ -436,11 +453,10 @@ impl<B: Backend> Engine<B> {
             }
             self.stats.units[index].compute += started.elapsed();
             if let Some(unit) = streamed.take() {
-                drop(unit);
-                in_flight.leave();
-                self.stats.sample_rss();
-                // The reader may have finished and gone: a refused permit is fine.
-                let _ = channels.requests.send(ReaderRequest::Permit);
+                // The reader drops the unit (or, where it has finished and
+                // gone, the refused request does).
+                let released = Some(Box::new(unit) as Box<dyn Send>);
+                let _ = channels.requests.send(ReaderRequest::Permit { released });
             }
         }
         Ok(output)
@@ -497,7 +513,13 @@ impl<B: Backend> Reader<B> {
                 }
             };
             match request {
-                Some(ReaderRequest::Permit) => permits += 1,
+                Some(ReaderRequest::Permit { released }) => {
+                    if let Some(unit) = released {
+                        drop(unit);
+                        self.in_flight.leave();
+                    }
+                    permits += 1;
+                }
                 Some(ReaderRequest::Experts {
                     index,
                     experts: names,
@@ -513,6 +535,7 @@ impl<B: Backend> Reader<B> {
                     self.in_flight.enter();
                     let only = shared_names(&self.shared, index);
                     let loaded = load_unit(&*self.store, &*self.backend, index, only.as_deref());
+                    self.in_flight.sample_rss();
                     if units.send(loaded).is_err() {
                         return;
                     }

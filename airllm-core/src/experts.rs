@@ -16,8 +16,10 @@ use crate::{ComputeBackend, DeviceUnit, Error, LayerStore, Result, RunStats, Uni
 
 /// What the compute thread asks of the reader thread.
 pub(crate) enum ReaderRequest {
-    /// A streamed unit was dropped: one more may be read ahead.
-    Permit,
+    /// One more unit may be read ahead; `released` is the streamed unit
+    /// that made room, for the reader to drop (unmapping its pages off the
+    /// compute thread), if any.
+    Permit { released: Option<Box<dyn Send>> },
     /// Read these experts of unit `index` now (tensor names per expert).
     Experts {
         index: usize,
