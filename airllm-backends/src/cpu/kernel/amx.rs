@@ -218,21 +218,30 @@ mod x86 {
         );
     }
 
-    /// Two result tiles of each of two chunks in flight, as the codes
-    /// kernel stores them to scale them.
+    /// The result tiles the codes kernel stores to scale them: the first
+    /// weight tile's of two chunks in flight, the second's of a whole span.
     #[repr(C, align(64))]
-    struct Staged([[f32; TILE * TILE]; 4]);
+    struct Staged {
+        first: [[f32; TILE * TILE]; 2],
+        second: [[f32; TILE * TILE]; SPAN],
+    }
 
     /// One chunk's tile products for [`codes_by_block`]: `codes` (the
     /// group's two tiles) times the high and the low activation tile at
-    /// `b`, into result tiles tmm0–1 (`slot` 0) or tmm2–3 (`slot` 1), stored
-    /// to `staged`'s tiles `2 · slot` and `2 · slot + 1`.
+    /// `b`, into result tiles tmm0–1 (`slot` 0) or tmm2–3 (`slot` 1), the
+    /// first weight tile's stored to `first`, the second's to `second`.
     ///
     /// # Safety
-    /// As [`codes_by_block`]; `codes` and `b` hold 2 KiB each.
+    /// As [`codes_by_block`]; `codes` and `b` hold 2 KiB each, `first` and
+    /// `second` 1 KiB.
     #[inline(always)]
-    unsafe fn chunk_products(codes: *const u16, b: *const u32, slot: usize, staged: *mut f32) {
-        let c = staged.add(slot * 2 * TILE * TILE);
+    unsafe fn chunk_products(
+        codes: *const u16,
+        b: *const u32,
+        slot: usize,
+        first: *mut f32,
+        second: *mut f32,
+    ) {
         macro_rules! products {
             ($r0:literal, $r1:literal) => {
                 asm!(
@@ -247,10 +256,11 @@ mod x86 {
                     concat!("tdpbf16ps ", $r0, ", tmm4, tmm7"),
                     concat!("tdpbf16ps ", $r1, ", tmm5, tmm7"),
                     concat!("tilestored [{c} + {stride}*1], ", $r0),
-                    concat!("tilestored [{c} + {stride}*1 + 1024], ", $r1),
+                    concat!("tilestored [{d} + {stride}*1], ", $r1),
                     a = in(reg) codes,
                     b = in(reg) b,
-                    c = in(reg) c,
+                    c = in(reg) first,
+                    d = in(reg) second,
                     stride = in(reg) 64usize,
                     options(nostack),
                 )
@@ -285,15 +295,22 @@ mod x86 {
         out: &mut Sums,
     ) {
         use std::arch::x86_64::*;
+        debug_assert!(chunks <= SPAN);
         let codes = weights.codes.as_ptr();
-        let (scales, mins) = (weights.scales.as_ptr(), weights.mins.as_ptr());
         let mut staged = std::mem::MaybeUninit::<Staged>::uninit();
-        let staged = staged.as_mut_ptr() as *mut f32;
-        let mut acc: [__m512; GROUP] = std::array::from_fn(|i| match add {
-            true => _mm512_loadu_ps(out.0[i / TILE][0][i % TILE * TILE..].as_ptr()),
+        let staged = staged.as_mut_ptr();
+        let first = |slot: usize| std::ptr::addr_of_mut!((*staged).first[slot]) as *mut f32;
+        let second = |chunk: usize| std::ptr::addr_of_mut!((*staged).second[chunk]) as *mut f32;
+        let row_sums = |chunk: usize| match MIN {
+            true => _mm512_loadu_ps(sums.add(chunk * TILE)),
             false => _mm512_setzero_ps(),
-        });
-        chunk_products(codes, b, 0, staged);
+        };
+        // The first weight tile's results are scaled while the next chunk's
+        // products run, the second's after the span (16 sums in registers
+        // at a time: all 32 did not fit).
+        let [low_half, high_half] = &mut out.0;
+        let mut acc = load_sums(&low_half[0], add);
+        chunk_products(codes, b, 0, first(0), second(0));
         for chunk in 0..chunks {
             if chunk + 1 < chunks {
                 let next = chunk + 1;
@@ -301,31 +318,76 @@ mod x86 {
                     codes.add(next * 2 * TILE_VALUES),
                     b.add(next * 2 * TILE_PAIRS),
                     next % 2,
-                    staged,
+                    first(next % 2),
+                    second(next),
                 );
             }
-            let results = staged.add(chunk % 2 * 2 * TILE * TILE);
-            let row_sums = match MIN {
-                true => _mm512_loadu_ps(sums.add(chunk * TILE)),
-                false => _mm512_setzero_ps(),
-            };
-            // The activations of the chunk after next (2 KiB) brought to L1,
-            // a line per weight row (the codes were just decoded there).
-            let ahead = b.wrapping_add((chunk + 2) * 2 * TILE_PAIRS) as *const i8;
-            for (i, acc) in acc.iter_mut().enumerate() {
-                if chunk + 2 < chunks {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(i * 64));
-                }
-                let at = chunk * GROUP + i;
-                let result = _mm512_load_ps(results.add(i * TILE));
-                *acc = _mm512_fmadd_ps(result, _mm512_set1_ps(*scales.add(at)), *acc);
-                if MIN {
-                    *acc = _mm512_fmadd_ps(row_sums, _mm512_set1_ps(*mins.add(at)), *acc);
+            // The activations of the chunk after next (2 KiB) brought to L1.
+            if chunk + 2 < chunks {
+                let ahead = b.add((chunk + 2) * 2 * TILE_PAIRS) as *const i8;
+                for line in 0..2 * TILE_PAIRS * 4 / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(line * 64));
                 }
             }
+            let at = chunk * GROUP;
+            scale_results::<MIN>(&mut acc, first(chunk % 2), weights, at, row_sums(chunk));
         }
+        store_sums(&acc, &mut low_half[0]);
+        let mut acc = load_sums(&high_half[0], add);
+        for chunk in 0..chunks {
+            let at = chunk * GROUP + TILE;
+            scale_results::<MIN>(&mut acc, second(chunk), weights, at, row_sums(chunk));
+        }
+        store_sums(&acc, &mut high_half[0]);
+    }
+
+    /// A `[16 outputs, 16 rows]` sum in registers (a weight row's 16
+    /// activation rows each), or zeros unless `add`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_sums(sums: &[f32; TILE * TILE], add: bool) -> [std::arch::x86_64::__m512; TILE] {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_setzero_ps(); TILE];
+        if add {
+            for (i, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(sums[i * TILE..].as_ptr());
+            }
+        }
+        acc
+    }
+
+    /// Writes [`load_sums`]'s registers back.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_sums(acc: &[std::arch::x86_64::__m512; TILE], sums: &mut [f32; TILE * TILE]) {
         for (i, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.0[i / TILE][0][i % TILE * TILE..].as_mut_ptr(), *acc);
+            std::arch::x86_64::_mm512_storeu_ps(sums[i * TILE..].as_mut_ptr(), *acc);
+        }
+    }
+
+    /// Adds a result tile (`results`, `[16 outputs, 16 rows]`) to `acc`:
+    /// each weight row's results times its scale (`weights.scales` from
+    /// `at`), plus its minimum times the rows' sums (`MIN`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scale_results<const MIN: bool>(
+        acc: &mut [std::arch::x86_64::__m512; TILE],
+        results: *const f32,
+        weights: &CodesSpan,
+        at: usize,
+        row_sums: std::arch::x86_64::__m512,
+    ) {
+        use std::arch::x86_64::*;
+        let (scales, mins) = (
+            weights.scales.as_ptr().add(at),
+            weights.mins.as_ptr().add(at),
+        );
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let result = _mm512_load_ps(results.add(i * TILE));
+            *acc = _mm512_fmadd_ps(result, _mm512_set1_ps(*scales.add(i)), *acc);
+            if MIN {
+                *acc = _mm512_fmadd_ps(row_sums, _mm512_set1_ps(*mins.add(i)), *acc);
+            }
         }
     }
 
