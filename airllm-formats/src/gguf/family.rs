@@ -300,17 +300,18 @@ impl GgufFamily {
 pub fn unpermute_rows(bytes: &[u8], row_bytes: usize, rows: usize, heads: usize) -> Vec<u8> {
     let head_rows = rows / heads;
     let half = head_rows / 2;
-    let mut out = vec![0u8; bytes.len()];
+    // Rows are appended in Hugging Face order (not zero-filled first: a
+    // streamed layer's q and k are put back on every read).
+    let mut out = Vec::with_capacity(bytes.len());
     for head in 0..heads {
         for s in 0..2 {
             for i in 0..half {
-                let hf = head * head_rows + s * half + i;
                 let gguf = head * head_rows + 2 * i + s;
-                out[hf * row_bytes..(hf + 1) * row_bytes]
-                    .copy_from_slice(&bytes[gguf * row_bytes..(gguf + 1) * row_bytes]);
+                out.extend_from_slice(&bytes[gguf * row_bytes..(gguf + 1) * row_bytes]);
             }
         }
     }
+    out.resize(bytes.len(), 0);
     out
 }
 
