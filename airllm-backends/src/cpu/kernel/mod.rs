@@ -58,13 +58,14 @@ pub const QUANTIZED_MAX_ROWS: usize = 1;
 pub const AMX_MIN_ROWS_BF16: usize = 16;
 
 /// Rows from which the block kinds that AMX multiplies as integer codes
-/// (all but Q6_K) take it. Measured as [`QUANTIZED_MAX_ROWS`]: at 16 rows
-/// AMX is ahead of the tiles (Q4_1: 222 µs against 243; at 12: 212
-/// against 201; at 8 behind, 206 against 156); a partial last block of 16
-/// rows costs it a whole one, yet at 24 rows it is ahead (264 against
-/// 335); at 64 far ahead (437 against 838 and the panels' 857), at 512
-/// ahead of the panels (2.96 ms against 4.22).
-pub const AMX_MIN_ROWS_CODES: usize = 16;
+/// (all but Q6_K) take it. Measured as [`QUANTIZED_MAX_ROWS`], AMX against
+/// the tiles: at 12 rows ahead or level (Q4_1: 162 µs against 192; Q8_0:
+/// 154 against 159; Q4_K: 213 against 218), at 10 behind for Q8_0 (149
+/// against 135), at 16 ahead for all three (Q4_1: 172 against 253); at 64
+/// far ahead (415 against 698 and the panels' 877), at 512 ahead of the
+/// panels (2.57 ms against 4.23). A partial last block of 16 rows costs it
+/// a whole one.
+pub const AMX_MIN_ROWS_CODES: usize = 12;
 
 /// Rows up to which the tile kernel multiplies, where the CPU runs it.
 /// Measured as [`QUANTIZED_MAX_ROWS`]: it is ahead of every other path from
