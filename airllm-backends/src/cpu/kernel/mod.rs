@@ -49,13 +49,13 @@ pub const QUANTIZED_MAX_ROWS: usize = 1;
 /// Rows from which [`Activations::Reduced`] takes the AMX path for bf16
 /// weights, where the CPU has it. Measured on `[576, 1536]` as
 /// [`QUANTIZED_MAX_ROWS`]: AMX (two tile products per weight tile: the
-/// activations' high and low bf16 parts) is level with the tiles at 12–16
-/// rows and ahead beyond (16 rows: 184 µs against 203; 32: 250 against
-/// 366; 512: 2.2 ms against the panels' 4.1). f32 and f16 weights, and
-/// Q6_K, take three tile products (the weights are split too) and pass the
-/// tiles only at 48–64 rows, so they take AMX where the panels would
-/// ([`TILES_MAX_ROWS`]).
-pub const AMX_MIN_ROWS_BF16: usize = 16;
+/// activations' high and low bf16 parts) is level with the tiles at 8 rows
+/// (137 µs against 147) and ahead beyond (10 rows: 144 against 173; 16: 151
+/// against 236; 512: 1.9 ms against the panels' 4.2). f32 and f16 weights,
+/// and Q6_K, take three tile products (the weights are split too) and pass
+/// the tiles only at 48–64 rows (f32: 541 µs against 472 at 48, 609 against
+/// 853 at 64), so they take AMX where the panels would ([`TILES_MAX_ROWS`]).
+pub const AMX_MIN_ROWS_BF16: usize = 10;
 
 /// Rows from which the block kinds that AMX multiplies as integer codes
 /// (all but Q6_K) take it. Measured as [`QUANTIZED_MAX_ROWS`], AMX against
