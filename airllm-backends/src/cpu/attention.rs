@@ -277,10 +277,10 @@ unsafe fn avx512_chunk_dots(
 }
 
 /// The task's outputs; `transpose_keys(keys, transposed)` turns a chunk of
-/// keys as [`portable_transpose_keys`] does; `chunk_dots(query_dims, keys, dots)` computes the
-/// scores of a block of [`DOT_ROWS`] query rows (dims `[head_dim]
-/// [DOT_ROWS]`) against a chunk of keys (`[head_dim][KEYS]`) into `dots`
-/// (`[DOT_ROWS][KEYS]`).
+/// keys as [`portable_transpose_keys`] does; `chunk_dots(query_dims, keys,
+/// dots)` computes the scores of a block of [`DOT_ROWS`] query rows (dims
+/// `[head_dim][DOT_ROWS]`) against a chunk of keys (`[head_dim][KEYS]`)
+/// into `dots` (`[DOT_ROWS][KEYS]`).
 #[inline(always)]
 fn run_with(
     task: &Task,

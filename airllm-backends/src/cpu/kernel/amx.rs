@@ -510,11 +510,6 @@ mod x86 {
         let mut low = [_mm512_setzero_ps(); TILE];
         let mut totals = [_mm512_setzero_ps(); TILE];
         for (r, row) in values.take(TILE).enumerate() {
-            // The row's chunk after next, brought to L1 (16 rows are too
-            // many streams for the hardware prefetcher).
-            let ahead = row.as_ptr().wrapping_add(2 * CHUNK) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(ahead);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
             let (first, second) = (
                 _mm512_loadu_ps(row.as_ptr()),
                 _mm512_loadu_ps(row[16..CHUNK].as_ptr()),
