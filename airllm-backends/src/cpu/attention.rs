@@ -67,6 +67,19 @@ pub fn attention(
     shape: AttentionShape,
     scale: f32,
 ) -> Result<Vec<f32>> {
+    attention_on(Isa::widest(), q, keys, values, bias, shape, scale)
+}
+
+/// [`attention`] with the instructions of `isa`.
+fn attention_on(
+    isa: Isa,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    bias: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+) -> Result<Vec<f32>> {
     let s = shape;
     let grouped = s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads);
     let consistent = grouped
@@ -101,7 +114,7 @@ pub fn attention(
                 queries: block * QUERIES..((block + 1) * QUERIES).min(seq),
                 scale,
             };
-            run(&task, q, keys, values, bias)
+            isa.run(&task, q, keys, values, bias)
         })
         .collect();
     let group = shape.group();
@@ -144,19 +157,48 @@ struct Row {
     sum: f32,
 }
 
-/// The task's outputs, `[group, queries, head_dim]`.
-fn run(task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, checked just above.
-        return unsafe { run_avx512(task, q, keys, values, bias) };
+/// The instructions attention's inner loops are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// Every one this CPU runs, widest first.
+    fn available() -> Vec<Isa> {
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+            if has!("avx2") && has!("fma") {
+                isas.push(Isa::Avx2);
+            }
+        }
+        isas.push(Isa::Portable);
+        isas
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { run_avx2(task, q, keys, values, bias) };
+
+    /// The widest one this CPU runs.
+    fn widest() -> Isa {
+        Isa::available()[0]
     }
-    run_portable(task, q, keys, values, bias)
+
+    /// The task's outputs, `[group, queries, head_dim]`.
+    fn run(self, task: &Task, q: &[f32], keys: &[f32], values: &[f32], bias: &[f32]) -> Vec<f32> {
+        match self {
+            // SAFETY: `available` offers these only where the CPU has them.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { run_avx512(task, q, keys, values, bias) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { run_avx2(task, q, keys, values, bias) },
+            _ => run_portable(task, q, keys, values, bias),
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -177,7 +219,19 @@ unsafe fn run_avx512(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32])
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2(task: &Task, q: &[f32], k: &[f32], v: &[f32], bias: &[f32]) -> Vec<f32> {
-    run_portable(task, q, k, v, bias)
+    // Closures, not the functions themselves: a closure inherits this
+    // function's target features, a function item's call shim does not
+    // (its `mul_add`s became calls to the library's `fmaf`).
+    // SAFETY: this function runs only where the CPU has AVX2 and FMA.
+    run_with(
+        task,
+        q,
+        k,
+        v,
+        bias,
+        |keys, transposed| unsafe { avx2_transpose_keys(keys, transposed) },
+        |query_dims, keys, dots| unsafe { avx2_chunk_dots(query_dims, keys, dots) },
+    )
 }
 
 /// Plain loops over fixed-size arrays, written to vectorize at whatever
@@ -233,6 +287,41 @@ unsafe fn avx512_transpose_keys(keys: &[f32], transposed: &mut [[f32; KEYS]]) {
     }
 }
 
+/// [`portable_transpose_keys`] by 8 × 8 blocks in registers where the
+/// head's dims are a multiple of 8 (columns past `width` zero).
+///
+/// # Safety
+/// The CPU has AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_transpose_keys(keys: &[f32], transposed: &mut [[f32; KEYS]]) {
+    use std::arch::x86_64::*;
+    const BLOCK: usize = 8;
+    let d = transposed.len();
+    if !d.is_multiple_of(BLOCK) {
+        return portable_transpose_keys(keys, transposed);
+    }
+    let width = keys.len() / d;
+    for half in 0..KEYS / BLOCK {
+        let first = half * BLOCK;
+        for (block, out) in transposed.chunks_exact_mut(BLOCK).enumerate() {
+            let mut rows = [_mm256_setzero_ps(); BLOCK];
+            for (j, row) in rows
+                .iter_mut()
+                .enumerate()
+                .take(width.saturating_sub(first))
+            {
+                let key = &keys[(first + j) * d..(first + j + 1) * d];
+                *row = _mm256_loadu_ps(key[block * BLOCK..(block + 1) * BLOCK].as_ptr());
+            }
+            super::transpose::transpose_8x8(&mut rows);
+            for (dims, row) in out.iter_mut().zip(rows) {
+                _mm256_storeu_ps(dims[first..first + BLOCK].as_mut_ptr(), row);
+            }
+        }
+    }
+}
+
 /// The scores of [`DOT_ROWS`] query rows against a key chunk, in plain loops.
 #[inline(always)]
 fn portable_chunk_dots(
@@ -273,6 +362,38 @@ unsafe fn avx512_chunk_dots(
     }
     for (dots, acc) in dots.iter_mut().zip(acc) {
         _mm512_storeu_ps(dots.as_mut_ptr(), acc);
+    }
+}
+
+/// [`portable_chunk_dots`] with two AVX2 accumulators per query row, half
+/// the rows at a time (all of them would take every register).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_chunk_dots(
+    query_dims: &[[f32; DOT_ROWS]],
+    keys: &[[f32; KEYS]],
+    dots: &mut [[f32; KEYS]],
+) {
+    use std::arch::x86_64::*;
+    const HALF: usize = DOT_ROWS / 2;
+    for half in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); 2]; HALF];
+        for (query, key) in query_dims.iter().zip(keys) {
+            let low = _mm256_loadu_ps(key.as_ptr());
+            let high = _mm256_loadu_ps(key[8..].as_ptr());
+            for (acc, q) in acc.iter_mut().zip(&query[half * HALF..]) {
+                let q = _mm256_set1_ps(*q);
+                acc[0] = _mm256_fmadd_ps(q, low, acc[0]);
+                acc[1] = _mm256_fmadd_ps(q, high, acc[1]);
+            }
+        }
+        for (dots, acc) in dots[half * HALF..].iter_mut().zip(acc) {
+            _mm256_storeu_ps(dots.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(dots[8..].as_mut_ptr(), acc[1]);
+        }
     }
 }
 
@@ -562,13 +683,15 @@ mod tests {
                 }
             }
             let scale = (head_dim as f64).powf(-0.5);
-            let got = attention(&q, &keys, &values, &bias, s, scale as f32).unwrap();
             let want = reference(&q, &keys, &values, &bias, s, scale);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "{s:?} [{i}]: {g} vs {w}"
-                );
+            for isa in Isa::available() {
+                let got = attention_on(isa, &q, &keys, &values, &bias, s, scale as f32).unwrap();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "{isa:?} {s:?} [{i}]: {g} vs {w}"
+                    );
+                }
             }
         }
     }
