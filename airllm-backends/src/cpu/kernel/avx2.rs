@@ -43,6 +43,20 @@ trait Groups {
     /// # Safety
     /// AVX2, FMA and F16C are available and `block` points at a whole block.
     unsafe fn group(block: *const u8, g: usize) -> (__m256i, [f32; 2], f32);
+
+    /// [`Groups::group`] with the quants widened to 16 bits, the first 16
+    /// and the second 16 (kinds whose quants unpack straight to 16 bits
+    /// override it).
+    ///
+    /// # Safety
+    /// As [`Groups::group`].
+    #[inline(always)]
+    unsafe fn words(block: *const u8, g: usize) -> ([__m256i; 2], [f32; 2], f32) {
+        let (q, scales, min) = Self::group(block, g);
+        let first = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+        let second = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(q));
+        ([first, second], scales, min)
+    }
 }
 
 #[inline(always)]
@@ -76,6 +90,24 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// 16 bytes of nibbles as two vectors of 16-bit lanes: the low nibbles
+/// (weights 0–15), then the high nibbles (weights 16–31).
+#[inline(always)]
+unsafe fn nibble_words(at: *const u8) -> [__m256i; 2] {
+    let bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(at as *const __m128i));
+    [
+        _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F)),
+        _mm256_srli_epi16::<4>(bytes),
+    ]
+}
+
+/// The two f16 values at `block` and `block + 2`, converted together.
+#[inline(always)]
+unsafe fn f16_pair(block: *const u8) -> (f32, f32) {
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128(read_u32(block) as i32));
+    (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
+}
+
 #[inline(always)]
 unsafe fn read_u32(at: *const u8) -> u32 {
     u32::from_le_bytes(std::ptr::read_unaligned(at as *const [u8; 4]))
@@ -104,6 +136,16 @@ impl Groups for Q4_0 {
         let q = _mm256_sub_epi8(nibbles(block.add(2)), _mm256_set1_epi8(8));
         (q, [f16_at(block, 0); 2], 0.0)
     }
+    #[inline(always)]
+    unsafe fn words(block: *const u8, _: usize) -> ([__m256i; 2], [f32; 2], f32) {
+        let eight = _mm256_set1_epi16(8);
+        let [first, second] = nibble_words(block.add(2));
+        let q = [
+            _mm256_sub_epi16(first, eight),
+            _mm256_sub_epi16(second, eight),
+        ];
+        (q, [f16_at(block, 0); 2], 0.0)
+    }
 }
 
 struct Q4_1;
@@ -113,11 +155,13 @@ impl Groups for Q4_1 {
     const HAS_MIN: bool = true;
     #[inline(always)]
     unsafe fn group(block: *const u8, _: usize) -> (__m256i, [f32; 2], f32) {
-        (
-            nibbles(block.add(4)),
-            [f16_at(block, 0); 2],
-            f16_at(block, 2),
-        )
+        let (scale, min) = f16_pair(block);
+        (nibbles(block.add(4)), [scale; 2], min)
+    }
+    #[inline(always)]
+    unsafe fn words(block: *const u8, _: usize) -> ([__m256i; 2], [f32; 2], f32) {
+        let (scale, min) = f16_pair(block);
+        (nibble_words(block.add(4)), [scale; 2], min)
     }
 }
 
@@ -221,15 +265,20 @@ impl Groups for Q6K {
 trait Width {
     /// One row's accumulator.
     type Acc: Copy;
+    /// A group's 32 quants, widened to 16 bits.
+    type Quants: Copy;
 
     /// A zero accumulator.
     unsafe fn zero() -> Self::Acc;
+
+    /// Group `g` of the block at `block`, as [`Groups::group`].
+    unsafe fn quants<K: Groups>(block: *const u8, g: usize) -> (Self::Quants, [f32; 2], f32);
 
     /// `acc` plus the products of weights `w` with the 32 activations at
     /// `x`, the first 16 scaled by `scales[0]`, the second by `scales[1]`
     /// (equal unless `split`).
     unsafe fn add_dot(
-        w: __m256i,
+        w: Self::Quants,
         x: *const i16,
         scales: [f32; 2],
         split: bool,
@@ -254,6 +303,7 @@ pub(super) unsafe fn sum_256(v: __m256) -> f32 {
 struct Avx2;
 impl Width for Avx2 {
     type Acc = __m256;
+    type Quants = [__m256i; 2];
 
     #[inline(always)]
     unsafe fn zero() -> __m256 {
@@ -261,15 +311,18 @@ impl Width for Avx2 {
     }
 
     #[inline(always)]
+    unsafe fn quants<K: Groups>(block: *const u8, g: usize) -> ([__m256i; 2], [f32; 2], f32) {
+        K::words(block, g)
+    }
+
+    #[inline(always)]
     unsafe fn add_dot(
-        w: __m256i,
+        [first, second]: [__m256i; 2],
         x: *const i16,
         scales: [f32; 2],
         split: bool,
         acc: __m256,
     ) -> __m256 {
-        let first = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
-        let second = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w));
         let first = _mm256_madd_epi16(first, _mm256_loadu_si256(x as *const __m256i));
         let second = _mm256_madd_epi16(second, _mm256_loadu_si256(x.add(16) as *const __m256i));
         if !split {
@@ -289,6 +342,7 @@ impl Width for Avx2 {
 struct Avx512;
 impl Width for Avx512 {
     type Acc = __m512;
+    type Quants = __m512i;
 
     #[inline(always)]
     unsafe fn zero() -> __m512 {
@@ -296,15 +350,21 @@ impl Width for Avx512 {
     }
 
     #[inline(always)]
+    unsafe fn quants<K: Groups>(block: *const u8, g: usize) -> (__m512i, [f32; 2], f32) {
+        let (q, scales, min) = K::group(block, g);
+        (_mm512_cvtepi8_epi16(q), scales, min)
+    }
+
+    #[inline(always)]
     unsafe fn add_dot(
-        w: __m256i,
+        w: __m512i,
         x: *const i16,
         scales: [f32; 2],
         split: bool,
         acc: __m512,
     ) -> __m512 {
         // Lanes 0–7 hold the first 16 weights' pair sums, lanes 8–15 the second's.
-        let pairs = _mm512_madd_epi16(_mm512_cvtepi8_epi16(w), _mm512_loadu_si512(x as *const _));
+        let pairs = _mm512_madd_epi16(w, _mm512_loadu_si512(x as *const _));
         let scale = match split {
             true => {
                 _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(scales[0]), _mm512_set1_ps(scales[1]))
@@ -334,7 +394,7 @@ unsafe fn add_group<W: Width, K: Groups, const R: usize>(
     mins: &mut [f32; R],
 ) {
     let block = row.add(at / K::GROUPS * K::BLOCK_BYTES);
-    let (w, scales, min) = K::group(block, at % K::GROUPS);
+    let (w, scales, min) = W::quants::<K>(block, at % K::GROUPS);
     for r in 0..R {
         let xr = x.get_unchecked(r);
         let x_scale = *xr.scales.get_unchecked(at);
