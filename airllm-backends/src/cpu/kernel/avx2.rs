@@ -537,34 +537,68 @@ impl<'a> RowDots<'a> {
 
 /// Decodes the whole blocks of `kind` in `bytes` into `out` (one value per
 /// weight, `quant · scale + min` as GGML's reference decoding, rounded
-/// once by the FMA) at 512 bits; false where the CPU lacks AVX-512 or
-/// `out` does not hold the blocks' values.
-pub fn decode_wide(kind: BlockKind, bytes: &[u8], out: &mut [f32]) -> bool {
-    if !wide_available() || !bytes.len().is_multiple_of(kind.block_bytes()) {
+/// once by the FMA) at 512 bits (`wide`) or 256; false where the CPU lacks
+/// the instructions or `out` does not hold the blocks' values.
+pub fn decode_blocks_at(kind: BlockKind, bytes: &[u8], out: &mut [f32], wide: bool) -> bool {
+    let supported = if wide { wide_available() } else { available() };
+    if !supported || !bytes.len().is_multiple_of(kind.block_bytes()) {
         return false;
     }
     if out.len() != bytes.len() / kind.block_bytes() * kind.block_len() {
         return false;
     }
-    // SAFETY: the CPU has AVX-512 (checked above), and `out` holds a value
-    // for every weight of the whole blocks in `bytes`.
-    unsafe {
-        match kind {
-            BlockKind::Q8_0 => decode_blocks::<Q8_0>(bytes, out),
-            BlockKind::Q4_0 => decode_blocks::<Q4_0>(bytes, out),
-            BlockKind::Q4_1 => decode_blocks::<Q4_1>(bytes, out),
-            BlockKind::Q5_0 => decode_blocks::<Q5_0>(bytes, out),
-            BlockKind::Q5_1 => decode_blocks::<Q5_1>(bytes, out),
-            BlockKind::Q4_K => decode_blocks::<Q4K>(bytes, out),
-            BlockKind::Q5_K => decode_blocks::<Q5K>(bytes, out),
-            BlockKind::Q6_K => decode_blocks::<Q6K>(bytes, out),
-        }
-    }
+    let decode = match kind {
+        BlockKind::Q8_0 => decoder::<Q8_0>(wide),
+        BlockKind::Q4_0 => decoder::<Q4_0>(wide),
+        BlockKind::Q4_1 => decoder::<Q4_1>(wide),
+        BlockKind::Q5_0 => decoder::<Q5_0>(wide),
+        BlockKind::Q5_1 => decoder::<Q5_1>(wide),
+        BlockKind::Q4_K => decoder::<Q4K>(wide),
+        BlockKind::Q5_K => decoder::<Q5K>(wide),
+        BlockKind::Q6_K => decoder::<Q6K>(wide),
+    };
+    // SAFETY: the CPU has the width's instructions (checked above), and
+    // `out` holds a value for every weight of the whole blocks in `bytes`.
+    unsafe { decode(bytes, out) };
     true
 }
 
+/// [`decode_blocks_at`] at the widest vectors this CPU has.
+pub fn decode_blocks(kind: BlockKind, bytes: &[u8], out: &mut [f32]) -> bool {
+    decode_blocks_at(kind, bytes, out, wide_available())
+}
+
+/// The decoding loop of `K` at 512 bits (`wide`) or 256.
+fn decoder<K: Groups>(wide: bool) -> unsafe fn(&[u8], &mut [f32]) {
+    match wide {
+        true => decode_blocks_avx512::<K>,
+        false => decode_blocks_avx2::<K>,
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_blocks_avx2<K: Groups>(bytes: &[u8], out: &mut [f32]) {
+    let groups = bytes.len() / K::BLOCK_BYTES * K::GROUPS;
+    for at in 0..groups {
+        let block = bytes.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
+        let (q, scales, min) = K::group(block, at % K::GROUPS);
+        let min = _mm256_set1_ps(min);
+        let to = out.as_mut_ptr().add(at * GROUP);
+        for (half, bytes) in [_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)]
+            .into_iter()
+            .enumerate()
+        {
+            let scale = _mm256_set1_ps(scales[half]);
+            let low = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+            let high = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(bytes)));
+            _mm256_storeu_ps(to.add(16 * half), _mm256_fmadd_ps(low, scale, min));
+            _mm256_storeu_ps(to.add(16 * half + 8), _mm256_fmadd_ps(high, scale, min));
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-unsafe fn decode_blocks<K: Groups>(bytes: &[u8], out: &mut [f32]) {
+unsafe fn decode_blocks_avx512<K: Groups>(bytes: &[u8], out: &mut [f32]) {
     let groups = bytes.len() / K::BLOCK_BYTES * K::GROUPS;
     for at in 0..groups {
         let block = bytes.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
@@ -593,7 +627,7 @@ pub struct Strides {
 }
 
 /// Decodes rows of one block kind as groups of 32 integer codes with an
-/// affine map each (`value = code · scale + min`, as [`decode_wide`]
+/// affine map each (`value = code · scale + min`, as [`decode_blocks`]
 /// computes it): the codes as bf16, exact since every code lies in
 /// −128..=127, with one scale and one minimum per group. The CPU's features
 /// and the kind are checked once, when it is made.

@@ -229,9 +229,9 @@ fn f32_in_place(w: &HostTensor) -> Option<&[f32]> {
 }
 
 /// Decodes values `start..start + out.len()` of `w` into `out` (whole
-/// blocks), at 512 bits for the block kinds where the CPU has AVX-512
-/// (`HostTensor::decode_range` has AVX2 for three kinds, scalar code for
-/// the others: Q4_K tiles spent most of their time there).
+/// blocks), at 512 or 256 bits for the block kinds where the CPU has
+/// AVX-512 or AVX2 (`HostTensor::decode_range` has AVX2 for three kinds,
+/// scalar code for the others: Q4_K tiles spent most of their time there).
 fn decode(w: &HostTensor, start: usize, out: &mut [f32]) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     if let StorageKind::Block(kind) = w.kind {
@@ -241,7 +241,7 @@ fn decode(w: &HostTensor, start: usize, out: &mut [f32]) -> Result<()> {
             start.is_multiple_of(kind.block_len()) && out.len().is_multiple_of(kind.block_len());
         if let (Some(from), Some(to), true) = (from, to, whole) {
             if let Some(bytes) = w.bytes.as_slice().get(from..to) {
-                if avx2::decode_wide(kind, bytes, out) {
+                if avx2::decode_blocks(kind, bytes, out) {
                     return Ok(());
                 }
             }
@@ -574,27 +574,27 @@ pub(crate) mod tests {
         }
     }
 
-    /// The 512-bit decoding gives the reference values (within the FMA's
-    /// single rounding).
+    /// The 512- and 256-bit decodings give the reference values (within
+    /// the FMA's single rounding).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn wide_decoding_matches_the_reference_decoding() {
-        if !avx2::wide_available() {
-            return;
-        }
-        for kind in BLOCK_KINDS {
-            let bytes = random_blocks(kind, 3, 4);
-            let mut want = vec![0.0f32; 3 * kind.block_len()];
-            airllm_core::dequant::dequantize(kind, &bytes, &mut want);
-            let mut got = vec![0.0f32; want.len()];
-            assert!(avx2::decode_wide(kind, &bytes, &mut got));
-            for (i, (got, want)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (got - want).abs() <= 1e-6,
-                    "{kind:?} value {i}: {got} vs {want}"
-                );
+    fn simd_decoding_matches_the_reference_decoding() {
+        let widths = [(false, avx2::available()), (true, avx2::wide_available())];
+        for (wide, _) in widths.into_iter().filter(|(_, available)| *available) {
+            for kind in BLOCK_KINDS {
+                let bytes = random_blocks(kind, 3, 4);
+                let mut want = vec![0.0f32; 3 * kind.block_len()];
+                airllm_core::dequant::dequantize(kind, &bytes, &mut want);
+                let mut got = vec![0.0f32; want.len()];
+                assert!(avx2::decode_blocks_at(kind, &bytes, &mut got, wide));
+                for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (got - want).abs() <= 1e-6,
+                        "{kind:?} (wide: {wide}) value {i}: {got} vs {want}"
+                    );
+                }
+                assert!(!avx2::decode_blocks_at(kind, &bytes, &mut got[1..], wide));
             }
-            assert!(!avx2::decode_wide(kind, &bytes, &mut got[1..]));
         }
     }
 
