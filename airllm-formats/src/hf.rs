@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo, UnitSpec};
 
 use crate::error::read_json;
-use crate::mapped::{map_tensors, TensorPlacement};
+use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
 use crate::safetensors_file::SafetensorsFile;
 use crate::{FormatError, Result};
 
@@ -31,6 +31,7 @@ pub struct HfStore {
     files: Vec<SafetensorsFile>,
     units: Vec<UnitInfo>,
     placements: Vec<Placement>,
+    maps: FileMaps,
 }
 
 impl HfStore {
@@ -81,6 +82,7 @@ impl HfStore {
             files,
             units,
             placements,
+            maps: FileMaps::default(),
         })
     }
 }
@@ -151,7 +153,7 @@ impl LayerStore for HfStore {
             })
             .collect();
         Ok(HostUnit {
-            tensors: map_tensors(&wanted)?,
+            tensors: map_tensors(&self.maps, &wanted)?,
         })
     }
 

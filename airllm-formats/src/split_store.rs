@@ -7,7 +7,7 @@ use airllm_core::store::element_count;
 use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo};
 
 use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
-use crate::mapped::{map_tensors, TensorPlacement};
+use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
 use crate::{checksum, FormatError, Result};
 
 /// A split directory as a [`LayerStore`].
@@ -15,6 +15,7 @@ pub struct SplitStore {
     dir: PathBuf,
     manifest: Manifest,
     units: Vec<UnitInfo>,
+    maps: FileMaps,
 }
 
 impl SplitStore {
@@ -35,6 +36,7 @@ impl SplitStore {
         let manifest = Manifest::read(&manifest_path)?;
         let store = SplitStore {
             dir: dir.to_path_buf(),
+            maps: FileMaps::default(),
             units: manifest
                 .units
                 .iter()
@@ -139,7 +141,7 @@ impl LayerStore for SplitStore {
                 range: t.range[0] as usize..t.range[1] as usize,
             })
             .collect();
-        let tensors = map_tensors(&wanted)?;
+        let tensors = map_tensors(&self.maps, &wanted)?;
         Ok(HostUnit { tensors })
     }
 

@@ -12,7 +12,7 @@ use airllm_core::{
 
 use super::family::{unpermute_rows, GgufFamily, Located, PermutedRows};
 use super::file::GgufFile;
-use crate::mapped::{map_tensors, TensorPlacement};
+use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
 use crate::Result;
 
 /// Where an adapter tensor lives in the file.
@@ -52,6 +52,7 @@ pub struct GgufStore {
     file: Arc<GgufFile>,
     units: Vec<UnitInfo>,
     placements: Vec<Vec<Placement>>,
+    maps: FileMaps,
 }
 
 impl GgufStore {
@@ -106,6 +107,7 @@ impl GgufStore {
             file,
             units,
             placements,
+            maps: FileMaps::default(),
         })
     }
 }
@@ -145,7 +147,7 @@ impl LayerStore for GgufStore {
                 range: p.range.clone(),
             })
             .collect();
-        let tensors = map_tensors(&places)?
+        let tensors = map_tensors(&self.maps, &places)?
             .into_iter()
             .zip(&wanted)
             .map(|(tensor, p)| match p.permuted {
