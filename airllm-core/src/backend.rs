@@ -93,6 +93,23 @@ fn rotate_halves<B: Backend>(
     x * cos.clone() + rotated * sin.clone()
 }
 
+/// [`ComputeBackend::rotate_pairs`] in burn ops.
+fn rotate_pairs<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [batch, heads, seq, dim] = x.dims();
+    let pairs: Tensor<B, 5> = x.reshape([batch, heads, seq, dim / 2, 2]);
+    let a = pairs.clone().narrow(4, 0, 1);
+    let b = pairs.narrow(4, 1, 1);
+    let cos: Tensor<B, 5> = cos.clone().unsqueeze_dim(4);
+    let sin: Tensor<B, 5> = sin.clone().unsqueeze_dim(4);
+    let first = a.clone() * cos.clone() - b.clone() * sin.clone();
+    let second = b * cos + a * sin;
+    Tensor::cat(vec![first, second], 4).reshape([batch, heads, seq, dim])
+}
+
 /// [`ComputeBackend::rms_norm`] in burn ops, in f32.
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let mean_square = x.clone().powi_scalar(2).mean_dim(2);
@@ -243,6 +260,19 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         sin: &Tensor<B, 4>,
     ) -> Result<Tensor<B, 4>> {
         Ok(rotate_halves(x, cos, sin))
+    }
+
+    /// Rotary positions in the interleaved layout: each pair `(a, b)` of
+    /// dims `2i, 2i + 1` becomes `(a cos − b sin, b cos + a sin)`, for `x:
+    /// [batch, heads, seq, dim]` and tables `[batch, 1, seq, dim / 2]`. The
+    /// default is burn's ops.
+    fn rotate_pairs(
+        &self,
+        x: Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>> {
+        Ok(rotate_pairs(x, cos, sin))
     }
 
     /// `buffer: [batch, heads, room, dim]` with positions `at..` replaced by

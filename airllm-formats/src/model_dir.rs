@@ -272,9 +272,7 @@ impl ModelDir {
     /// Opens the weights as a store grouped into `specs` units.
     pub fn open_store(&self, specs: &[UnitSpec]) -> Result<Arc<dyn LayerStore>> {
         Ok(match (self.kind, &self.gguf) {
-            (ModelKind::Gguf, Some(file)) => {
-                Arc::new(GgufStore::open(file.clone(), specs, &self.config)?)
-            }
+            (ModelKind::Gguf, Some(file)) => Arc::new(GgufStore::open(file.clone(), specs)?),
             (ModelKind::Split, _) => Arc::new(SplitStore::open(&self.path)?),
             _ => Arc::new(HfStore::open(&self.path, specs)?),
         })

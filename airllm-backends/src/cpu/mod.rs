@@ -41,6 +41,35 @@ impl CpuBackend {
             activations,
         }
     }
+
+    /// `x: [batch, heads, seq, dim]` rotated on the host by `rotate`, with
+    /// tables `[batch, 1, seq, dim / dims_per_entry]`.
+    fn rotate(
+        &self,
+        x: Tensor<Flex, 4>,
+        cos: &Tensor<Flex, 4>,
+        sin: &Tensor<Flex, 4>,
+        dims_per_entry: usize,
+        rotate: rope::RotateRows,
+    ) -> Result<Tensor<Flex, 4>> {
+        let dims = x.dims();
+        let [batch, heads, seq, dim] = dims;
+        let table = [batch, 1, seq, dim / dims_per_entry];
+        if cos.dims() != table || sin.dims() != table || dim % 2 == 1 {
+            return Err(Error::Backend(format!(
+                "rotary tables {:?} do not fit queries or keys {dims:?}",
+                cos.dims()
+            )));
+        }
+        let mut values = host_values(x, "queries or keys")?;
+        let cos = HostView::of(cos, "the rotary cos table")?;
+        let sin = HostView::of(sin, "the rotary sin table")?;
+        rotate(&mut values, [heads, seq, dim], cos.values(), sin.values());
+        Ok(Tensor::from_data(
+            TensorData::new(values, dims),
+            &self.device,
+        ))
+    }
 }
 
 impl Default for CpuBackend {
@@ -166,22 +195,16 @@ impl ComputeBackend<Flex> for CpuBackend {
         cos: &Tensor<Flex, 4>,
         sin: &Tensor<Flex, 4>,
     ) -> Result<Tensor<Flex, 4>> {
-        let dims = x.dims();
-        let [batch, heads, seq, dim] = dims;
-        if cos.dims() != [batch, 1, seq, dim] || sin.dims() != cos.dims() || dim % 2 == 1 {
-            return Err(Error::Backend(format!(
-                "rotary tables {:?} do not fit queries or keys {dims:?}",
-                cos.dims()
-            )));
-        }
-        let mut values = host_values(x, "queries or keys")?;
-        let cos = HostView::of(cos, "the rotary cos table")?;
-        let sin = HostView::of(sin, "the rotary sin table")?;
-        rope::rotate_halves(&mut values, [heads, seq, dim], cos.values(), sin.values());
-        Ok(Tensor::from_data(
-            TensorData::new(values, dims),
-            &self.device,
-        ))
+        self.rotate(x, cos, sin, 1, rope::rotate_halves)
+    }
+
+    fn rotate_pairs(
+        &self,
+        x: Tensor<Flex, 4>,
+        cos: &Tensor<Flex, 4>,
+        sin: &Tensor<Flex, 4>,
+    ) -> Result<Tensor<Flex, 4>> {
+        self.rotate(x, cos, sin, 2, rope::rotate_pairs)
     }
 
     /// In place where the buffer is f32, contiguous and held only here (the

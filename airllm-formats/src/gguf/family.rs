@@ -16,8 +16,12 @@ pub struct GgufFamily {
     pub architecture: &'static str,
     /// `model_type` of the implied config.
     pub model_type: &'static str,
-    /// Whether llama.cpp's converter permuted the rows of q and k (for its
-    /// interleaved rotary layout); reading undoes it.
+    /// Whether llama.cpp's converter permuted the rows of q and k so that
+    /// each head's rotary pairs are neighbours (dims 2i and 2i + 1). The rows
+    /// are read as stored and the implied config says so
+    /// (`rope_interleave`), so the rotary embedding pairs them that way:
+    /// attention scores are the same, and a streamed layer's q and k are not
+    /// copied back into Hugging Face order on every read.
     pub permuted_qk: bool,
 }
 
@@ -94,13 +98,6 @@ pub struct Located {
     pub expert: Option<usize>,
 }
 
-/// Which rows of a tensor were permuted, as the number of heads they form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PermutedRows {
-    /// Heads the rows are grouped into.
-    pub heads: usize,
-}
-
 impl GgufFamily {
     /// The family of `file`, or an error naming the supported ones.
     pub fn of(file: &GgufFile) -> Result<&'static GgufFamily> {
@@ -162,21 +159,6 @@ impl GgufFamily {
         Some(format!("{gguf}.{suffix}"))
     }
 
-    /// Whether (and how) the rows of `hf_name` were permuted on conversion.
-    pub fn permuted_rows(&self, hf_name: &str, config: &Value) -> Option<PermutedRows> {
-        if !self.permuted_qk {
-            return None;
-        }
-        let heads = |key: &str| config.get(key).and_then(Value::as_u64).map(|n| n as usize);
-        if hf_name.contains(".self_attn.q_proj.") {
-            heads("num_attention_heads").map(|heads| PermutedRows { heads })
-        } else if hf_name.contains(".self_attn.k_proj.") {
-            heads("num_key_value_heads").map(|heads| PermutedRows { heads })
-        } else {
-            None
-        }
-    }
-
     /// The `config.json` the file's metadata implies.
     pub fn config(&self, file: &GgufFile) -> Result<Value> {
         let arch = self.gguf_name;
@@ -221,6 +203,9 @@ impl GgufFamily {
             }
             // llama.cpp renormalises Qwen3-MoE's top-k weights.
             config.insert("norm_topk_prob".into(), json!(true));
+        }
+        if self.permuted_qk {
+            config.insert("rope_interleave".into(), json!(true));
         }
         if let Some(window) = meta("attention.sliding_window").and_then(|v| v.as_u64()) {
             config.insert("sliding_window".into(), json!(window));
@@ -293,28 +278,6 @@ impl GgufFamily {
     }
 }
 
-/// Rearranges the rows of a q or k projection from llama.cpp's order back
-/// to the Hugging Face order. `bytes` holds `rows` rows of `row_bytes` each;
-/// within each head of `rows / heads` rows, GGUF row `2i + s` is Hugging
-/// Face row `s · half + i` (`half` = half the head's rows).
-pub fn unpermute_rows(bytes: &[u8], row_bytes: usize, rows: usize, heads: usize) -> Vec<u8> {
-    let head_rows = rows / heads;
-    let half = head_rows / 2;
-    // Rows are appended in Hugging Face order (not zero-filled first: a
-    // streamed layer's q and k are put back on every read).
-    let mut out = Vec::with_capacity(bytes.len());
-    for head in 0..heads {
-        for s in 0..2 {
-            for i in 0..half {
-                let gguf = head * head_rows + 2 * i + s;
-                out.extend_from_slice(&bytes[gguf * row_bytes..(gguf + 1) * row_bytes]);
-            }
-        }
-    }
-    out.resize(bytes.len(), 0);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,12 +307,5 @@ mod tests {
             qwen3moe.gguf_name("model.layers.3.mlp.gate.weight"),
             Some("blk.3.ffn_gate_inp.weight".into())
         );
-    }
-
-    #[test]
-    fn unpermute_inverts_the_converters_permutation() {
-        // One head of 4 rows: llama.cpp stores HF rows [0, 2, 1, 3].
-        let gguf = [0u8, 2, 1, 3];
-        assert_eq!(unpermute_rows(&gguf, 1, 4, 1), vec![0, 1, 2, 3]);
     }
 }

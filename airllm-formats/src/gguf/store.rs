@@ -1,16 +1,14 @@
 //! A GGUF file as a [`LayerStore`]: each unit's tensors are read in place,
-//! still quantized, from maps of the file; only q and k rows are copied to
-//! undo the converter's permutation. Each expert of a 3-D expert stack is
+//! still quantized, from maps of the file (q and k keep the converter's row
+//! order; the implied config pairs their rotary dims to match). Each expert of a 3-D expert stack is
 //! its own 2-D byte range under its Hugging Face name, so it is read alone.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use airllm_core::{
-    HostBytes, HostTensor, HostUnit, LayerStore, StorageKind, TensorInfo, UnitInfo, UnitSpec,
-};
+use airllm_core::{HostUnit, LayerStore, StorageKind, TensorInfo, UnitInfo, UnitSpec};
 
-use super::family::{unpermute_rows, GgufFamily, Located, PermutedRows};
+use super::family::{GgufFamily, Located};
 use super::file::GgufFile;
 use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
 use crate::Result;
@@ -25,8 +23,6 @@ struct Placement {
     shape: Vec<usize>,
     /// Its absolute byte range.
     range: Range<usize>,
-    /// Rows to put back in Hugging Face order.
-    permuted: Option<PermutedRows>,
 }
 
 /// The shape and bytes of `located` in `file`: the whole tensor, or one
@@ -56,14 +52,9 @@ pub struct GgufStore {
 }
 
 impl GgufStore {
-    /// Groups the tensors of `file` into the units `specs` lists; `config` is
-    /// the config implied by the file (it gives the head counts of q and k).
-    /// Tensors that are absent are left out (the engine's check names them).
-    pub fn open(
-        file: Arc<GgufFile>,
-        specs: &[UnitSpec],
-        config: &serde_json::Value,
-    ) -> Result<Self> {
+    /// Groups the tensors of `file` into the units `specs` lists. Tensors
+    /// that are absent are left out (the engine's check names them).
+    pub fn open(file: Arc<GgufFile>, specs: &[UnitSpec]) -> Result<Self> {
         let family = GgufFamily::of(&file)?;
         let location = file.path.display().to_string();
         let mut units = Vec::with_capacity(specs.len());
@@ -91,7 +82,6 @@ impl GgufStore {
                     kind,
                     shape,
                     range,
-                    permuted: family.permuted_rows(&want.name, config),
                 });
             }
             units.push(UnitInfo {
@@ -109,17 +99,6 @@ impl GgufStore {
             placements,
             maps: FileMaps::default(),
         })
-    }
-}
-
-/// `tensor` with its rows put back in Hugging Face order.
-fn unpermuted(tensor: HostTensor, permuted: PermutedRows) -> HostTensor {
-    let rows = tensor.shape[0];
-    let row_bytes = tensor.bytes.len() / rows.max(1);
-    let bytes = unpermute_rows(tensor.bytes.as_slice(), row_bytes, rows, permuted.heads);
-    HostTensor {
-        bytes: HostBytes::from_vec(bytes),
-        ..tensor
     }
 }
 
@@ -147,15 +126,9 @@ impl LayerStore for GgufStore {
                 range: p.range.clone(),
             })
             .collect();
-        let tensors = map_tensors(&self.maps, &places)?
-            .into_iter()
-            .zip(&wanted)
-            .map(|(tensor, p)| match p.permuted {
-                Some(permuted) => unpermuted(tensor, permuted),
-                None => tensor,
-            })
-            .collect();
-        Ok(HostUnit { tensors })
+        Ok(HostUnit {
+            tensors: map_tensors(&self.maps, &places)?,
+        })
     }
 
     fn verify_unit(&self, _index: usize) -> airllm_core::Result<()> {

@@ -183,8 +183,16 @@ impl Rope {
                 }
             }
         };
+        // `rope_interleave` (as transformers' DeepSeek-V3 config names it):
+        // the stored q and k rows pair dims 2i and 2i + 1, as llama.cpp's
+        // converter leaves them.
+        let style = match config.get("rope_interleave").and_then(Value::as_bool) {
+            Some(true) => RopeStyle::Interleaved,
+            _ => RopeStyle::Halves,
+        };
         Ok(Rope {
             scaling,
+            style,
             ..Rope::new(dim, theta, max_positions)
         })
     }
@@ -353,8 +361,8 @@ impl Rope {
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Rotates the first `dim` dims of `x: [batch, heads, seq, head_dim]`
-    /// (the halves layout on `backend`); the rest pass through.
+    /// Rotates the first `dim` dims of `x: [batch, heads, seq, head_dim]` on
+    /// `backend`; the rest pass through.
     pub fn apply(&self, backend: &dyn ComputeBackend<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
         let head_dim = x.dims()[3];
         let dim = self.rotated_dims();
@@ -368,7 +376,7 @@ impl<B: Backend> RopeTables<B> {
         };
         let out = match self.style {
             RopeStyle::Halves => backend.rotate_halves(rot, &self.cos, &self.sin)?,
-            RopeStyle::Interleaved => self.rotate_pairs(rot),
+            RopeStyle::Interleaved => backend.rotate_pairs(rot, &self.cos, &self.sin)?,
         };
         Ok(match pass {
             Some(pass) => Tensor::cat(vec![out, pass], 3),
@@ -381,19 +389,6 @@ impl<B: Backend> RopeTables<B> {
             RopeStyle::Halves => self.cos.dims()[3],
             RopeStyle::Interleaved => 2 * self.cos.dims()[3],
         }
-    }
-
-    /// `(a, b) -> (a cos - b sin, b cos + a sin)` for each pair `(x[2i], x[2i+1])`.
-    fn rotate_pairs(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, heads, seq, dim] = x.dims();
-        let pairs: Tensor<B, 5> = x.reshape([batch, heads, seq, dim / 2, 2]);
-        let a = pairs.clone().narrow(4, 0, 1);
-        let b = pairs.narrow(4, 1, 1);
-        let cos: Tensor<B, 5> = self.cos.clone().unsqueeze_dim(4);
-        let sin: Tensor<B, 5> = self.sin.clone().unsqueeze_dim(4);
-        let first = a.clone() * cos.clone() - b.clone() * sin.clone();
-        let second = b * cos + a * sin;
-        Tensor::cat(vec![first, second], 4).reshape([batch, heads, seq, dim])
     }
 }
 
@@ -416,6 +411,17 @@ mod tests {
             err.contains("longrope") && err.contains("rope_scaling"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rope_interleave_pairs_neighbouring_dims() {
+        let style = |config: Value| Rope::from_config(&Config(&config), 8).unwrap().style;
+        assert_eq!(
+            style(json!({"rope_interleave": true})),
+            RopeStyle::Interleaved
+        );
+        assert_eq!(style(json!({"rope_interleave": false})), RopeStyle::Halves);
+        assert_eq!(style(json!({})), RopeStyle::Halves);
     }
 
     #[test]
