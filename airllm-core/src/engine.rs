@@ -87,7 +87,7 @@ impl InFlight {
     /// Samples the resident set (`/proc`): after each streamed read, when
     /// the most units are alive.
     fn sample_rss(&self) {
-        let rss = Rss::now();
+        let rss = Rss::resident();
         self.peak_rss_anon.fetch_max(rss.anon, Ordering::SeqCst);
         self.peak_rss_file.fetch_max(rss.file, Ordering::SeqCst);
     }
