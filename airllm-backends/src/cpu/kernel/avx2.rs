@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use airllm_core::BlockKind;
+use airllm_core::{BlockKind, DType};
 
 use super::activations::{QuantizedRow, GROUP};
 use airllm_core::dequant::scale_min_k4;
@@ -566,6 +566,41 @@ pub fn decode_blocks_at(kind: BlockKind, bytes: &[u8], out: &mut [f32], wide: bo
 /// [`decode_blocks_at`] at the widest vectors this CPU has.
 pub fn decode_blocks(kind: BlockKind, bytes: &[u8], out: &mut [f32]) -> bool {
     decode_blocks_at(kind, bytes, out, wide_available())
+}
+
+/// Widens the bf16 or f16 values in `bytes` into `out` (two bytes a value,
+/// a multiple of 8 values); false where the CPU lacks AVX2 and F16C, for
+/// f32, or where the counts differ. The compiler's own loop for bf16 runs at
+/// the baseline's 128 bits, and f16 takes `half`'s scalar conversion.
+pub fn widen_halves(dtype: DType, bytes: &[u8], out: &mut [f32]) -> bool {
+    if !available() || bytes.len() != 2 * out.len() || !out.len().is_multiple_of(8) {
+        return false;
+    }
+    // SAFETY: the CPU has AVX2 and F16C (checked above), and `bytes` holds
+    // two bytes for every value of `out`, a multiple of 8.
+    match dtype {
+        DType::BF16 => unsafe { widen_bf16(bytes, out) },
+        DType::F16 => unsafe { widen_f16(bytes, out) },
+        DType::F32 => return false,
+    }
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_bf16(bytes: &[u8], out: &mut [f32]) {
+    for (i, to) in out.chunks_exact_mut(8).enumerate() {
+        let halves = _mm_loadu_si128(bytes.as_ptr().add(16 * i) as *const __m128i);
+        let widened = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves));
+        _mm256_storeu_ps(to.as_mut_ptr(), _mm256_castsi256_ps(widened));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_f16(bytes: &[u8], out: &mut [f32]) {
+    for (i, to) in out.chunks_exact_mut(8).enumerate() {
+        let halves = _mm_loadu_si128(bytes.as_ptr().add(16 * i) as *const __m128i);
+        _mm256_storeu_ps(to.as_mut_ptr(), _mm256_cvtph_ps(halves));
+    }
 }
 
 /// The decoding loop of `K` at 512 bits (`wide`) or 256.
