@@ -12,14 +12,15 @@ use airllm_core::{HostBytes, HostTensor, StorageKind};
 
 use crate::{FormatError, Result};
 
-/// The page size that reads are rounded to when touched by hand.
+/// The step between the bytes touched to read a span in by hand (the
+/// smallest page size).
 const PAGE: usize = 4096;
 
 /// The size of a huge page (a PMD entry) on the CPUs this runs on.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// Largest gap between two tensors of a unit that is mapped rather than
-/// split into two maps.
+/// Largest gap between two tensors of a unit that is read in with them
+/// (one lease) rather than left out (two leases).
 const MAX_MAPPED_GAP: usize = 1 << 20;
 
 /// Where one tensor's bytes lie.

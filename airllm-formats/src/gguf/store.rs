@@ -1,7 +1,8 @@
 //! A GGUF file as a [`LayerStore`]: each unit's tensors are read in place,
 //! still quantized, from maps of the file (q and k keep the converter's row
-//! order; the implied config pairs their rotary dims to match). Each expert of a 3-D expert stack is
-//! its own 2-D byte range under its Hugging Face name, so it is read alone.
+//! order; the implied config pairs their rotary dims to match). Each expert
+//! of a 3-D expert stack is its own 2-D byte range under its Hugging Face
+//! name, so it is read alone.
 
 use std::ops::Range;
 use std::sync::Arc;
