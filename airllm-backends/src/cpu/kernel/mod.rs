@@ -13,9 +13,10 @@
 //!   [`Activations::Reduced`] on CPUs with AMX: activations split into high
 //!   and low bf16 parts, block kinds as their integer codes, f32 and f16
 //!   weights split too, multiplied by the tile units ([`amx`]);
-//! - up to [`TILES_MAX_ROWS`] rows: tiles of four weight rows are decoded
-//!   into L1 and dotted with several activation rows at once by a
-//!   register-blocked kernel ([`tiles`]; AVX-512 or AVX2);
+//! - up to [`TILES_MAX_ROWS`] rows: tiles of four weight rows (block kinds
+//!   decoded into L1, bf16 and f16 widened in registers, f32 as stored) are
+//!   dotted with several activation rows at once by a register-blocked
+//!   kernel ([`tiles`]; AVX-512 or AVX2);
 //! - few rows on CPUs without the tile kernel: each weight row is decoded
 //!   once and dotted with every row in f32 ([`float_rows`]);
 //! - more rows: panels of weight rows are decoded into a cached buffer and

@@ -4,18 +4,56 @@
 //! with several activation rows at once. Each accumulator holds one vector
 //! of partial sums for one (weight row, activation row) pair, so neither
 //! the weights nor the activations are ever transposed; the lanes are
-//! summed once per pair, after the last column.
+//! summed once per pair, after the last column. f32 weights are read where
+//! they lie, and bf16 and f16 weights are widened in registers as the kernel
+//! loads them: measured with `kernel_table -- crossover BF16` on an AMD EPYC
+//! (Zen 3, AVX2), `[576, 1536]`, that was ahead of decoding each tile into
+//! the buffer first at every row count from 1 to 48 (1 row: 32–45 µs
+//! against 70; 4: 87 against 119–125; 16: 280 against 340–360; 48: 865–926
+//! against 1016–1109), and level at 64.
 //!
 //! Per vector of columns, the kernel loads `TILE_OUTPUTS` weight vectors and
 //! one vector per activation row, and issues one FMA per pair: with four
 //! weight rows and six activation rows (AVX-512), 10 loads feed 24 FMAs.
 
-use airllm_core::{HostTensor, Result};
+use airllm_core::{DType, HostTensor, Result, StorageKind};
 
 use super::{decode, f32_in_place, over_output_tiles};
 
 /// Weight rows one micro-kernel call dots at once.
 pub const TILE_OUTPUTS: usize = 4;
+
+/// How the micro-kernel reads a tile's weight values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileEncoding {
+    /// f32, 4 bytes a value (as stored, or decoded into the tile buffer).
+    F32,
+    /// bf16, widened in registers.
+    Bf16,
+    /// f16, widened in registers.
+    F16,
+}
+
+impl TileEncoding {
+    /// Bytes a value.
+    fn bytes(self) -> usize {
+        match self {
+            TileEncoding::F32 => 4,
+            TileEncoding::Bf16 | TileEncoding::F16 => 2,
+        }
+    }
+
+    /// How the kernel reads `w` as stored; `None` where its tiles must be
+    /// decoded first (block kinds, f32 bytes not aligned for f32).
+    fn as_stored(w: &HostTensor) -> Option<Self> {
+        match w.kind {
+            StorageKind::Dense(DType::F32) => f32_in_place(w).map(|_| TileEncoding::F32),
+            StorageKind::Dense(DType::BF16) => Some(TileEncoding::Bf16),
+            StorageKind::Dense(DType::F16) => Some(TileEncoding::F16),
+            StorageKind::Block(_) => None,
+        }
+    }
+}
 
 /// Whether this CPU runs the tile kernel (the other paths serve it otherwise).
 pub fn available() -> bool {
@@ -37,7 +75,8 @@ pub fn product(
     #[cfg(target_arch = "x86_64")]
     {
         let kernel = x86::Kernel::widest()?;
-        let in_place = f32_in_place(w);
+        let stored = TileEncoding::as_stored(w);
+        let bytes = w.bytes.as_slice();
         Some(over_output_tiles(
             rows,
             outputs,
@@ -45,17 +84,21 @@ pub fn product(
             || vec![0.0f32; TILE_OUTPUTS * columns],
             |buffer, first, values| {
                 let count = values.len() / rows;
-                let whole = first * columns..(first + TILE_OUTPUTS) * columns;
-                let weights = match in_place {
-                    Some(all) if count == TILE_OUTPUTS => &all[whole],
+                let (encoding, weights) = match stored {
+                    Some(encoding) if count == TILE_OUTPUTS => {
+                        let value_bytes = encoding.bytes();
+                        let whole = first * columns * value_bytes
+                            ..(first + TILE_OUTPUTS) * columns * value_bytes;
+                        (encoding, &bytes[whole])
+                    }
                     _ => {
                         let (decoded, padding) = buffer.split_at_mut(count * columns);
                         decode(w, first * columns, decoded)?;
                         padding.fill(0.0);
-                        &buffer[..]
+                        (TileEncoding::F32, bytemuck::cast_slice(&buffer[..]))
                     }
                 };
-                kernel.tile(x, rows, columns, weights, values);
+                kernel.tile(encoding, x, rows, columns, weights, values);
                 Ok(())
             },
         ))
@@ -72,7 +115,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::avx2::sum_256;
-    use super::TILE_OUTPUTS;
+    use super::{TileEncoding, TILE_OUTPUTS};
 
     /// A vector of f32 lanes the micro-kernel runs on.
     trait Vector: Copy {
@@ -125,28 +168,118 @@ mod x86 {
         }
     }
 
+    /// An encoding of weight values, read one at a time.
+    trait Encoded {
+        /// Bytes a value.
+        const BYTES: usize;
+        /// The value at `at`, as f32.
+        unsafe fn one(at: *const u8) -> f32;
+    }
+
+    /// An encoding of weight values the micro-kernel loads into `V`.
+    trait Stored<V: Vector>: Encoded {
+        /// `V::LANES` values from `at`, as f32.
+        unsafe fn load(at: *const u8) -> V;
+    }
+
+    /// f32 values.
+    struct F32;
+    /// bf16 values: the high halves of f32s.
+    struct Bf16;
+    /// IEEE half-precision values.
+    struct F16;
+
+    impl Encoded for F32 {
+        const BYTES: usize = 4;
+        #[inline(always)]
+        unsafe fn one(at: *const u8) -> f32 {
+            (at as *const f32).read_unaligned()
+        }
+    }
+
+    impl Encoded for Bf16 {
+        const BYTES: usize = 2;
+        #[inline(always)]
+        unsafe fn one(at: *const u8) -> f32 {
+            f32::from_bits(u32::from((at as *const u16).read_unaligned()) << 16)
+        }
+    }
+
+    impl Encoded for F16 {
+        const BYTES: usize = 2;
+        #[inline(always)]
+        unsafe fn one(at: *const u8) -> f32 {
+            half::f16::from_bits((at as *const u16).read_unaligned()).to_f32()
+        }
+    }
+
+    impl Stored<__m512> for F32 {
+        #[inline(always)]
+        unsafe fn load(at: *const u8) -> __m512 {
+            _mm512_loadu_ps(at as *const f32)
+        }
+    }
+
+    impl Stored<__m256> for F32 {
+        #[inline(always)]
+        unsafe fn load(at: *const u8) -> __m256 {
+            _mm256_loadu_ps(at as *const f32)
+        }
+    }
+
+    impl Stored<__m512> for Bf16 {
+        #[inline(always)]
+        unsafe fn load(at: *const u8) -> __m512 {
+            let halves = _mm256_loadu_si256(at as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+        }
+    }
+
+    impl Stored<__m256> for Bf16 {
+        #[inline(always)]
+        unsafe fn load(at: *const u8) -> __m256 {
+            let halves = _mm_loadu_si128(at as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+        }
+    }
+
+    impl Stored<__m512> for F16 {
+        #[inline(always)]
+        unsafe fn load(at: *const u8) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i))
+        }
+    }
+
+    impl Stored<__m256> for F16 {
+        #[inline(always)]
+        unsafe fn load(at: *const u8) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i))
+        }
+    }
+
     /// `out[o · out_stride + r] = w[o] · x[r]` for the [`TILE_OUTPUTS`]
-    /// weight rows at `w` and the `R` activation rows at `x` (rows of
-    /// `columns` values, `columns` apart).
+    /// weight rows at `w` (encoded as `S`) and the `R` activation rows at
+    /// `x` (rows of `columns` values, `columns` apart).
     ///
     /// # Safety
     /// The CPU has `V`'s instructions; `w` and `x` hold the rows read, and
     /// `out` the values written.
     #[inline(always)]
-    unsafe fn dots<V: Vector, const R: usize>(
+    unsafe fn dots<V: Vector, S: Stored<V>, const R: usize>(
         x: *const f32,
-        w: *const f32,
+        w: *const u8,
         columns: usize,
         out: *mut f32,
         out_stride: usize,
     ) {
+        let at = |o: usize, c: usize| w.add((o * columns + c) * S::BYTES);
         let mut acc = [[V::zero(); TILE_OUTPUTS]; R];
         let body = columns - columns % V::LANES;
         let mut c = 0;
         while c < body {
             let mut weights = [V::zero(); TILE_OUTPUTS];
             for (o, weight) in weights.iter_mut().enumerate() {
-                *weight = V::load(w.add(o * columns + c));
+                *weight = S::load(at(o, c));
             }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let xr = V::load(x.add(r * columns + c));
@@ -160,7 +293,7 @@ mod x86 {
             for (o, acc) in acc.iter().enumerate() {
                 let mut total = acc.sum();
                 for c in body..columns {
-                    total += *w.add(o * columns + c) * *x.add(r * columns + c);
+                    total += S::one(at(o, c)) * *x.add(r * columns + c);
                 }
                 *out.add(o * out_stride + r) = total;
             }
@@ -168,59 +301,86 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn dots_avx512<const R: usize>(
+    unsafe fn dots_avx512<S: Stored<__m512>, const R: usize>(
         x: *const f32,
-        w: *const f32,
+        w: *const u8,
         columns: usize,
         out: *mut f32,
         out_stride: usize,
     ) {
-        dots::<__m512, R>(x, w, columns, out, out_stride);
+        dots::<__m512, S, R>(x, w, columns, out, out_stride);
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dots_avx2<const R: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots_avx2<S: Stored<__m256>, const R: usize>(
         x: *const f32,
-        w: *const f32,
+        w: *const u8,
         columns: usize,
         out: *mut f32,
         out_stride: usize,
     ) {
-        dots::<__m256, R>(x, w, columns, out, out_stride);
+        dots::<__m256, S, R>(x, w, columns, out, out_stride);
     }
 
     /// Activation rows one micro-kernel call takes at most (AVX-512).
     const MAX_ROWS: usize = 6;
 
     /// One micro-kernel: `R` activation rows against the tile's weight rows.
-    type DotsFn = unsafe fn(*const f32, *const f32, usize, *mut f32, usize);
+    type DotsFn = unsafe fn(*const f32, *const u8, usize, *mut f32, usize);
 
-    /// The micro-kernels of one vector width, by activation rows (index
-    /// `R - 1`): 6 rows at 512 bits (24 accumulators of 32 registers), 2 at
+    /// The micro-kernels of one vector width for one encoding, by
+    /// activation rows (index `R - 1`).
+    type ByRows = &'static [DotsFn];
+
+    /// The micro-kernels of one vector width, one table per encoding: 6
+    /// activation rows at 512 bits (24 accumulators of 32 registers), 2 at
     /// 256 bits (8 of 16).
     #[derive(Clone, Copy)]
     pub struct Kernel {
-        by_rows: &'static [DotsFn],
+        f32: ByRows,
+        bf16: ByRows,
+        f16: ByRows,
     }
 
-    const AVX512: [DotsFn; MAX_ROWS] = [
-        dots_avx512::<1>,
-        dots_avx512::<2>,
-        dots_avx512::<3>,
-        dots_avx512::<4>,
-        dots_avx512::<5>,
-        dots_avx512::<6>,
-    ];
+    /// The AVX-512 micro-kernels for `S`.
+    const fn avx512<S: Stored<__m512>>() -> [DotsFn; MAX_ROWS] {
+        [
+            dots_avx512::<S, 1>,
+            dots_avx512::<S, 2>,
+            dots_avx512::<S, 3>,
+            dots_avx512::<S, 4>,
+            dots_avx512::<S, 5>,
+            dots_avx512::<S, 6>,
+        ]
+    }
 
-    const AVX2: [DotsFn; 2] = [dots_avx2::<1>, dots_avx2::<2>];
+    /// The AVX2 micro-kernels for `S`.
+    const fn avx2<S: Stored<__m256>>() -> [DotsFn; 2] {
+        [dots_avx2::<S, 1>, dots_avx2::<S, 2>]
+    }
+
+    const AVX512: Kernel = Kernel {
+        f32: &avx512::<F32>(),
+        bf16: &avx512::<Bf16>(),
+        f16: &avx512::<F16>(),
+    };
+
+    const AVX2: Kernel = Kernel {
+        f32: &avx2::<F32>(),
+        bf16: &avx2::<Bf16>(),
+        f16: &avx2::<F16>(),
+    };
 
     impl Kernel {
-        /// The widest kernel this CPU runs; `None` without AVX2 and FMA.
+        /// The widest kernel this CPU runs; `None` without AVX2, FMA and F16C.
         pub fn widest() -> Option<Self> {
             if is_x86_feature_detected!("avx512f") {
-                Some(Kernel { by_rows: &AVX512 })
-            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                Some(Kernel { by_rows: &AVX2 })
+                Some(AVX512)
+            } else if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                Some(AVX2)
             } else {
                 None
             }
@@ -228,33 +388,39 @@ mod x86 {
 
         /// `values[o · rows + r] = weights[o] · x[r]` for the
         /// `values.len() / rows` first of the [`TILE_OUTPUTS`] weight rows
-        /// in `weights` and every row of `x`.
+        /// in `weights` (encoded as `encoding`) and every row of `x`.
         pub fn tile(
             &self,
+            encoding: TileEncoding,
             x: &[f32],
             rows: usize,
             columns: usize,
-            weights: &[f32],
+            weights: &[u8],
             values: &mut [f32],
         ) {
             assert!(
                 x.len() == rows * columns
-                    && weights.len() >= TILE_OUTPUTS * columns
+                    && weights.len() >= TILE_OUTPUTS * columns * encoding.bytes()
                     && values.len() <= TILE_OUTPUTS * rows
                     && values.len().is_multiple_of(rows)
             );
+            let by_rows = match encoding {
+                TileEncoding::F32 => self.f32,
+                TileEncoding::Bf16 => self.bf16,
+                TileEncoding::F16 => self.f16,
+            };
             let count = values.len() / rows;
-            let most = self.by_rows.len();
+            let most = by_rows.len();
             let mut sums = [0.0f32; TILE_OUTPUTS * MAX_ROWS];
             let mut first = 0;
             while first < rows {
                 let block = most.min(rows - first);
                 // SAFETY: `widest` checked the CPU's features; the rows read
                 // are `first..first + block` of `x` and the tile's weight
-                // rows, inside the slices checked above; `sums` holds
-                // `TILE_OUTPUTS` strides of `block` ≤ 6 values.
+                // rows in `encoding`, inside the slices checked above;
+                // `sums` holds `TILE_OUTPUTS` strides of `block` ≤ 6 values.
                 unsafe {
-                    (self.by_rows[block - 1])(
+                    (by_rows[block - 1])(
                         x.as_ptr().add(first * columns),
                         weights.as_ptr(),
                         columns,
