@@ -86,13 +86,16 @@ pub const AMX_MIN_ROWS_BF16: usize = 10;
 pub const AMX_MIN_ROWS_CODES: usize = 12;
 
 /// Rows up to which the tile kernel multiplies, where the CPU runs it.
-/// Measured as [`QUANTIZED_MAX_ROWS`]: it is ahead of every other path from
-/// one row (f32, bf16) or two (block kinds) to 48 (Q4_1: 656 µs against the
-/// panels' 752; bf16: 633 against 747) and level with the panels at 64 rows
-/// on `[576, 1536]`, where its activation rows no longer stay in L1; on
-/// `kernel_table -- table`'s `[8192, 2048]` the panels are ahead at 64 rows
-/// (14.4 ms against 16.6).
-pub const TILES_MAX_ROWS: usize = 48;
+/// Measured as [`QUANTIZED_MAX_ROWS`] on CPUs with AVX-512: it is ahead of
+/// every other path from one row (f32, bf16) or two (block kinds) to 48
+/// (Q4_1: 656 µs against the panels' 752; bf16: 633 against 747) and level
+/// with the panels at 64 rows on `[576, 1536]`. On an AMD EPYC (Zen 3,
+/// AVX2, three activation rows a call) it is ahead at 64 rows on
+/// `kernel_table -- table`'s `[8192, 2048]` (f32: 21.0–22.6 ms against the
+/// panels' 26.8–28.7; bf16: 20.7–22.0 against 24.0–29.6) and on `[576,
+/// 1536]` (bf16: 1.01 ms against 1.22; f32 level), mixed at 128 (bf16 1.92
+/// against 2.10, f32 2.02 against 1.76).
+pub const TILES_MAX_ROWS: usize = 64;
 
 /// Rows up to which f32 activations are dotted row by row rather than
 /// multiplied panel by panel, on CPUs without the tile kernel (bf16 rows

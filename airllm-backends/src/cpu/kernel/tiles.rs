@@ -12,9 +12,17 @@
 //! against 70; 4: 87 against 119–125; 16: 280 against 340–360; 48: 865–926
 //! against 1016–1109), and level at 64.
 //!
-//! Per vector of columns, the kernel loads `TILE_OUTPUTS` weight vectors and
-//! one vector per activation row, and issues one FMA per pair: with four
-//! weight rows and six activation rows (AVX-512), 10 loads feed 24 FMAs.
+//! Per vector of columns, the kernel loads one vector per activation row,
+//! then each of the `TILE_OUTPUTS` weight vectors in turn, and issues one
+//! FMA per pair: with four weight rows and six activation rows (AVX-512), 10
+//! loads feed 24 FMAs; with three activation rows (AVX2), 7 loads feed 12
+//! FMAs, and the 12 accumulators, 3 activation vectors and the weight
+//! vector fill the 16 registers. Loading the four weight vectors first, as
+//! an earlier version did, leaves no room for a third row (the compiler
+//! spills), and two rows keep only 8 accumulators, too few to hide the FMA
+//! latency: `kernel_table -- crossover BF16` on an AMD EPYC (Zen 3),
+//! `[576, 1536]`, went at 16 rows from 336–348 µs to 233–263, at 48 from
+//! 1089–1116 to 755–874.
 
 use airllm_core::{DType, HostTensor, Result, StorageKind};
 
@@ -291,14 +299,14 @@ mod x86 {
         let body = columns - columns % V::LANES;
         let mut c = 0;
         while c < body {
-            let mut weights = [V::zero(); TILE_OUTPUTS];
-            for (o, weight) in weights.iter_mut().enumerate() {
-                *weight = S::load(at(o, c));
+            let mut xs = [V::zero(); R];
+            for (r, xr) in xs.iter_mut().enumerate() {
+                *xr = V::load(x.add(r * columns + c));
             }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xr = V::load(x.add(r * columns + c));
-                for (acc, weight) in acc.iter_mut().zip(&weights) {
-                    *acc = V::fma(*weight, xr, *acc);
+            for o in 0..TILE_OUTPUTS {
+                let weight = S::load(at(o, c));
+                for (acc, xr) in acc.iter_mut().zip(&xs) {
+                    acc[o] = V::fma(weight, *xr, acc[o]);
                 }
             }
             c += V::LANES;
@@ -347,8 +355,8 @@ mod x86 {
     type ByRows = &'static [DotsFn];
 
     /// The micro-kernels of one vector width, one table per encoding: 6
-    /// activation rows at 512 bits (24 accumulators of 32 registers), 2 at
-    /// 256 bits (8 of 16).
+    /// activation rows at 512 bits (24 accumulators of 32 registers), 3 at
+    /// 256 bits (12 of 16).
     #[derive(Clone, Copy)]
     pub struct Kernel {
         f32: ByRows,
@@ -369,8 +377,8 @@ mod x86 {
     }
 
     /// The AVX2 micro-kernels for `S`.
-    const fn avx2<S: Stored<__m256>>() -> [DotsFn; 2] {
-        [dots_avx2::<S, 1>, dots_avx2::<S, 2>]
+    const fn avx2<S: Stored<__m256>>() -> [DotsFn; 3] {
+        [dots_avx2::<S, 1>, dots_avx2::<S, 2>, dots_avx2::<S, 3>]
     }
 
     const AVX512: Kernel = Kernel {
