@@ -586,20 +586,30 @@ pub fn widen_halves(dtype: DType, bytes: &[u8], out: &mut [f32]) -> bool {
     true
 }
 
+/// The eight bf16 values at `at`, widened to f32 (in functions with AVX2).
+#[inline(always)]
+pub(super) unsafe fn bf16x8(at: *const u8) -> __m256 {
+    let halves = _mm_loadu_si128(at as *const __m128i);
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+}
+
+/// The eight f16 values at `at`, widened to f32 (in functions with F16C).
+#[inline(always)]
+pub(super) unsafe fn f16x8(at: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen_bf16(bytes: &[u8], out: &mut [f32]) {
     for (i, to) in out.chunks_exact_mut(8).enumerate() {
-        let halves = _mm_loadu_si128(bytes.as_ptr().add(16 * i) as *const __m128i);
-        let widened = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves));
-        _mm256_storeu_ps(to.as_mut_ptr(), _mm256_castsi256_ps(widened));
+        _mm256_storeu_ps(to.as_mut_ptr(), bf16x8(bytes.as_ptr().add(16 * i)));
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen_f16(bytes: &[u8], out: &mut [f32]) {
     for (i, to) in out.chunks_exact_mut(8).enumerate() {
-        let halves = _mm_loadu_si128(bytes.as_ptr().add(16 * i) as *const __m128i);
-        _mm256_storeu_ps(to.as_mut_ptr(), _mm256_cvtph_ps(halves));
+        _mm256_storeu_ps(to.as_mut_ptr(), f16x8(bytes.as_ptr().add(16 * i)));
     }
 }
 

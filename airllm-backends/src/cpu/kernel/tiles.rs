@@ -40,35 +40,14 @@ pub const TILE_OUTPUTS: usize = 4;
 /// follows by itself.
 const PREFETCH_MAX_TILE_BYTES: usize = 8192;
 
-/// How the micro-kernel reads a tile's weight values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TileEncoding {
-    /// f32, 4 bytes a value (as stored, or decoded into the tile buffer).
-    F32,
-    /// bf16, widened in registers.
-    Bf16,
-    /// f16, widened in registers.
-    F16,
-}
-
-impl TileEncoding {
-    /// Bytes a value.
-    fn bytes(self) -> usize {
-        match self {
-            TileEncoding::F32 => 4,
-            TileEncoding::Bf16 | TileEncoding::F16 => 2,
-        }
-    }
-
-    /// How the kernel reads `w` as stored; `None` where its tiles must be
-    /// decoded first (block kinds, f32 bytes not aligned for f32).
-    fn as_stored(w: &HostTensor) -> Option<Self> {
-        match w.kind {
-            StorageKind::Dense(DType::F32) => f32_in_place(w).map(|_| TileEncoding::F32),
-            StorageKind::Dense(DType::BF16) => Some(TileEncoding::Bf16),
-            StorageKind::Dense(DType::F16) => Some(TileEncoding::F16),
-            StorageKind::Block(_) => None,
-        }
+/// The dtype in which the kernel reads `w`'s tiles as stored; `None` where
+/// they must be decoded into f32 first (block kinds, f32 bytes not aligned
+/// for f32).
+fn stored_dtype(w: &HostTensor) -> Option<DType> {
+    match w.kind {
+        StorageKind::Dense(DType::F32) => f32_in_place(w).map(|_| DType::F32),
+        StorageKind::Dense(dtype) => Some(dtype),
+        StorageKind::Block(_) => None,
     }
 }
 
@@ -92,7 +71,7 @@ pub fn product(
     #[cfg(target_arch = "x86_64")]
     {
         let kernel = x86::Kernel::widest()?;
-        let stored = TileEncoding::as_stored(w);
+        let stored = stored_dtype(w);
         let bytes = w.bytes.as_slice();
         let tile_bytes = w.kind.encoded_bytes(TILE_OUTPUTS * columns).unwrap_or(0);
         Some(over_output_tiles(
@@ -106,21 +85,20 @@ pub fn product(
                     let next = (first / TILE_OUTPUTS + 1) * tile_bytes;
                     prefetch(&bytes[next.min(bytes.len())..(next + tile_bytes).min(bytes.len())]);
                 }
-                let (encoding, weights) = match stored {
-                    Some(encoding) if count == TILE_OUTPUTS => {
-                        let value_bytes = encoding.bytes();
-                        let whole = first * columns * value_bytes
-                            ..(first + TILE_OUTPUTS) * columns * value_bytes;
-                        (encoding, &bytes[whole])
+                let (dtype, weights) = match stored {
+                    Some(dtype) if count == TILE_OUTPUTS => {
+                        let whole = first * columns * dtype.size()
+                            ..(first + TILE_OUTPUTS) * columns * dtype.size();
+                        (dtype, &bytes[whole])
                     }
                     _ => {
                         let (decoded, padding) = buffer.split_at_mut(count * columns);
                         decode(w, first * columns, decoded)?;
                         padding.fill(0.0);
-                        (TileEncoding::F32, bytemuck::cast_slice(&buffer[..]))
+                        (DType::F32, bytemuck::cast_slice(&buffer[..]))
                     }
                 };
-                kernel.tile(encoding, x, rows, columns, weights, values);
+                kernel.tile(dtype, x, rows, columns, weights, values);
                 Ok(())
             },
         ))
@@ -136,8 +114,10 @@ pub fn product(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::avx2::sum_256;
-    use super::{TileEncoding, TILE_OUTPUTS};
+    use airllm_core::DType;
+
+    use super::super::avx2::{bf16x8, f16x8, sum_256};
+    use super::TILE_OUTPUTS;
 
     /// A vector of f32 lanes the micro-kernel runs on.
     trait Vector: Copy {
@@ -260,8 +240,7 @@ mod x86 {
     impl Stored<__m256> for Bf16 {
         #[inline(always)]
         unsafe fn load(at: *const u8) -> __m256 {
-            let halves = _mm_loadu_si128(at as *const __m128i);
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+            bf16x8(at)
         }
     }
 
@@ -275,7 +254,7 @@ mod x86 {
     impl Stored<__m256> for F16 {
         #[inline(always)]
         unsafe fn load(at: *const u8) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i))
+            f16x8(at)
         }
     }
 
@@ -410,10 +389,10 @@ mod x86 {
 
         /// `values[o · rows + r] = weights[o] · x[r]` for the
         /// `values.len() / rows` first of the [`TILE_OUTPUTS`] weight rows
-        /// in `weights` (encoded as `encoding`) and every row of `x`.
+        /// in `weights` (values of `dtype`) and every row of `x`.
         pub fn tile(
             &self,
-            encoding: TileEncoding,
+            dtype: DType,
             x: &[f32],
             rows: usize,
             columns: usize,
@@ -422,14 +401,14 @@ mod x86 {
         ) {
             assert!(
                 x.len() == rows * columns
-                    && weights.len() >= TILE_OUTPUTS * columns * encoding.bytes()
+                    && weights.len() >= TILE_OUTPUTS * columns * dtype.size()
                     && values.len() <= TILE_OUTPUTS * rows
                     && values.len().is_multiple_of(rows)
             );
-            let by_rows = match encoding {
-                TileEncoding::F32 => self.f32,
-                TileEncoding::Bf16 => self.bf16,
-                TileEncoding::F16 => self.f16,
+            let by_rows = match dtype {
+                DType::F32 => self.f32,
+                DType::BF16 => self.bf16,
+                DType::F16 => self.f16,
             };
             let count = values.len() / rows;
             let most = by_rows.len();
@@ -439,7 +418,7 @@ mod x86 {
                 let block = most.min(rows - first);
                 // SAFETY: `widest` checked the CPU's features; the rows read
                 // are `first..first + block` of `x` and the tile's weight
-                // rows in `encoding`, inside the slices checked above;
+                // rows in `dtype`, inside the slices checked above;
                 // `sums` holds `TILE_OUTPUTS` strides of `block` ≤ 6 values.
                 unsafe {
                     (by_rows[block - 1])(
