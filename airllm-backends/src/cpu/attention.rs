@@ -57,8 +57,9 @@ impl AttentionShape {
 /// head_dim]`, `keys`, `values: [batch, kv_heads, total, head_dim]` (each
 /// block of `total` positions `kv_room` positions after the last) and
 /// `bias: [batch, bias_heads, seq, total]`, all row-major; query head `h`
-/// reads KV head `h / (heads / kv_heads)`. Returns `[batch, heads, seq,
-/// head_dim]`; an error names the shape the inputs do not fit.
+/// reads KV head `h / (heads / kv_heads)`. Returns `[batch, seq, heads,
+/// head_dim]`, the order the output projection reads (the heads of each
+/// position side by side); an error names the shape the inputs do not fit.
 pub fn attention(
     q: &[f32],
     keys: &[f32],
@@ -123,9 +124,11 @@ fn attention_on(
         let count = QUERIES.min(seq - first);
         for g in 0..group {
             let head = kv * group + g;
-            let at = ((b * heads + head) * seq + first) * head_dim;
-            let from = g * count * head_dim;
-            out[at..at + count * head_dim].copy_from_slice(&result[from..from + count * head_dim]);
+            for r in 0..count {
+                let at = ((b * seq + first + r) * heads + head) * head_dim;
+                let from = (g * count + r) * head_dim;
+                out[at..at + head_dim].copy_from_slice(&result[from..from + head_dim]);
+            }
         }
     }
     Ok(out)
@@ -575,7 +578,8 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    /// The plain definition in f64: every score, the softmax, the sum.
+    /// The plain definition in f64: every score, the softmax, the sum; in
+    /// the order of `q` (`[batch, heads, seq, head_dim]`).
     fn reference(
         q: &[f32],
         keys: &[f32],
@@ -686,6 +690,15 @@ mod tests {
             let want = reference(&q, &keys, &values, &bias, s, scale);
             for isa in Isa::available() {
                 let got = attention_on(isa, &q, &keys, &values, &bias, s, scale as f32).unwrap();
+                // `got` is `[batch, seq, heads, head_dim]`: put it in the
+                // reference's order.
+                let got: Vec<f32> = (0..batch * heads * seq)
+                    .flat_map(|row| {
+                        let (b, h, i) = (row / (heads * seq), row / seq % heads, row % seq);
+                        got[((b * seq + i) * heads + h) * head_dim..][..head_dim].to_vec()
+                    })
+                    .collect();
+                assert_eq!(got.len(), want.len());
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),

@@ -143,10 +143,14 @@ impl ComputeBackend<Flex> for CpuBackend {
             shape,
             scale as f32,
         )?;
+        // Laid out `[batch, seq, heads, head_dim]` and seen as `[batch,
+        // heads, seq, head_dim]`: the blocks' swap back to positions first
+        // is then contiguous, and the output projection reads it in place.
         Ok(Tensor::from_data(
-            TensorData::new(out, [batch, heads, seq, head_dim]),
+            TensorData::new(out, [batch, seq, heads, head_dim]),
             &self.device,
-        ))
+        )
+        .swap_dims(1, 2))
     }
 
     fn rms_norm(
@@ -336,10 +340,58 @@ impl HostView {
 
 /// The values of `tensor` in row-major order (`what` names it in errors).
 fn host_values<const D: usize>(tensor: Tensor<Flex, D>, what: &str) -> Result<Vec<f32>> {
+    if let Some(values) = gather_rows(&tensor.clone().into_primitive().tensor()) {
+        return Ok(values);
+    }
     tensor
         .into_data()
         .into_vec()
         .map_err(|e| Error::Backend(format!("reading {what}: {e:?}")))
+}
+
+/// The values of a strided f32 view whose last dimension is contiguous
+/// (heads split from positions, a narrowed fused projection), copied a row
+/// at a time; burn walks a view it cannot fold into two dimensions value by
+/// value. `None` for other tensors, which burn copies.
+fn gather_rows(flex: &FlexTensor) -> Option<Vec<f32>> {
+    let layout = flex.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    let row = *shape.last()?;
+    let outer = &shape[..shape.len() - 1];
+    let steps: Vec<usize> = strides[..outer.len()]
+        .iter()
+        .map(|&s| usize::try_from(s).ok())
+        .collect::<Option<_>>()?;
+    if flex.dtype() != DType::F32 || flex.is_contiguous() || strides[outer.len()] != 1 || row == 0 {
+        return None;
+    }
+    let storage = flex.storage::<f32>();
+    let last = layout.start_offset()
+        + outer
+            .iter()
+            .zip(&steps)
+            .map(|(n, s)| n.saturating_sub(1) * s)
+            .sum::<usize>();
+    if last + row > storage.len() {
+        return None;
+    }
+    let mut values = Vec::with_capacity(layout.num_elements());
+    let mut index = vec![0usize; outer.len()];
+    let mut at = layout.start_offset();
+    for _ in 0..outer.iter().product::<usize>() {
+        values.extend_from_slice(&storage[at..at + row]);
+        // The next index, last dimension fastest.
+        for d in (0..outer.len()).rev() {
+            index[d] += 1;
+            at += steps[d];
+            if index[d] < outer[d] {
+                break;
+            }
+            at -= outer[d] * steps[d];
+            index[d] = 0;
+        }
+    }
+    Some(values)
 }
 
 #[cfg(test)]
@@ -379,5 +431,18 @@ mod tests {
         assert!(backend
             .write_positions(counting([2, 3, 5, 4], 0.0), 4, new)
             .is_err());
+    }
+
+    #[test]
+    fn strided_views_are_gathered_as_burn_copies_them() {
+        let heads_split = counting([2, 5, 3, 4], 0.0).swap_dims(1, 2);
+        let narrowed = counting([2, 3, 4, 6], 0.0).narrow(3, 2, 3).narrow(1, 1, 2);
+        let columns_strided = counting([1, 1, 3, 4], 0.0).swap_dims(2, 3);
+        for view in [heads_split, narrowed] {
+            let flex = view.clone().into_primitive().tensor();
+            assert_eq!(gather_rows(&flex), Some(values(view)));
+        }
+        let flex = columns_strided.into_primitive().tensor();
+        assert_eq!(gather_rows(&flex), None);
     }
 }
