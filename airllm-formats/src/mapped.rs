@@ -169,9 +169,9 @@ impl FileMap {
             // in in folios of at most the device's readahead size (128 KiB),
             // mapped 4 KiB at a time ever after: in SmolLM2's GGUF, the nine
             // layers after the embedding. Every layer in huge folios, a
-            // streamed pass maps and unmaps twice as fast (reader 39–41 GB/s
-            // against 81–94) and SmolLM2 Q4_1 with every layer streamed
-            // decodes at 1.10–1.29× its resident time against 1.25–1.32. The
+            // streamed pass maps and unmaps twice as fast (reader 37–41 GB/s
+            // against 81–95) and SmolLM2 Q4_1 with every layer streamed
+            // decodes at a median 1.21× its resident time against 1.26. The
             // price is the first read from disk, one huge page at a time
             // with no read ahead (42–47 ms for SmolLM2's layers against
             // 12–16 here), paid once for a file that stays cached; a larger

@@ -354,17 +354,19 @@ fn host_values<const D: usize>(tensor: Tensor<Flex, D>, what: &str) -> Result<Ve
 /// at a time; burn walks a view it cannot fold into two dimensions value by
 /// value. `None` for other tensors, which burn copies.
 fn gather_rows(flex: &FlexTensor) -> Option<Vec<f32>> {
+    if flex.dtype() != DType::F32 || flex.is_contiguous() {
+        return None;
+    }
     let layout = flex.layout();
     let (shape, strides) = (layout.shape(), layout.strides());
-    let row = *shape.last()?;
-    let outer = &shape[..shape.len() - 1];
+    let (&row, outer) = shape.split_last()?;
+    if strides.last() != Some(&1) || row == 0 {
+        return None;
+    }
     let steps: Vec<usize> = strides[..outer.len()]
         .iter()
         .map(|&s| usize::try_from(s).ok())
         .collect::<Option<_>>()?;
-    if flex.dtype() != DType::F32 || flex.is_contiguous() || strides[outer.len()] != 1 || row == 0 {
-        return None;
-    }
     let storage = flex.storage::<f32>();
     let last = layout.start_offset()
         + outer
