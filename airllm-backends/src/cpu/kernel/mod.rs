@@ -290,22 +290,34 @@ fn over_outputs<S>(
     init: impl Fn() -> S + Sync,
     each: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
-    over_output_tiles(rows, outputs, 1, init, each)
+    over_output_tiles(
+        rows,
+        outputs,
+        1,
+        || (init(), vec![0.0f32; rows]),
+        |(scratch, values), mut column| {
+            each(scratch, column.first(), values)?;
+            for (r, value) in values.iter().enumerate() {
+                column.set(r, 0, *value);
+            }
+            Ok(())
+        },
+    )
 }
 
-/// [`over_outputs`] for tiles of `tile` output columns: `each(scratch,
-/// first, values)` computes columns `first..` (the last tile may be
-/// narrower), `values` holding their `rows` results column after column.
-/// Each tile's results go straight to their places in the `[rows, outputs]`
-/// product (no transposition of the whole product afterwards: for a
-/// 49152-column head and 64 rows, that pass wrote 64 rows 196 KB apart for
-/// every column).
+/// Runs `each(scratch, columns)` for every tile of `tile` output columns
+/// in parallel (the last tile may be narrower); `each` writes the tile's
+/// `rows` results per column straight to their places in the `[rows,
+/// outputs]` product (no transposition of the whole product afterwards: for
+/// a 49152-column head and 64 rows, that pass wrote 64 rows 196 KB apart
+/// for every column). Each task owns a contiguous run of tiles and one
+/// `scratch` from `init`.
 fn over_output_tiles<S>(
     rows: usize,
     outputs: usize,
     tile: usize,
     init: impl Fn() -> S + Sync,
-    each: impl Fn(&mut S, usize, &mut [f32]) -> Result<()> + Sync,
+    each: impl Fn(&mut S, ProductColumns) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
     let threads = rayon::current_num_threads().max(1);
     let per_task = outputs
@@ -318,23 +330,68 @@ fn over_output_tiles<S>(
         .into_par_iter()
         .try_for_each(|task| -> Result<()> {
             let mut scratch = init();
-            let mut values = vec![0.0f32; tile * rows];
             let end = outputs.min((task + 1) * per_task);
             for first in (task * per_task..end).step_by(tile) {
-                let values = &mut values[..tile.min(end - first) * rows];
-                each(&mut scratch, first, values)?;
-                for (o, column) in values.chunks_exact(rows).enumerate() {
-                    for (r, value) in column.iter().enumerate() {
-                        // SAFETY: `r < rows` and `first + o < outputs`, inside
-                        // `product`, which outlives the loop; only this task
-                        // writes columns `task * per_task..end`.
-                        unsafe { *output.at(r * outputs + first + o) = *value };
-                    }
-                }
+                // Only this task writes columns `task * per_task..end`.
+                let columns = ProductColumns {
+                    output,
+                    rows,
+                    outputs,
+                    first,
+                    count: tile.min(end - first),
+                };
+                each(&mut scratch, columns)?;
             }
             Ok(())
         })?;
     Ok(product)
+}
+
+/// Columns `first..first + count` of a `[rows, outputs]` product, which
+/// only the task holding this view writes.
+pub(crate) struct ProductColumns {
+    output: Output,
+    rows: usize,
+    outputs: usize,
+    first: usize,
+    count: usize,
+}
+
+impl ProductColumns {
+    /// The product's first column in this view.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// Columns in this view.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The product's rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values from one row of the product to the next.
+    pub fn row_stride(&self) -> usize {
+        self.outputs
+    }
+
+    /// Sets row `r` of the view's column `o`.
+    pub fn set(&mut self, r: usize, o: usize, value: f32) {
+        assert!(r < self.rows && o < self.count);
+        // SAFETY: inside the product (checked above), which outlives the
+        // view; only this view's task writes its columns.
+        unsafe { *self.at(r, o) = value };
+    }
+
+    /// The address of row `r` of the view's column `o`, for kernels that
+    /// write rows `r..` of columns `o..` through [`Self::row_stride`] (at
+    /// most [`Self::rows`] and [`Self::count`]).
+    pub fn at(&mut self, r: usize, o: usize) -> *mut f32 {
+        self.output.at(r * self.outputs + self.first + o)
+    }
 }
 
 /// The product's buffer, shared by parallel tasks that each write their own

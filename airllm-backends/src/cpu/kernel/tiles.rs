@@ -79,8 +79,8 @@ pub fn product(
             outputs,
             TILE_OUTPUTS,
             || vec![0.0f32; TILE_OUTPUTS * columns],
-            |buffer, first, values| {
-                let count = values.len() / rows;
+            |buffer, mut product| {
+                let (first, count) = (product.first(), product.count());
                 if tile_bytes <= PREFETCH_MAX_TILE_BYTES {
                     let next = (first / TILE_OUTPUTS + 1) * tile_bytes;
                     prefetch(&bytes[next.min(bytes.len())..(next + tile_bytes).min(bytes.len())]);
@@ -98,7 +98,7 @@ pub fn product(
                         (DType::F32, bytemuck::cast_slice(&buffer[..]))
                     }
                 };
-                kernel.tile(dtype, x, rows, columns, weights, values);
+                kernel.tile(dtype, x, columns, weights, &mut product);
                 Ok(())
             },
         ))
@@ -117,6 +117,7 @@ mod x86 {
     use airllm_core::DType;
 
     use super::super::avx2::{bf16x8, f16x8, sum_256};
+    use super::super::ProductColumns;
     use super::TILE_OUTPUTS;
 
     /// A vector of f32 lanes the micro-kernel runs on.
@@ -258,9 +259,9 @@ mod x86 {
         }
     }
 
-    /// `out[o · out_stride + r] = w[o] · x[r]` for the [`TILE_OUTPUTS`]
-    /// weight rows at `w` (encoded as `S`) and the `R` activation rows at
-    /// `x` (rows of `columns` values, `columns` apart).
+    /// `out[r · out_stride + o] = w[o] · x[r]` for the first `count` of the
+    /// [`TILE_OUTPUTS`] weight rows at `w` (encoded as `S`) and the `R`
+    /// activation rows at `x` (rows of `columns` values, `columns` apart).
     ///
     /// # Safety
     /// The CPU has `V`'s instructions; `w` and `x` hold the rows read, and
@@ -270,6 +271,7 @@ mod x86 {
         x: *const f32,
         w: *const u8,
         columns: usize,
+        count: usize,
         out: *mut f32,
         out_stride: usize,
     ) {
@@ -291,12 +293,12 @@ mod x86 {
             c += V::LANES;
         }
         for (r, acc) in acc.iter().enumerate() {
-            for (o, acc) in acc.iter().enumerate() {
+            for (o, acc) in acc.iter().enumerate().take(count) {
                 let mut total = acc.sum();
                 for c in body..columns {
                     total += S::one(at(o, c)) * *x.add(r * columns + c);
                 }
-                *out.add(o * out_stride + r) = total;
+                *out.add(r * out_stride + o) = total;
             }
         }
     }
@@ -306,10 +308,11 @@ mod x86 {
         x: *const f32,
         w: *const u8,
         columns: usize,
+        count: usize,
         out: *mut f32,
         out_stride: usize,
     ) {
-        dots::<__m512, S, R>(x, w, columns, out, out_stride);
+        dots::<__m512, S, R>(x, w, columns, count, out, out_stride);
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -317,17 +320,18 @@ mod x86 {
         x: *const f32,
         w: *const u8,
         columns: usize,
+        count: usize,
         out: *mut f32,
         out_stride: usize,
     ) {
-        dots::<__m256, S, R>(x, w, columns, out, out_stride);
+        dots::<__m256, S, R>(x, w, columns, count, out, out_stride);
     }
 
     /// Activation rows one micro-kernel call takes at most (AVX-512).
     const MAX_ROWS: usize = 6;
 
     /// One micro-kernel: `R` activation rows against the tile's weight rows.
-    type DotsFn = unsafe fn(*const f32, *const u8, usize, *mut f32, usize);
+    type DotsFn = unsafe fn(*const f32, *const u8, usize, usize, *mut f32, usize);
 
     /// The micro-kernels of one vector width for one encoding, by
     /// activation rows (index `R - 1`).
@@ -387,52 +391,47 @@ mod x86 {
             }
         }
 
-        /// `values[o · rows + r] = weights[o] · x[r]` for the
-        /// `values.len() / rows` first of the [`TILE_OUTPUTS`] weight rows
-        /// in `weights` (values of `dtype`) and every row of `x`.
+        /// Sets every value of `product` (row `r`, column `o`) to
+        /// `weights[o] · x[r]`, for the `product.count()` first of the
+        /// [`TILE_OUTPUTS`] weight rows in `weights` (values of `dtype`).
         pub fn tile(
             &self,
             dtype: DType,
             x: &[f32],
-            rows: usize,
             columns: usize,
             weights: &[u8],
-            values: &mut [f32],
+            product: &mut ProductColumns,
         ) {
+            let (rows, count) = (product.rows(), product.count());
             assert!(
                 x.len() == rows * columns
                     && weights.len() >= TILE_OUTPUTS * columns * dtype.size()
-                    && values.len() <= TILE_OUTPUTS * rows
-                    && values.len().is_multiple_of(rows)
+                    && count <= TILE_OUTPUTS
             );
             let by_rows = match dtype {
                 DType::F32 => self.f32,
                 DType::BF16 => self.bf16,
                 DType::F16 => self.f16,
             };
-            let count = values.len() / rows;
             let most = by_rows.len();
-            let mut sums = [0.0f32; TILE_OUTPUTS * MAX_ROWS];
             let mut first = 0;
             while first < rows {
                 let block = most.min(rows - first);
                 // SAFETY: `widest` checked the CPU's features; the rows read
                 // are `first..first + block` of `x` and the tile's weight
-                // rows in `dtype`, inside the slices checked above;
-                // `sums` holds `TILE_OUTPUTS` strides of `block` ≤ 6 values.
+                // rows in `dtype`, inside the slices checked above; the
+                // values written are rows `first..first + block` of the
+                // view's `count` columns, inside the product.
                 unsafe {
                     (by_rows[block - 1])(
                         x.as_ptr().add(first * columns),
                         weights.as_ptr(),
                         columns,
-                        sums.as_mut_ptr(),
-                        block,
+                        count,
+                        product.at(first, 0),
+                        product.row_stride(),
                     )
                 };
-                for o in 0..count {
-                    values[o * rows + first..o * rows + first + block]
-                        .copy_from_slice(&sums[o * block..(o + 1) * block]);
-                }
                 first += block;
             }
         }
