@@ -78,11 +78,11 @@ impl HfStore {
             placements.push(placement);
         }
         Ok(HfStore {
+            maps: FileMaps::new(units.iter().map(|u| u.bytes).sum()),
             dir: dir.to_path_buf(),
             files,
             units,
             placements,
-            maps: FileMaps::default(),
         })
     }
 }

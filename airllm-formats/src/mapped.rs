@@ -99,33 +99,46 @@ pub fn map_tensors(files: &FileMaps, wanted: &[TensorPlacement<'_>]) -> Result<V
 /// One map per file, rather than one per read, saves the map and unmap
 /// calls, counts each resident page once, and keeps the file's read-ahead
 /// state across reads, so that pages read in from disk come in huge folios.
-#[derive(Default)]
 pub struct FileMaps {
     open: Mutex<HashMap<PathBuf, Arc<FileMap>>>,
+    /// Whether the maps ask the kernel for no readahead (see [`FileMap::new`]).
+    no_readahead: bool,
 }
 
 impl FileMaps {
+    /// The maps of a store whose units hold `weight_bytes` in all. Whether
+    /// its files stay in the page cache between passes depends on that
+    /// total, not on each file's size: a model split one file per layer
+    /// is read from disk every pass when the layers together do not fit,
+    /// however small each file is.
+    pub fn new(weight_bytes: u64) -> Self {
+        FileMaps {
+            open: Mutex::default(),
+            no_readahead: huge_faults_read_ahead() && stays_cached(weight_bytes),
+        }
+    }
+
     /// The map of the file at `path`, made on first use.
     fn get(&self, path: &Path) -> Result<Arc<FileMap>> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(map) = open.get(path) {
             return Ok(map.clone());
         }
-        let map = Arc::new(FileMap::new(path)?);
+        let map = Arc::new(FileMap::new(path, self.no_readahead)?);
         open.insert(path.to_path_buf(), map.clone());
         Ok(map)
     }
 }
 
-/// Share of the memory available when a file is opened up to which the
-/// file is expected to stay in the page cache between passes.
+/// Share of the memory available when a store opens up to which its
+/// weight files are expected to stay in the page cache between passes.
 const CACHED_SHARE: f64 = 0.5;
 
-/// Whether a file of `len` bytes is expected to stay in the page cache
+/// Whether `bytes` of weight files are expected to stay in the page cache
 /// between passes ([`CACHED_SHARE`] of the available memory).
-fn stays_cached(len: usize) -> bool {
+fn stays_cached(bytes: u64) -> bool {
     airllm_core::memory::available_memory()
-        .is_some_and(|available| len as f64 <= available as f64 * CACHED_SHARE)
+        .is_some_and(|available| bytes as f64 <= available as f64 * CACHED_SHARE)
 }
 
 /// Whether a fault in a huge-page map reads its whole 2 MiB folio even
@@ -149,7 +162,10 @@ struct FileMap {
 }
 
 impl FileMap {
-    fn new(path: &Path) -> Result<Self> {
+    /// Maps the file at `path`, asking for no readahead where
+    /// `no_readahead` (the store's files stay cached, on Linux 5.18 and
+    /// later).
+    fn new(path: &Path, no_readahead: bool) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
         // SAFETY: a read-only map of a file this process does not write; the
         // split writer only renames finished files into place.
@@ -159,10 +175,7 @@ impl FileMap {
         // places the map on a huge-page boundary (ext4 and xfs do) then maps
         // each cached folio by one entry instead of 512: a streamed read of
         // a 2.2 MB layer of SmolLM2 costs 0.015 ms against 0.14.
-        if map.advise(memmap2::Advice::HugePage).is_ok()
-            && huge_faults_read_ahead()
-            && stays_cached(map.len())
-        {
+        if map.advise(memmap2::Advice::HugePage).is_ok() && no_readahead {
             // No readahead past what a fault reads, which with huge pages is
             // the 2 MiB folio around it. The kernel's asynchronous readahead
             // (set off by reading a span in order) brings the bytes after it
@@ -174,8 +187,8 @@ impl FileMap {
             // decodes at a median 1.21× its resident time against 1.26. The
             // price is the first read from disk, one huge page at a time
             // with no read ahead (42–47 ms for SmolLM2's layers against
-            // 12–16 here), paid once for a file that stays cached; a larger
-            // file, read from disk every pass, keeps the kernel's readahead.
+            // 12–16 here), paid once for files that stay cached; a larger
+            // model, read from disk every pass, keeps the kernel's readahead.
             let _ = map.advise(memmap2::Advice::Random);
         }
         let huge_pages = map.len().div_ceil(HUGE_PAGE);
@@ -349,7 +362,7 @@ mod tests {
     #[test]
     fn leases_count_their_huge_pages_and_keep_their_bytes_when_a_neighbour_ends() {
         let file = patterned_file(3 * HUGE_PAGE + 1000);
-        let maps = FileMaps::default();
+        let maps = FileMaps::new(file.as_file().metadata().unwrap().len());
         // The first lease covers huge pages 0–2, the second pages 1 and 2;
         // the first is taken again after it ends.
         let (long, short) = ([HUGE_PAGE / 2], [HUGE_PAGE / 8]);
@@ -379,7 +392,7 @@ mod tests {
         let file = patterned_file(4096);
         let shape = [2048];
         let err = map_tensors(
-            &FileMaps::default(),
+            &FileMaps::new(4096),
             &[placement(file.path(), "w", &shape, 0)],
         )
         .unwrap_err()

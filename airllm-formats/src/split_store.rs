@@ -36,7 +36,7 @@ impl SplitStore {
         let manifest = Manifest::read(&manifest_path)?;
         let store = SplitStore {
             dir: dir.to_path_buf(),
-            maps: FileMaps::default(),
+            maps: FileMaps::new(manifest.units.iter().map(|u| u.stored_bytes).sum()),
             units: manifest
                 .units
                 .iter()

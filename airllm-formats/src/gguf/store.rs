@@ -95,10 +95,10 @@ impl GgufStore {
             placements.push(placement);
         }
         Ok(GgufStore {
+            maps: FileMaps::new(units.iter().map(|u| u.bytes).sum()),
             file,
             units,
             placements,
-            maps: FileMaps::default(),
         })
     }
 }
