@@ -358,6 +358,19 @@ pub(crate) struct ProductColumns {
 }
 
 impl ProductColumns {
+    /// The whole `[rows, outputs]` product `product`.
+    #[cfg(test)]
+    fn whole(product: &mut [f32], rows: usize, outputs: usize) -> Self {
+        assert_eq!(product.len(), rows * outputs);
+        ProductColumns {
+            output: Output(product.as_mut_ptr()),
+            rows,
+            outputs,
+            first: 0,
+            count: outputs,
+        }
+    }
+
     /// The product's first column in this view.
     pub fn first(&self) -> usize {
         self.first
@@ -632,7 +645,7 @@ pub(crate) mod tests {
             for wide in widths.filter(|&wide| !wide || avx2::wide_available()) {
                 let mut fast = [0.0f32; 3];
                 let dots = avx2::RowDots::new(kind, &rows, wide).unwrap();
-                dots.dot(&row, &mut fast);
+                dots.dots(&row, &mut ProductColumns::whole(&mut fast, 3, 1), 0);
                 for r in 0..3 {
                     let portable = groups::row_dot(kind, &row, rows[r]);
                     assert!(

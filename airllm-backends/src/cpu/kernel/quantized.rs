@@ -5,7 +5,11 @@
 use airllm_core::{BlockKind, Result};
 
 use super::activations::{QuantizedRow, QuantizedRows};
-use super::{groups, over_outputs};
+use super::{groups, over_output_tiles};
+
+/// Weight rows one call of the dot loop takes (a multiple of 8 keeps the
+/// tasks' runs of outputs as they were with one row a call).
+const TILE_OUTPUTS: usize = 8;
 
 /// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]` of whole
 /// blocks of `kind` (`bytes`); returns `[rows, outputs]`.
@@ -25,21 +29,25 @@ pub fn product(
         .chunks(super::avx2::MAX_ROWS)
         .map(|x| super::avx2::RowDots::widest(kind, x))
         .collect();
-    over_outputs(
+    over_output_tiles(
         rows,
         outputs,
+        TILE_OUTPUTS,
         || (),
-        |_, index, out| {
-            let row = &bytes[index * row_bytes..(index + 1) * row_bytes];
+        |_, mut columns| {
+            let first = columns.first();
+            let weights = &bytes[first * row_bytes..(first + columns.count()) * row_bytes];
             #[cfg(target_arch = "x86_64")]
             if let Some(simd) = &simd {
-                for (dots, out) in simd.iter().zip(out.chunks_mut(super::avx2::MAX_ROWS)) {
-                    dots.dot(row, out);
+                for (chunk, dots) in simd.iter().enumerate() {
+                    dots.dots(weights, &mut columns, chunk * super::avx2::MAX_ROWS);
                 }
                 return Ok(());
             }
-            for (x, value) in activations.iter().zip(out) {
-                *value = groups::row_dot(kind, row, *x);
+            for (o, row) in weights.chunks_exact(row_bytes).enumerate() {
+                for (r, x) in activations.iter().enumerate() {
+                    columns.set(r, o, groups::row_dot(kind, row, *x));
+                }
             }
             Ok(())
         },
