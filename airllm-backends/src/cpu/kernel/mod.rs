@@ -319,11 +319,8 @@ fn over_output_tiles<S>(
     init: impl Fn() -> S + Sync,
     each: impl Fn(&mut S, ProductColumns) -> Result<()> + Sync,
 ) -> Result<Vec<f32>> {
-    let threads = rayon::current_num_threads().max(1);
-    let per_task = outputs
-        .div_ceil(threads * 4)
-        .max(MIN_COLUMNS_PER_TASK)
-        .next_multiple_of(tile);
+    let per_task =
+        task_outputs(outputs, rayon::current_num_threads().max(1)).next_multiple_of(tile);
     let mut product = vec![0.0f32; rows * outputs];
     let output = Output(product.as_mut_ptr());
     (0..outputs.div_ceil(per_task))
@@ -345,6 +342,19 @@ fn over_output_tiles<S>(
             Ok(())
         })?;
     Ok(product)
+}
+
+/// Outputs one task of a product over `outputs` columns takes on `threads`
+/// threads: about four tasks a thread of at least [`MIN_COLUMNS_PER_TASK`]
+/// outputs, then, where that makes more than one task, their count rounded
+/// up to a multiple of the threads (a 192-output key projection made three
+/// tasks of 64, which left one of two threads idle for a third of the call).
+fn task_outputs(outputs: usize, threads: usize) -> usize {
+    let per_task = outputs.div_ceil(threads * 4).max(MIN_COLUMNS_PER_TASK);
+    match outputs.div_ceil(per_task) {
+        0 | 1 => per_task,
+        tasks => outputs.div_ceil(tasks.next_multiple_of(threads)),
+    }
 }
 
 /// Columns `first..first + count` of a `[rows, outputs]` product, which
@@ -622,6 +632,24 @@ pub(crate) mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn tasks_come_in_whole_rounds_of_the_threads() {
+        // (outputs, threads, tasks): SmolLM2's projections and head, a
+        // product too small to split, one thread.
+        for (outputs, threads, tasks) in [
+            (192, 2, 4),
+            (576, 2, 8),
+            (1536, 2, 8),
+            (49152, 2, 8),
+            (100, 2, 2),
+            (48, 2, 1),
+            (192, 1, 3),
+        ] {
+            let per_task = task_outputs(outputs, threads);
+            assert_eq!(outputs.div_ceil(per_task), tasks, "{outputs} on {threads}");
         }
     }
 
