@@ -9,7 +9,7 @@ use burn::backend::flex::Flex;
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let path = std::env::args().nth(1).ok_or("usage: stream MODEL")?;
-    let model = ModelDir::open(path.as_ref())?;
+    let model = ModelDir::open(path.as_ref(), &airllm_models::catalog())?;
     let arch = airllm_models::architecture::<Flex>(&model.config)?;
     let store = model.open_store(arch.units())?;
     let backend = Arc::new(CpuBackend::new(Activations::default()));

@@ -112,14 +112,14 @@ impl BackendJob for BenchJob {
         let dims = engine.arch().dims().clone();
         let ids = prompts(args.batch, args.prompt_len, dims.vocab);
         let config = GenerationConfig {
-            max_new_tokens: args.new_tokens,
+            max_new_tokens: args.max_new_tokens,
             sampling: SamplingConfig::default(),
             eos: Vec::new(),
             prefill_chunk: args.engine.prefill_chunk,
         };
         let chunk = config.prefill_chunk.clamp(1, args.prompt_len);
         let load_started = Instant::now();
-        engine.prepare(args.batch, chunk, args.prompt_len + args.new_tokens)?;
+        engine.prepare(args.batch, chunk, args.prompt_len + args.max_new_tokens)?;
         let load_s = load_started.elapsed().as_secs_f64();
         engine.reset_stats();
 
@@ -168,7 +168,7 @@ impl BackendJob for BenchJob {
             "device": engine.backend().name(),
             "batch": args.batch,
             "prompt_tokens": args.prompt_len,
-            "new_tokens": args.new_tokens,
+            "new_tokens": args.max_new_tokens,
             "load_s": load_s,
             "prefill_tokens_per_s": (args.batch * args.prompt_len) as f64 / prefill_s,
             "decode_tokens_per_s": decode_tokens as f64 / decode_s,
@@ -202,7 +202,7 @@ impl BackendJob for BenchJob {
             engine.backend().name(),
             args.batch,
             args.prompt_len,
-            args.new_tokens
+            args.max_new_tokens
         );
         println!("prefill  {:>10.2} tokens/s", f("prefill_tokens_per_s"));
         println!(

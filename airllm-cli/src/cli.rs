@@ -102,8 +102,8 @@ pub enum Switch {
 /// Sampling and stopping.
 #[derive(Args, Clone, Default)]
 pub struct SamplingArgs {
-    /// Most new tokens per prompt.
-    #[arg(long)]
+    /// Most new tokens per prompt (also `--new-tokens`).
+    #[arg(long, alias = "new-tokens")]
     pub max_new_tokens: Option<usize>,
     /// Greedy decoding (overrides sampling settings).
     #[arg(long)]
@@ -261,9 +261,9 @@ pub struct BenchArgs {
     /// Prompt tokens per sequence.
     #[arg(long, default_value_t = 16)]
     pub prompt_len: usize,
-    /// Tokens to generate per sequence.
-    #[arg(long, default_value_t = 32)]
-    pub new_tokens: usize,
+    /// Tokens to generate per sequence (also `--new-tokens`).
+    #[arg(long, alias = "new-tokens", default_value_t = 32)]
+    pub max_new_tokens: usize,
     /// Sequences per batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,

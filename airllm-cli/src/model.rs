@@ -13,7 +13,7 @@ use crate::cli::{EngineArgs, Switch};
 
 /// Recognises the model at `path`.
 pub fn open_dir(path: &Path) -> Result<ModelDir> {
-    Ok(ModelDir::open(path)?)
+    Ok(ModelDir::open(path, &airllm_models::catalog())?)
 }
 
 /// Builds the architecture, opens the store and returns the engine.

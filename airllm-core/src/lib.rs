@@ -13,6 +13,7 @@ pub mod dequant;
 pub mod engine;
 pub mod error;
 mod experts;
+pub mod family;
 pub mod generate;
 pub mod host;
 pub mod kv;

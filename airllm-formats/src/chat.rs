@@ -39,29 +39,6 @@ pub struct ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat";
 
-/// ChatGLM3's chat format (its tokenizer's `build_chat_input`): per
-/// message the role token, a newline and the content, then
-/// `<|assistant|>`; the spaces stand for the dummy prefix that
-/// SentencePiece puts before each separately encoded part.
-pub const CHATGLM3_TEMPLATE: &str = "[gMASK]sop{% for m in messages %}<|{{ m.role }}|> {{ '\\n' }} {{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
-
-/// Qwen-1's chat format (ChatML, as its `make_context` builds it), with
-/// Qwen's default system message.
-pub const QWEN_CHATML_TEMPLATE: &str = "{% set ns = namespace(system='You are a helpful assistant.') %}{% for m in messages if m.role == 'system' %}{% set ns.system = m.content %}{% endfor %}<|im_start|>system{{ '\\n' }}{{ ns.system }}<|im_end|>{% for m in messages if m.role != 'system' %}{{ '\\n' }}<|im_start|>{{ m.role }}{{ '\\n' }}{{ m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}{{ '\\n' }}<|im_start|>assistant{{ '\\n' }}{% endif %}";
-
-/// The chat format a family keeps in its Python code rather than in a
-/// template (ChatGLM3, Qwen-1), for the model config.json describes.
-pub fn builtin_template(config: &serde_json::Value) -> Option<&'static str> {
-    use crate::tokenizer::model_files::{is_chatglm, is_family};
-    if is_chatglm(config) {
-        Some(CHATGLM3_TEMPLATE)
-    } else if is_family(config, "qwen", &["QWenLMHeadModel"]) {
-        Some(QWEN_CHATML_TEMPLATE)
-    } else {
-        None
-    }
-}
-
 /// Most template instructions one rendering may run: far above what a
 /// conversation needs, it turns a runaway template into an error.
 const RENDER_FUEL: u64 = 5_000_000;

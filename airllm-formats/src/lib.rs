@@ -6,7 +6,10 @@
 //! GGUF vocabulary) and chat templates.
 //!
 //! This crate reads and writes files; it must not compute with tensors or
-//! know a model family beyond the unit list the architecture hands it.
+//! know a model family beyond what it is handed: the unit list of the
+//! architecture, and the families' descriptors as plain data
+//! ([`airllm_core::family`]: names, GGUF tensor names, tokenizer and chat
+//! hints).
 
 pub mod chat;
 pub mod checksum;

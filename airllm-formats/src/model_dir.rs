@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airllm_core::family::{declared_architecture, family_of, FamilyFiles};
 use airllm_core::{LayerStore, UnitSpec};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
@@ -50,22 +51,30 @@ pub struct ModelDir {
     /// Its config.json (from the manifest for a split, implied by the
     /// metadata for GGUF).
     pub config: Value,
-    gguf: Option<Arc<GgufFile>>,
+    /// The descriptor of the family the config names, if it is among those
+    /// the model was opened with.
+    family: Option<&'static FamilyFiles>,
+    gguf: Option<(Arc<GgufFile>, GgufFamily)>,
 }
 
 impl ModelDir {
-    /// Recognises `path`; a path that does not exist but reads as a hub id
-    /// (`org/name`) is looked up in the Hugging Face cache, and downloaded
-    /// when missing there (see [`crate::hub`]).
-    pub fn open(path: &Path) -> Result<Self> {
-        match path.to_str() {
-            Some(id) if !path.exists() && is_hub_id(id) => Self::open_local(&hub::resolve(id)?),
-            _ => Self::open_local(path),
-        }
+    /// Recognises `path` as a model of one of `families` (the descriptors
+    /// `airllm_models::catalog()` lists); a path that does not exist but
+    /// reads as a hub id (`org/name`) is looked up in the Hugging Face
+    /// cache, and downloaded when missing there (see [`crate::hub`]).
+    pub fn open(path: &Path, families: &[&'static FamilyFiles]) -> Result<Self> {
+        let mut dir = match path.to_str() {
+            Some(id) if !path.exists() && is_hub_id(id) => {
+                Self::open_local(&hub::resolve(id)?, families)?
+            }
+            _ => Self::open_local(path, families)?,
+        };
+        dir.family = family_of(&dir.config, families);
+        Ok(dir)
     }
 
     /// Recognises the local `path`.
-    fn open_local(path: &Path) -> Result<Self> {
+    fn open_local(path: &Path, families: &[&'static FamilyFiles]) -> Result<Self> {
         let not_a_model = |detail: &str| FormatError::NotAModel {
             path: path.to_path_buf(),
             detail: detail.into(),
@@ -77,6 +86,7 @@ impl ModelDir {
             path: path.to_path_buf(),
             kind,
             config,
+            family: None,
             gguf: None,
         };
         if path.is_file() {
@@ -86,10 +96,11 @@ impl ModelDir {
                 ));
             }
             let file = Arc::new(GgufFile::open(path)?);
-            let config = GgufFamily::of(&file)?.config(&file)?;
+            let family = GgufFamily::of(&file, families)?;
+            let config = family.config(&file)?;
             check_counts(path, &config, file.tensors.len())?;
             return Ok(ModelDir {
-                gguf: Some(file),
+                gguf: Some((file, family)),
                 ..opened(ModelKind::Gguf, config)
             });
         }
@@ -116,7 +127,7 @@ impl ModelDir {
 
     /// `architectures[0]` of the config, if any.
     pub fn architecture(&self) -> Option<&str> {
-        self.config.get("architectures")?.get(0)?.as_str()
+        declared_architecture(&self.config)
     }
 
     /// A side file (tokenizer.json, generation_config.json, ...) of a
@@ -144,8 +155,8 @@ impl ModelDir {
     /// file's metadata describes. `None` when the model has none.
     pub fn tokenizer(&self) -> Result<Option<Tokenizer>> {
         match &self.gguf {
-            Some(file) if file.get("tokenizer.ggml.tokens").is_none() => Ok(None),
-            Some(file) => tokenizer::gguf::tokenizer(file).map(Some),
+            Some((file, _)) if file.get("tokenizer.ggml.tokens").is_none() => Ok(None),
+            Some((file, _)) => tokenizer::gguf::tokenizer(file).map(Some),
             None => match self.side_file("tokenizer.json") {
                 Some(path) => tokenizer::from_file(&path).map(Some),
                 None => self
@@ -159,7 +170,8 @@ impl ModelDir {
     /// The tokenizer.json built from a directory's SentencePiece or
     /// tiktoken vocabulary, when it has no tokenizer.json.
     fn built_tokenizer(&self) -> Result<Option<Value>> {
-        tokenizer::model_files::tokenizer_json(&self.path, &self.config, &self.tokenizer_config()?)
+        let hints = self.family.map(|f| &f.tokenizer);
+        tokenizer::model_files::tokenizer_json(&self.path, hints, &self.tokenizer_config()?)
     }
 
     /// The chat template, with the BOS and EOS strings it may refer to;
@@ -176,7 +188,7 @@ impl ModelDir {
     /// tokenizer_config.json (a string, or the entry named `default`),
     /// GGUF's `tokenizer.chat_template`, or the family's built-in format.
     fn chat_template_source(&self) -> Result<Option<String>> {
-        if let Some(file) = &self.gguf {
+        if let Some((file, _)) = &self.gguf {
             return Ok(file.string("tokenizer.chat_template").map(str::to_string));
         }
         if let Some(path) = self.side_file("chat_template.jinja") {
@@ -191,7 +203,10 @@ impl ModelDir {
                 .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str())
                 .map(str::to_string),
-            _ => crate::chat::builtin_template(&self.config).map(str::to_string),
+            _ => self
+                .family
+                .and_then(|f| f.chat_template)
+                .map(str::to_string),
         })
     }
 
@@ -205,7 +220,7 @@ impl ModelDir {
 
     /// The BOS and EOS token strings (empty when the model names none).
     fn special_token_strings(&self) -> Result<(String, String)> {
-        if let Some(file) = &self.gguf {
+        if let Some((file, _)) = &self.gguf {
             let token = |key: &str| {
                 let id = file.get(&format!("tokenizer.ggml.{key}"))?.as_u64()?;
                 let tokens = file.get("tokenizer.ggml.tokens")?.as_array()?;
@@ -235,7 +250,7 @@ impl ModelDir {
     pub fn side_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let pretty =
             |value: &Value| serde_json::to_vec_pretty(value).expect("JSON values serialize");
-        let Some(file) = &self.gguf else {
+        let Some((file, _)) = &self.gguf else {
             let mut files = SIDE_FILES
                 .iter()
                 .filter_map(|name| self.side_file(name).map(|p| (name, p)))
@@ -272,7 +287,9 @@ impl ModelDir {
     /// Opens the weights as a store grouped into `specs` units.
     pub fn open_store(&self, specs: &[UnitSpec]) -> Result<Arc<dyn LayerStore>> {
         Ok(match (self.kind, &self.gguf) {
-            (ModelKind::Gguf, Some(file)) => Arc::new(GgufStore::open(file.clone(), specs)?),
+            (ModelKind::Gguf, Some((file, family))) => {
+                Arc::new(GgufStore::open(file.clone(), *family, specs)?)
+            }
             (ModelKind::Split, _) => Arc::new(SplitStore::open(&self.path)?),
             _ => Arc::new(HfStore::open(&self.path, specs)?),
         })

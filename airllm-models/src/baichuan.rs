@@ -5,12 +5,26 @@
 //! `"position_embedding": "alibi" | "rope"`. Baichuan 2 (vocabulary 125696,
 //! or `"norm_head": true`) normalises the LM head's rows.
 
+use airllm_core::family::FamilyFiles;
 use airllm_core::{Error, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::decoder::Decoder;
-use crate::llama::{llama_layout, LlamaVariant};
+use crate::llama_shaped::{llama_layout, LlamaVariant};
+use crate::presets::CONTEXT;
+use crate::registry::{Family, Synthetic};
+
+/// Baichuan's descriptor (its SentencePiece tokenizer puts BOS first, as
+/// `LlamaTokenizer` does).
+pub static FAMILY: Family = Family {
+    files: FamilyFiles::named(&["BaichuanForCausalLM", "BaiChuanForCausalLM"], "baichuan"),
+    build: from_config,
+    synthetic: Synthetic::Dense(|shape| {
+        let extra = json!({"position_embedding": "rope", "model_max_length": CONTEXT});
+        shape.llama_config("BaichuanForCausalLM", extra)
+    }),
+};
 
 /// Layer count of the 13B models, which use ALiBi.
 const ALIBI_LAYERS: usize = 40;

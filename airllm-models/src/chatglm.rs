@@ -4,8 +4,9 @@
 //! interleaved pairs over the first half of each head, and
 //! `output_layer` as the LM head.
 
+use airllm_core::family::{FamilyFiles, SpecialTokens, TiktokenHints, TokenizerHints};
 use airllm_core::{Error, ModelDims, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::blocks::attention::{Attention, QkvProjection};
 use crate::blocks::linear::LinearNames;
@@ -13,6 +14,55 @@ use crate::blocks::mlp::{GateUp, GatedMlp};
 use crate::blocks::rope::{Rope, RopeStyle};
 use crate::config::Config;
 use crate::decoder::{Decoder, DecoderConfig, FeedForward, LayerNames, PositionEncoding};
+use crate::presets::{ModelShape, CONTEXT};
+use crate::registry::{Family, Synthetic};
+
+/// ChatGLM's descriptor. Its SentencePiece tokenizer (ChatGLM2/3) numbers
+/// its specials after the pieces and puts `[gMASK] sop` before every text;
+/// GLM-4 ships a tiktoken `tokenizer.model`. The chat format is ChatGLM3's
+/// `build_chat_input`: per message the role token, a newline and the
+/// content, then `<|assistant|>`; the spaces stand for the dummy prefix
+/// that SentencePiece puts before each separately encoded part.
+pub static FAMILY: Family = Family {
+    files: FamilyFiles {
+        architectures: &["ChatGLMModel", "ChatGLMForConditionalGeneration"],
+        model_type: "chatglm",
+        gguf: &[],
+        tokenizer: TokenizerHints {
+            sentencepiece: Some(SpecialTokens {
+                tokens: &["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>",
+                    "<|assistant|>", "<|observation|>"],
+                extra: 0,
+                prefix: &["[gMASK]", "sop"],
+            }),
+            tiktoken: Some(TiktokenHints {
+                file: "tokenizer.model",
+                pre: "llama3",
+                specials: SpecialTokens {
+                    tokens: &["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
+                        "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
+                        "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                        "<|end_of_video|>"],
+                    extra: 0,
+                    prefix: &["[gMASK]", "<sop>"],
+                },
+            }),
+        },
+        chat_template: Some("[gMASK]sop{% for m in messages %}<|{{ m.role }}|> {{ '\\n' }} {{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"),
+    },
+    build: from_config,
+    synthetic: Synthetic::Dense(synthetic_config),
+};
+
+/// ChatGLM's own keys for a synthetic model of `shape`.
+fn synthetic_config(shape: &ModelShape) -> Value {
+    json!({"architectures": ["ChatGLMModel"], "num_layers": shape.layers,
+        "hidden_size": shape.hidden, "num_attention_heads": shape.heads,
+        "kv_channels": shape.hidden / shape.heads, "multi_query_attention": true,
+        "multi_query_group_num": shape.kv_heads, "ffn_hidden_size": shape.intermediate,
+        "padded_vocab_size": shape.vocab, "seq_length": CONTEXT, "layernorm_epsilon": 1e-5,
+        "add_qkv_bias": true, "add_bias_linear": false, "torch_dtype": "bfloat16"})
+}
 
 /// Rotary base before `rope_ratio` scales it.
 const ROPE_BASE: f64 = 10_000.0;

@@ -1,8 +1,12 @@
-//! Model family adapters for airllm-rs. A family is configuration and tensor
-//! names ([`llama`], [`qwen2`], [`qwen3`], [`qwen`], [`mistral`], [`mixtral`], [`chatglm`],
-//! [`baichuan`]) over shared blocks ([`blocks`]) assembled by the
-//! generic [`decoder::Decoder`]; [`registry`] picks the family from
-//! config.json.
+//! Model family adapters for airllm-rs. A family is one file ([`llama`],
+//! [`qwen2`], [`qwen3`], [`qwen`], [`mistral`], [`mixtral`], [`chatglm`],
+//! [`baichuan`], [`internlm`]) holding its descriptor ([`Family`]: names, GGUF tensor
+//! names, tokenizer and chat hints, synthetic config) and its builder:
+//! configuration and tensor names over shared blocks ([`blocks`]) assembled
+//! by the generic [`decoder::Decoder`]. The families with Llama's layout
+//! build through one shared builder (`llama_shaped`). [`registry`] lists
+//! the families and picks one from config.json; [`catalog`] hands their
+//! descriptors to the file formats.
 //!
 //! This crate computes on burn tensors through the core traits; it must not
 //! read files or pick a device.
@@ -12,7 +16,9 @@ pub mod blocks;
 pub mod chatglm;
 pub mod config;
 pub mod decoder;
+pub mod internlm;
 pub mod llama;
+mod llama_shaped;
 pub mod mistral;
 pub mod mixtral;
 pub mod presets;
@@ -21,4 +27,4 @@ pub mod qwen2;
 pub mod qwen3;
 pub mod registry;
 
-pub use registry::{architecture, family, layout, Family, Layout, SUPPORTED};
+pub use registry::{architecture, catalog, family, layout, Family, Layout, Synthetic, SUPPORTED};

@@ -1,263 +1,35 @@
-//! Llama (1, 2, 3, 3.1; `LlamaForCausalLM`): config keys and tensor names
-//! over the shared decoder. GQA, `head_dim` override, tied embeddings,
-//! attention/MLP biases and `rope_scaling` come from config.json.
-//!
-//! The families that keep Llama's layout and names (Qwen2, Mistral,
-//! Baichuan) build through [`llama_layout`] with their own [`LlamaVariant`].
+//! Llama (1, 2, 3, 3.1; `LlamaForCausalLM`): the Llama-shaped decoder with
+//! the attention and MLP biases config.json asks for (`attention_bias`,
+//! `mlp_bias`).
 
-use airllm_core::{Error, ModelDims, Result};
-use serde_json::Value;
+use airllm_core::family::FamilyFiles;
+use airllm_core::Result;
+use serde_json::{json, Value};
 
-use crate::blocks::attention::{Attention, HeadNorms, QkvProjection};
-use crate::blocks::linear::LinearNames;
-use crate::blocks::mlp::{GateUp, GatedMlp};
-use crate::blocks::moe::SparseMoe;
-use crate::blocks::rope::Rope;
 use crate::config::Config;
-use crate::decoder::{Decoder, DecoderConfig, FeedForward, LayerNames, PositionEncoding};
+use crate::decoder::Decoder;
+use crate::llama_shaped::{gguf, llama_layout, LlamaVariant, PERMUTED_QK};
+use crate::registry::{Family, Synthetic};
 
-/// What a family with Llama's layout changes.
-pub(crate) struct LlamaVariant {
-    /// Family name.
-    pub family: &'static str,
-    /// Bias on the q, k and v projections.
-    pub qkv_bias: bool,
-    /// Bias on the output projection.
-    pub o_bias: bool,
-    /// Bias on the MLP projections.
-    pub mlp_bias: bool,
-    /// q, k and v stacked in one `self_attn.W_pack` matrix (Baichuan).
-    pub packed_qkv: bool,
-    /// Sliding window of each layer.
-    pub windows: Vec<Option<usize>>,
-    /// ALiBi instead of rotary positions (Baichuan 13B).
-    pub alibi: bool,
-    /// Longest context, when the family does not read it from
-    /// `max_position_embeddings`.
-    pub max_positions: Option<usize>,
-    /// LM head rows normalised to unit length (Baichuan 2).
-    pub normalized_head: bool,
-    /// RMSNorm on each query and key head (Qwen3's `q_norm`, `k_norm`).
-    pub head_norms: bool,
-    /// A routed mixture of experts in place of the MLP (Mixtral, Qwen3-MoE).
-    pub experts: Option<ExpertLayout>,
-}
-
-/// How a family's mixture-of-experts layers are laid out.
-pub(crate) struct ExpertLayout {
-    /// Experts per layer and per token.
-    pub counts: ExpertCounts,
-    /// Width of each expert's MLP.
-    pub inner: usize,
-    /// The released checkpoints' tensor names.
-    pub names: ExpertNames,
-    /// Per layer, whether it routes (the others have a dense MLP of
-    /// `intermediate_size`).
-    pub sparse: Vec<bool>,
-    /// Whether the top-k routing weights are renormalised to sum to one.
-    pub renormalize: bool,
-}
-
-/// Tensor names of a layer's router and experts.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum ExpertNames {
-    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.E.{w1, w3, w2}`.
-    Mixtral,
-    /// `mlp.gate`, `mlp.experts.E.{gate_proj, up_proj, down_proj}`.
-    Qwen3Moe,
-}
-
-/// How many experts a mixture-of-experts layer has and uses per token.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ExpertCounts {
-    /// Experts per layer.
-    pub count: usize,
-    /// Experts each token is routed to.
-    pub per_token: usize,
-}
-
-impl ExpertCounts {
-    /// The expert count (the first of `count_keys` present) and
-    /// `num_experts_per_tok`, which must lie between 1 and the count.
-    pub fn from_config(c: &Config<'_>, count_keys: &[&str]) -> Result<Self> {
-        let count = c.usize_of(count_keys)?;
-        let per_token = c.usize("num_experts_per_tok")?;
-        if per_token == 0 || per_token > count {
-            return Err(Error::config(
-                "num_experts_per_tok",
-                format!(
-                    "{per_token} is not between 1 and {} = {count}",
-                    count_keys[0]
-                ),
-            ));
-        }
-        Ok(ExpertCounts { count, per_token })
-    }
-}
-
-impl LlamaVariant {
-    /// Llama's own choices under `family`'s name: no biases, separate q/k/v,
-    /// full attention, rotary positions.
-    pub fn plain(family: &'static str) -> Self {
-        LlamaVariant {
-            family,
-            qkv_bias: false,
-            o_bias: false,
-            mlp_bias: false,
-            packed_qkv: false,
-            windows: Vec::new(),
-            alibi: false,
-            max_positions: None,
-            normalized_head: false,
-            head_norms: false,
-            experts: None,
-        }
-    }
-
-    /// Llama with the biases config.json asks for.
-    fn llama(c: &Config<'_>) -> Result<Self> {
-        let attention_bias = c.bool_or("attention_bias", false)?;
-        Ok(LlamaVariant {
-            qkv_bias: attention_bias,
-            o_bias: attention_bias,
-            mlp_bias: c.bool_or("mlp_bias", false)?,
-            ..LlamaVariant::plain("llama")
-        })
-    }
-}
-
-/// Attention heads as config.json gives them: `(heads, kv_heads)`.
-pub(crate) fn heads(c: &Config<'_>) -> Result<(usize, usize)> {
-    let heads = c.usize("num_attention_heads")?;
-    let kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(heads);
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(Error::config(
-            "num_key_value_heads",
-            format!("{kv_heads} does not divide num_attention_heads = {heads}"),
-        ));
-    }
-    Ok((heads, kv_heads))
-}
+/// Llama's descriptor.
+pub static FAMILY: Family = Family {
+    files: FamilyFiles {
+        gguf: &[gguf("llama", PERMUTED_QK, None)],
+        ..FamilyFiles::named(&["LlamaForCausalLM"], "llama")
+    },
+    build: from_config,
+    synthetic: Synthetic::Dense(|shape| shape.llama_config("LlamaForCausalLM", json!({}))),
+};
 
 /// Builds the Llama decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
     let c = Config(config);
-    llama_layout(&c, LlamaVariant::llama(&c)?)
-}
-
-/// A decoder with Llama's config keys and tensor names, as `variant` changes them.
-pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Decoder> {
-    let hidden = c.usize("hidden_size")?;
-    let (heads, kv_heads) = heads(c)?;
-    let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / heads);
-    let layers = c.usize("num_hidden_layers")?;
-    let tied = c.bool_or("tie_word_embeddings", false)?;
-    let rope = Rope::from_config(c, head_dim)?;
-    let intermediate = c.usize("intermediate_size")?;
-    let eps = c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
-    let dims = ModelDims {
-        layers,
-        hidden,
-        intermediate: intermediate.max(variant.experts.as_ref().map_or(0, |e| e.inner)),
-        heads,
-        kv_heads,
-        head_dim,
-        vocab: c.usize("vocab_size")?,
-        max_positions: variant.max_positions.unwrap_or(rope.context_limit()),
-        experts_per_token: variant.experts.as_ref().map_or(0, |e| e.counts.per_token),
+    let attention_bias = c.bool_or("attention_bias", false)?;
+    let variant = LlamaVariant {
+        qkv_bias: attention_bias,
+        o_bias: attention_bias,
+        mlp_bias: c.bool_or("mlp_bias", false)?,
+        ..LlamaVariant::plain("llama")
     };
-    let layer_names = (0..layers)
-        .map(|i| {
-            let p = format!("model.layers.{i}");
-            let qkv = if variant.packed_qkv {
-                QkvProjection::Stacked(LinearNames::new(
-                    &format!("{p}.self_attn.W_pack"),
-                    variant.qkv_bias,
-                ))
-            } else {
-                let projection = |name: &str| {
-                    LinearNames::new(&format!("{p}.self_attn.{name}"), variant.qkv_bias)
-                };
-                QkvProjection::Separate {
-                    q: projection("q_proj"),
-                    k: projection("k_proj"),
-                    v: projection("v_proj"),
-                }
-            };
-            let mlp = |name: &str| LinearNames::new(&format!("{p}.mlp.{name}"), variant.mlp_bias);
-            let attention = Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                qkv,
-                o: LinearNames::new(&format!("{p}.self_attn.o_proj"), variant.o_bias),
-                window: variant.windows.get(i).copied().flatten(),
-                head_norms: variant.head_norms.then(|| HeadNorms {
-                    q: format!("{p}.self_attn.q_norm.weight"),
-                    k: format!("{p}.self_attn.k_norm.weight"),
-                    eps,
-                }),
-            };
-            let ffn = match &variant.experts {
-                Some(experts) if experts.sparse.get(i).copied().unwrap_or(true) => {
-                    FeedForward::Sparse(routed_experts(&p, experts))
-                }
-                _ => FeedForward::Dense(gated_mlp(
-                    intermediate,
-                    mlp("gate_proj"),
-                    mlp("up_proj"),
-                    mlp("down_proj"),
-                )),
-            };
-            LayerNames::with_layernorm_names(&p, attention, ffn)
-        })
-        .collect();
-    let embed = "model.embed_tokens.weight".to_string();
-    Ok(Decoder::new(DecoderConfig {
-        family: variant.family,
-        dims,
-        eps,
-        positions: match variant.alibi {
-            true => PositionEncoding::Alibi,
-            false => PositionEncoding::Rotary(rope),
-        },
-        lm_head: if tied {
-            embed.clone()
-        } else {
-            "lm_head.weight".into()
-        },
-        embed,
-        final_norm: "model.norm.weight".into(),
-        normalized_head: variant.normalized_head,
-        layers: layer_names,
-    }))
-}
-
-fn gated_mlp(inner: usize, gate: LinearNames, up: LinearNames, down: LinearNames) -> GatedMlp {
-    GatedMlp {
-        inner,
-        gate_up: GateUp::Separate { gate, up },
-        down,
-    }
-}
-
-/// The router and experts under layer prefix `p`, as the released
-/// checkpoints of the family name them.
-fn routed_experts(p: &str, layout: &ExpertLayout) -> SparseMoe {
-    let linear = |name: String| LinearNames::new(&name, false);
-    let (block, [gate, up, down]) = match layout.names {
-        ExpertNames::Mixtral => ("block_sparse_moe", ["w1", "w3", "w2"]),
-        ExpertNames::Qwen3Moe => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
-    };
-    SparseMoe {
-        router: linear(format!("{p}.{block}.gate")),
-        experts: (0..layout.counts.count)
-            .map(|e| {
-                let w = |n: &str| linear(format!("{p}.{block}.experts.{e}.{n}"));
-                gated_mlp(layout.inner, w(gate), w(up), w(down))
-            })
-            .collect(),
-        per_token: layout.counts.per_token,
-        renormalize: layout.renormalize,
-    }
+    llama_layout(&c, variant)
 }

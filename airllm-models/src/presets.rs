@@ -5,6 +5,8 @@
 use airllm_core::{Error, Result};
 use serde_json::{json, Value};
 
+use crate::registry::{Synthetic, SUPPORTED};
+
 /// A decoder shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelShape {
@@ -113,9 +115,15 @@ pub const PRESETS: &[(&str, ModelShape)] = &[
     ),
 ];
 
-/// Families a synthetic model can be written as (`--family`).
-pub const SYNTHETIC_FAMILIES: &[&str] =
-    &["llama", "qwen2", "qwen3", "mistral", "chatglm", "baichuan"];
+/// Families a synthetic model of a dense shape can be written as
+/// (`--family`): their `model_type`s.
+pub fn synthetic_families() -> Vec<&'static str> {
+    SUPPORTED
+        .iter()
+        .filter(|f| matches!(f.synthetic, Synthetic::Dense(_)))
+        .map(|f| f.files.model_type)
+        .collect()
+}
 
 /// The preset called `name`.
 pub fn preset(name: &str) -> Option<ModelShape> {
@@ -123,14 +131,37 @@ pub fn preset(name: &str) -> Option<ModelShape> {
 }
 
 /// Positions every synthetic config allows.
-const CONTEXT: usize = 2048;
+pub(crate) const CONTEXT: usize = 2048;
 
 impl ModelShape {
     /// A config.json for this shape (bf16, untied, 2048 positions) in the
-    /// keys of `family` (one of [`SYNTHETIC_FAMILIES`]); a shape with experts
+    /// keys of `family` (one of [`synthetic_families`]); a shape with experts
     /// is always its [`ModelShape::moe_family`].
     pub fn config(&self, family: &str) -> Result<Value> {
-        let mut llama_keys = json!({
+        let written = SUPPORTED.iter().find_map(|f| match f.synthetic {
+            Synthetic::Experts(config)
+                if self.experts > 0 && f.files.model_type == self.moe_family =>
+            {
+                Some(config)
+            }
+            Synthetic::Dense(config) if self.experts == 0 && f.files.model_type == family => {
+                Some(config)
+            }
+            _ => None,
+        });
+        match written {
+            Some(config) => Ok(config(self)),
+            None => Err(Error::Request(format!(
+                "unknown family `{family}`; choose one of {}",
+                synthetic_families().join(", ")
+            ))),
+        }
+    }
+
+    /// A config.json for this shape in Llama's keys, with `architecture`
+    /// and the keys of `extra`.
+    pub(crate) fn llama_config(&self, architecture: &str, extra: Value) -> Value {
+        let mut config = json!({
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers,
@@ -144,59 +175,12 @@ impl ModelShape {
             "torch_dtype": "bfloat16",
         });
         if self.head_dim > 0 {
-            llama_keys["head_dim"] = json!(self.head_dim);
+            config["head_dim"] = json!(self.head_dim);
         }
-        let (architecture, extra) = match (family, self.experts) {
-            (_, experts) if experts > 0 && self.moe_family == "qwen3_moe" => (
-                "Qwen3MoeForCausalLM",
-                json!({"num_experts": experts, "num_experts_per_tok": self.experts_per_token,
-                       "moe_intermediate_size": self.intermediate, "norm_topk_prob": true}),
-            ),
-            (_, experts) if experts > 0 => (
-                "MixtralForCausalLM",
-                json!({"num_local_experts": experts, "num_experts_per_tok": self.experts_per_token}),
-            ),
-            ("llama", _) => ("LlamaForCausalLM", json!({})),
-            ("qwen2", _) => ("Qwen2ForCausalLM", json!({"use_sliding_window": false})),
-            ("qwen3", _) => ("Qwen3ForCausalLM", json!({"use_sliding_window": false})),
-            ("mistral", _) => ("MistralForCausalLM", json!({"sliding_window": CONTEXT})),
-            ("baichuan", _) => (
-                "BaichuanForCausalLM",
-                json!({"position_embedding": "rope", "model_max_length": CONTEXT}),
-            ),
-            ("chatglm", _) => return Ok(self.chatglm_config()),
-            (other, _) => {
-                return Err(Error::Request(format!(
-                    "unknown family `{other}`; choose one of {}",
-                    SYNTHETIC_FAMILIES.join(", ")
-                )))
-            }
-        };
-        let mut config = llama_keys;
         config["architectures"] = json!([architecture]);
         for (key, value) in extra.as_object().into_iter().flatten() {
             config[key] = value.clone();
         }
-        Ok(config)
-    }
-
-    /// ChatGLM's own keys for this shape.
-    fn chatglm_config(&self) -> Value {
-        json!({
-            "architectures": ["ChatGLMModel"],
-            "num_layers": self.layers,
-            "hidden_size": self.hidden,
-            "num_attention_heads": self.heads,
-            "kv_channels": self.hidden / self.heads,
-            "multi_query_attention": true,
-            "multi_query_group_num": self.kv_heads,
-            "ffn_hidden_size": self.intermediate,
-            "padded_vocab_size": self.vocab,
-            "seq_length": CONTEXT,
-            "layernorm_epsilon": 1e-5,
-            "add_qkv_bias": true,
-            "add_bias_linear": false,
-            "torch_dtype": "bfloat16",
-        })
+        config
     }
 }

@@ -1,73 +1,60 @@
-//! Picks the family from config.json: `architectures[0]`, falling back to
-//! `model_type`.
+//! Every supported family, each one descriptor ([`Family`]) kept beside its
+//! builder in the family's own file; picks the family from config.json:
+//! `architectures[0]`, falling back to `model_type`.
 
 use std::sync::Arc;
 
+use airllm_core::family::{declared_architecture, FamilyFiles};
 use airllm_core::{Architecture, Error, ModelDims, Result, UnitSpec};
 use burn::tensor::backend::Backend;
 use serde_json::Value;
 
 use crate::decoder::Decoder;
+use crate::presets::ModelShape;
 
-/// One supported family: the names config.json may give it and the reader
-/// that checks its config and builds its decoder.
+/// One supported family: what the file formats need to know of it, the
+/// reader that checks its config and builds its decoder, and the config of
+/// a synthetic model of any shape in its keys.
 pub struct Family {
-    /// `architectures[0]` values.
-    pub architectures: &'static [&'static str],
-    /// `model_type` value (used when `architectures` is absent).
-    pub model_type: &'static str,
+    /// Its names in config.json, GGUF architectures and tensor names,
+    /// tokenizer hints and built-in chat format (plain data for
+    /// `airllm-formats`).
+    pub files: FamilyFiles,
     /// Checks config.json and builds the decoder.
     pub build: fn(&Value) -> Result<Decoder>,
+    /// The config.json of a synthetic model of a shape (`bench --preset`).
+    pub synthetic: Synthetic,
+}
+
+/// Whether and how a family writes the config of a synthetic model.
+pub enum Synthetic {
+    /// It does not (its models are benchmarked as another family's shape).
+    No,
+    /// A dense shape, written when `--family` names the family.
+    Dense(fn(&ModelShape) -> Value),
+    /// A shape with experts, written when its [`ModelShape::moe_family`]
+    /// names the family.
+    Experts(fn(&ModelShape) -> Value),
 }
 
 /// Every family this build supports.
-pub const SUPPORTED: &[Family] = &[
-    Family {
-        architectures: &["LlamaForCausalLM"],
-        model_type: "llama",
-        build: crate::llama::from_config,
-    },
-    Family {
-        architectures: &["Qwen2ForCausalLM"],
-        model_type: "qwen2",
-        build: crate::qwen2::from_config,
-    },
-    Family {
-        architectures: &["Qwen3ForCausalLM"],
-        model_type: "qwen3",
-        build: crate::qwen3::from_config,
-    },
-    Family {
-        architectures: &["Qwen3MoeForCausalLM"],
-        model_type: "qwen3_moe",
-        build: crate::qwen3::moe_from_config,
-    },
-    Family {
-        architectures: &["QWenLMHeadModel"],
-        model_type: "qwen",
-        build: crate::qwen::from_config,
-    },
-    Family {
-        architectures: &["MistralForCausalLM"],
-        model_type: "mistral",
-        build: crate::mistral::from_config,
-    },
-    Family {
-        architectures: &["MixtralForCausalLM"],
-        model_type: "mixtral",
-        build: crate::mixtral::from_config,
-    },
-    Family {
-        architectures: &["ChatGLMModel", "ChatGLMForConditionalGeneration"],
-        model_type: "chatglm",
-        build: crate::chatglm::from_config,
-    },
-    Family {
-        architectures: &["BaichuanForCausalLM", "BaiChuanForCausalLM"],
-        model_type: "baichuan",
-        build: crate::baichuan::from_config,
-    },
+pub static SUPPORTED: &[&Family] = &[
+    &crate::llama::FAMILY,
+    &crate::qwen2::FAMILY,
+    &crate::qwen3::FAMILY,
+    &crate::qwen3::MOE_FAMILY,
+    &crate::qwen::FAMILY,
+    &crate::mistral::FAMILY,
+    &crate::mixtral::FAMILY,
+    &crate::chatglm::FAMILY,
+    &crate::baichuan::FAMILY,
+    &crate::internlm::FAMILY,
 ];
+
+/// The descriptors the file formats read (`airllm_formats::ModelDir::open`).
+pub fn catalog() -> Vec<&'static FamilyFiles> {
+    SUPPORTED.iter().map(|f| &f.files).collect()
+}
 
 /// Builds the architecture config.json describes.
 pub fn architecture<B: Backend>(config: &Value) -> Result<Arc<dyn Architecture<B>>> {
@@ -97,23 +84,18 @@ pub fn layout(config: &Value) -> Result<Layout> {
 
 /// The family config.json names: `architectures[0]`, else `model_type`.
 pub fn family(config: &Value) -> Result<&'static Family> {
-    let declared = config
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(Value::as_str);
-    let model_type = config.get("model_type").and_then(Value::as_str);
-    let found = match declared {
-        Some(name) => SUPPORTED.iter().find(|f| f.architectures.contains(&name)),
-        None => SUPPORTED.iter().find(|f| Some(f.model_type) == model_type),
-    };
+    let found = SUPPORTED
+        .iter()
+        .copied()
+        .find(|f| f.files.is_named_by(config));
     found.ok_or_else(|| Error::UnknownArchitecture {
-        name: declared
-            .or(model_type)
+        name: declared_architecture(config)
+            .or(config.get("model_type").and_then(Value::as_str))
             .unwrap_or("(none given)")
             .to_string(),
         known: SUPPORTED
             .iter()
-            .flat_map(|f| f.architectures.iter().copied())
+            .flat_map(|f| f.files.architectures.iter().copied())
             .collect::<Vec<_>>()
             .join(", "),
     })

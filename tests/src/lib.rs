@@ -18,7 +18,7 @@ pub mod mutate;
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
-pub const FIXTURES: [&str; 20] = [
+pub const FIXTURES: [&str; 21] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
@@ -39,12 +39,14 @@ pub const FIXTURES: [&str; 20] = [
     "qwen3-yarn",
     "qwen3-dense.gguf",
     "qwen3-yarn.gguf",
+    "internlm",
 ];
 
 /// Fixtures the wgpu run leaves out: on software Vulkan every fixture costs
 /// tens of seconds, and another fixture of the same family runs there.
-const NOT_ON_WGPU: [&str; 8] = [
+const NOT_ON_WGPU: [&str; 9] = [
     "baichuan2-rope",
+    "internlm",
     "qwen2-mixed.gguf",
     "mixtral-stacked.gguf",
     "mixtral-split.gguf",
@@ -179,7 +181,7 @@ pub fn engine_with<B: Backend>(
     shape: BatchShape,
     options: EngineOptions,
 ) -> Result<Engine<B>> {
-    let model = ModelDir::open(dir)?;
+    let model = ModelDir::open(dir, &airllm_models::catalog())?;
     let arch = airllm_models::architecture::<B>(&model.config)?;
     let store = model.open_store(arch.units())?;
     let minimum = || {
@@ -212,7 +214,7 @@ pub fn split_fixture(name: &str, out: &Path) -> PathBuf {
 
 /// Splits the model at `model` into `out` and returns `out`.
 pub fn split_to(model: &Path, out: &Path) -> PathBuf {
-    let dir = ModelDir::open(model).expect("model");
+    let dir = ModelDir::open(model, &airllm_models::catalog()).expect("model");
     let layout = airllm_models::layout(&dir.config).expect("layout");
     let store = dir.open_store(&layout.units).expect("store");
     split_model(
@@ -293,3 +295,9 @@ pub fn smollm2() -> PathBuf {
     );
     path
 }
+
+/// The README's code blocks, compiled as doctests so that its library
+/// example stays true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -22,7 +22,7 @@ fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// Opens `dir` as the engine would and returns the error text.
 fn open_error(dir: &Path) -> String {
-    let result = ModelDir::open(dir)
+    let result = ModelDir::open(dir, &airllm_models::catalog())
         .map_err(airllm_core::Error::from)
         .and_then(|model| {
             let layout = airllm_models::layout(&model.config)?;
@@ -142,7 +142,7 @@ fn split_with(
     free: &dyn Fn(&Path) -> std::io::Result<u64>,
     progress: &mut dyn FnMut(&SplitProgress) -> bool,
 ) -> Result<airllm_formats::Manifest, airllm_formats::FormatError> {
-    let dir = ModelDir::open(source).unwrap();
+    let dir = ModelDir::open(source, &airllm_models::catalog()).unwrap();
     let layout = airllm_models::layout(&dir.config).unwrap();
     let store = HfStore::open(source, &layout.units).unwrap();
     split_model(
@@ -172,7 +172,7 @@ fn interrupted_split_resumes_and_verifies() {
         units_written < 2
     });
     assert!(stopped.unwrap_err().to_string().contains("interrupted"));
-    assert!(ModelDir::open(&out)
+    assert!(ModelDir::open(&out, &airllm_models::catalog())
         .unwrap_err()
         .to_string()
         .contains("interrupted"));
@@ -315,14 +315,18 @@ fn layer_count_beyond_the_weights_is_refused_before_allocating() {
     edit_config(&dir, |c| {
         c["num_hidden_layers"] = 1_099_511_627_776u64.into()
     });
-    let err = ModelDir::open(&dir).unwrap_err().to_string();
+    let err = ModelDir::open(&dir, &airllm_models::catalog())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("num_hidden_layers = 1099511627776") && err.contains("tensors"),
         "{err}"
     );
     let (_tmp, dir) = copy_fixture("mixtral-moe");
     edit_config(&dir, |c| c["num_local_experts"] = 1_000_000.into());
-    let err = ModelDir::open(&dir).unwrap_err().to_string();
+    let err = ModelDir::open(&dir, &airllm_models::catalog())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("num_local_experts"), "{err}");
 }
 
@@ -344,7 +348,7 @@ fn tokenizers_the_library_panics_on_are_named_errors() {
     for edit in edits {
         let (_tmp, dir) = copy_fixture("llama-gqa");
         edit_tokenizer(&dir, edit);
-        let err = ModelDir::open(&dir)
+        let err = ModelDir::open(&dir, &airllm_models::catalog())
             .unwrap()
             .tokenizer()
             .expect_err("refused");

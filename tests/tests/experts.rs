@@ -69,7 +69,7 @@ impl BackendJob for RoutedReads {
     fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output> {
         let dir = fixture(self.fixture);
         let store_units = {
-            let model = airllm_formats::ModelDir::open(&dir)?;
+            let model = airllm_formats::ModelDir::open(&dir, &airllm_models::catalog())?;
             let layout = airllm_models::layout(&model.config)?;
             model.open_store(&layout.units)?.units().to_vec()
         };

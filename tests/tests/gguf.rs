@@ -58,7 +58,7 @@ fn every_type_dequantizes_as_the_gguf_package_does() {
 
 #[test]
 fn gguf_tokenizer_equals_the_tokenizer_it_was_made_from() {
-    let gguf = ModelDir::open(&fixture("llama-mixed.gguf"))
+    let gguf = ModelDir::open(&fixture("llama-mixed.gguf"), &airllm_models::catalog())
         .unwrap()
         .tokenizer()
         .unwrap()
@@ -84,7 +84,7 @@ fn gguf_tokenizer_equals_the_tokenizer_it_was_made_from() {
 
 #[test]
 fn sentencepiece_vocabulary_tokenizes_as_transformers_does() {
-    let tokenizer = ModelDir::open(&gguf_fixture("spm-vocab.gguf"))
+    let tokenizer = ModelDir::open(&gguf_fixture("spm-vocab.gguf"), &airllm_models::catalog())
         .unwrap()
         .tokenizer()
         .unwrap()
@@ -122,7 +122,7 @@ fn after_string(bytes: &[u8], text: &str) -> usize {
 }
 
 fn open_error(path: &Path) -> String {
-    match ModelDir::open(path) {
+    match ModelDir::open(path, &airllm_models::catalog()) {
         Ok(_) => panic!("{} opened", path.display()),
         Err(e) => e.to_string(),
     }

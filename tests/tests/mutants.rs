@@ -34,7 +34,7 @@ fn load_and_generate<B: Backend>(
     index: u64,
 ) -> Result<()> {
     let streaming = index % 2 == 1;
-    let dir = ModelDir::open(path)?;
+    let dir = ModelDir::open(path, &airllm_models::catalog())?;
     let mut prompt = vec![1, 2, 3];
     if let Some(tokenizer) = dir.tokenizer()? {
         if let Ok(encoding) = tokenizer.encode("Hello, world! 123", true) {

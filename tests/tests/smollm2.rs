@@ -42,7 +42,7 @@ fn check_prompt(tokenizer: &tokenizers::Tokenizer, record: &Record) {
 
 #[test]
 fn tokenizer_encodes_and_decodes_as_transformers_does() {
-    let dir = ModelDir::open(&smollm2()).unwrap();
+    let dir = ModelDir::open(&smollm2(), &airllm_models::catalog()).unwrap();
     let tokenizer = dir.tokenizer().unwrap().unwrap();
     let record = record();
     check_prompt(&tokenizer, &record);
@@ -54,7 +54,7 @@ fn tokenizer_encodes_and_decodes_as_transformers_does() {
 #[test]
 fn chat_template_renders_as_transformers_does() {
     let record = record();
-    let dir = ModelDir::open(&smollm2()).unwrap();
+    let dir = ModelDir::open(&smollm2(), &airllm_models::catalog()).unwrap();
     let template = dir.chat_template().unwrap().unwrap();
     let rendered = template.render(&record.chat.messages, true).unwrap();
     assert_eq!(rendered, record.chat.rendered);
@@ -129,7 +129,7 @@ fn split_of_the_gguf_gives_the_same_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("split");
     split_to(&smollm2(), &out);
-    let split = ModelDir::open(&out).unwrap();
+    let split = ModelDir::open(&out, &airllm_models::catalog()).unwrap();
     let tokenizer = split.tokenizer().unwrap().expect("tokenizer.json written");
     let record = record();
     check_prompt(&tokenizer, &record);

@@ -28,7 +28,7 @@ fn check(name: &str) {
     let dir = vocabulary_dir(name);
     let expected: Expected =
         serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-    let model = ModelDir::open(&dir).unwrap();
+    let model = ModelDir::open(&dir, &airllm_models::catalog()).unwrap();
     let tokenizer = model.tokenizer().unwrap().expect("a tokenizer");
     check_tokenizer(&tokenizer, &expected.cases, true);
     if let Some(chat) = expected.chat {
@@ -70,7 +70,7 @@ fn glm4_tiktoken_tokenizer_model() {
 #[test]
 fn a_split_carries_the_built_tokenizer_as_tokenizer_json() {
     for name in ["chatglm3", "qwen-v1"] {
-        let files = ModelDir::open(&vocabulary_dir(name))
+        let files = ModelDir::open(&vocabulary_dir(name), &airllm_models::catalog())
             .unwrap()
             .side_files()
             .unwrap();
@@ -95,7 +95,7 @@ fn a_tiktoken_tokenizer_model_outside_chatglm_is_a_named_error() {
         r#"{"architectures": ["LlamaForCausalLM"]}"#,
     )
     .unwrap();
-    let err = ModelDir::open(tmp.path())
+    let err = ModelDir::open(tmp.path(), &airllm_models::catalog())
         .unwrap()
         .tokenizer()
         .expect_err("refused");

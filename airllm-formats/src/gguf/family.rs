@@ -1,93 +1,22 @@
-//! What a GGUF architecture means in Hugging Face terms: the `config.json`
-//! its metadata implies, and the GGUF name of each tensor the adapter asks
-//! for by its Hugging Face name.
+//! What a GGUF architecture means in Hugging Face terms, as the families'
+//! descriptors say: the `config.json` its metadata implies, and the GGUF
+//! name of each tensor the adapter asks for by its Hugging Face name.
 
+use airllm_core::family::{FamilyFiles, GgufArchitecture};
 use serde_json::{json, Map, Value};
 
 use super::file::GgufFile;
 use crate::{FormatError, Result};
 
-/// A GGUF architecture this crate maps.
-#[derive(Debug)]
+/// The family a GGUF file loads as, and the entry of its descriptor that
+/// says how.
+#[derive(Clone, Copy, Debug)]
 pub struct GgufFamily {
-    /// `general.architecture` in the file.
-    pub gguf_name: &'static str,
-    /// `architectures[0]` of the implied config.
-    pub architecture: &'static str,
-    /// `model_type` of the implied config.
-    pub model_type: &'static str,
-    /// Whether llama.cpp's converter permuted the rows of q and k so that
-    /// each head's rotary pairs are neighbours (dims 2i and 2i + 1). The rows
-    /// are read as stored and the implied config says so
-    /// (`rope_interleave`), so the rotary embedding pairs them that way:
-    /// attention scores are the same, and a streamed layer's q and k are not
-    /// copied back into Hugging Face order on every read.
-    pub permuted_qk: bool,
+    /// The family's descriptor.
+    pub family: &'static FamilyFiles,
+    /// The GGUF architecture entry the file matched.
+    pub gguf: &'static GgufArchitecture,
 }
-
-const FAMILIES: &[GgufFamily] = &[
-    GgufFamily {
-        gguf_name: "llama",
-        architecture: "LlamaForCausalLM",
-        model_type: "llama",
-        permuted_qk: true,
-    },
-    GgufFamily {
-        gguf_name: "qwen2",
-        architecture: "Qwen2ForCausalLM",
-        model_type: "qwen2",
-        permuted_qk: false,
-    },
-    GgufFamily {
-        gguf_name: "qwen3",
-        architecture: "Qwen3ForCausalLM",
-        model_type: "qwen3",
-        permuted_qk: false,
-    },
-    GgufFamily {
-        gguf_name: "qwen3moe",
-        architecture: "Qwen3MoeForCausalLM",
-        model_type: "qwen3_moe",
-        permuted_qk: false,
-    },
-];
-
-/// Hugging Face names outside the layers and their GGUF names.
-const GLOBAL_NAMES: &[(&str, &str)] = &[
-    ("model.embed_tokens", "token_embd"),
-    ("model.norm", "output_norm"),
-    ("lm_head", "output"),
-];
-
-/// Hugging Face names inside `model.layers.N.` and their GGUF names inside `blk.N.`.
-const LAYER_NAMES: &[(&str, &str)] = &[
-    ("input_layernorm", "attn_norm"),
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
-    ("post_attention_layernorm", "ffn_norm"),
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
-    ("block_sparse_moe.gate", "ffn_gate_inp"),
-    ("mlp.gate", "ffn_gate_inp"),
-    ("self_attn.q_norm", "attn_q_norm"),
-    ("self_attn.k_norm", "attn_k_norm"),
-];
-
-/// Expert matrices inside a layer (`block_sparse_moe.experts.E.w1` for
-/// Mixtral, `mlp.experts.E.gate_proj` for Qwen3-MoE) and their GGUF stems:
-/// `blk.N.ffn_gate.E` (older converters) or slice E of the 3-D
-/// `blk.N.ffn_gate_exps`.
-const EXPERT_NAMES: &[(&str, &str, &str)] = &[
-    ("block_sparse_moe.experts.", "w1", "ffn_gate"),
-    ("block_sparse_moe.experts.", "w2", "ffn_down"),
-    ("block_sparse_moe.experts.", "w3", "ffn_up"),
-    ("mlp.experts.", "gate_proj", "ffn_gate"),
-    ("mlp.experts.", "down_proj", "ffn_down"),
-    ("mlp.experts.", "up_proj", "ffn_up"),
-];
 
 /// Where a tensor an adapter asks for lies in a GGUF file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,22 +28,36 @@ pub struct Located {
 }
 
 impl GgufFamily {
-    /// The family of `file`, or an error naming the supported ones.
-    pub fn of(file: &GgufFile) -> Result<&'static GgufFamily> {
+    /// The family of `file` among `families`, or an error naming the
+    /// supported GGUF architectures.
+    pub fn of(file: &GgufFile, families: &[&'static FamilyFiles]) -> Result<GgufFamily> {
         let name = file.architecture()?;
-        FAMILIES
-            .iter()
-            .find(|f| f.gguf_name == name)
-            .ok_or_else(|| FormatError::UnsupportedGguf {
-                path: file.path.clone(),
-                detail: format!(
-                    "GGUF architecture `{name}` is not supported; supported: {}",
-                    FAMILIES
-                        .iter()
-                        .map(|f| f.gguf_name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+        let experts = file
+            .get(&format!("{name}.expert_count"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+            > 0;
+        let entries = || {
+            families.iter().flat_map(|&family| {
+                family
+                    .gguf
+                    .iter()
+                    .map(move |gguf| GgufFamily { family, gguf })
+            })
+        };
+        entries()
+            .find(|e| e.gguf.name == name && e.gguf.experts == experts)
+            .or_else(|| entries().find(|e| e.gguf.name == name))
+            .ok_or_else(|| {
+                let mut supported: Vec<&str> = entries().map(|e| e.gguf.name).collect();
+                supported.dedup();
+                FormatError::UnsupportedGguf {
+                    path: file.path.clone(),
+                    detail: format!(
+                        "GGUF architecture `{name}` is not supported; supported: {}",
+                        supported.join(", ")
+                    ),
+                }
             })
     }
 
@@ -129,10 +72,12 @@ impl GgufFamily {
         let (stem, suffix) = hf_name.rsplit_once('.')?;
         let rest = stem.strip_prefix("model.layers.")?;
         let (layer, inner) = rest.split_once('.')?;
-        let (_, _, gguf, expert) = EXPERT_NAMES.iter().find_map(|&(block, hf, gguf)| {
-            let (expert, matrix) = inner.strip_prefix(block)?.split_once('.')?;
-            (matrix == hf).then_some((block, hf, gguf, expert))
-        })?;
+        let names = self.gguf.names.experts?;
+        let (expert, matrix) = inner
+            .strip_prefix(names.block)?
+            .strip_prefix(".experts.")?
+            .split_once('.')?;
+        let (_, gguf) = names.matrices().into_iter().find(|(hf, _)| *hf == matrix)?;
         if let Some(tensor) = file.position(&format!("blk.{layer}.{gguf}.{expert}.{suffix}")) {
             return Some(Located {
                 tensor,
@@ -152,16 +97,24 @@ impl GgufFamily {
         let (stem, suffix) = hf_name.rsplit_once('.')?;
         if let Some(rest) = stem.strip_prefix("model.layers.") {
             let (layer, inner) = rest.split_once('.')?;
-            let (_, gguf) = LAYER_NAMES.iter().find(|(hf, _)| *hf == inner)?;
+            let names = &self.gguf.names;
+            let router = names.experts.and_then(|e| {
+                let name = inner.strip_prefix(e.block)?.strip_prefix('.')?;
+                (name == e.router).then_some("ffn_gate_inp")
+            });
+            let gguf = match router {
+                Some(gguf) => gguf,
+                None => names.layer.iter().find(|(hf, _)| *hf == inner)?.1,
+            };
             return Some(format!("blk.{layer}.{gguf}.{suffix}"));
         }
-        let (_, gguf) = GLOBAL_NAMES.iter().find(|(hf, _)| *hf == stem)?;
+        let (_, gguf) = self.gguf.names.global.iter().find(|(hf, _)| *hf == stem)?;
         Some(format!("{gguf}.{suffix}"))
     }
 
     /// The `config.json` the file's metadata implies.
     pub fn config(&self, file: &GgufFile) -> Result<Value> {
-        let arch = self.gguf_name;
+        let arch = self.gguf.name;
         let meta = |key: &str| file.get(&format!("{arch}.{key}"));
         let number = |key: &str| meta(key).and_then(|v| v.as_f64());
         let required = |key: &str| {
@@ -184,14 +137,11 @@ impl GgufFamily {
             .or_else(|| file.tensor("token_embd.weight").map(|t| t.shape[0] as u64));
         let mut config = Map::new();
         let experts = meta("expert_count").and_then(|v| v.as_u64()).unwrap_or(0);
-        if experts > 0 && self.gguf_name == "llama" {
-            // llama.cpp stores Mixtral as `llama` with experts.
-            config.insert("architectures".into(), json!(["MixtralForCausalLM"]));
-            config.insert("model_type".into(), json!("mixtral"));
-        } else {
-            config.insert("architectures".into(), json!([self.architecture]));
-            config.insert("model_type".into(), json!(self.model_type));
-        }
+        config.insert(
+            "architectures".into(),
+            json!([self.family.architectures[0]]),
+        );
+        config.insert("model_type".into(), json!(self.family.model_type));
         if experts > 0 {
             config.insert("num_local_experts".into(), json!(experts));
             config.insert(
@@ -204,8 +154,8 @@ impl GgufFamily {
             // llama.cpp renormalises Qwen3-MoE's top-k weights.
             config.insert("norm_topk_prob".into(), json!(true));
         }
-        if self.permuted_qk {
-            config.insert("rope_interleave".into(), json!(true));
+        for (key, value) in self.gguf.implied {
+            config.insert(key.to_string(), json!(value));
         }
         if let Some(window) = meta("attention.sliding_window").and_then(|v| v.as_u64()) {
             config.insert("sliding_window".into(), json!(window));
@@ -280,32 +230,73 @@ impl GgufFamily {
 
 #[cfg(test)]
 mod tests {
+    use airllm_core::family::{ExpertNames, GgufNames, TokenizerHints};
+
     use super::*;
 
-    #[test]
-    fn names_map_both_ways_of_a_layer() {
-        let llama = &FAMILIES[0];
-        assert_eq!(
-            llama.gguf_name("model.layers.12.self_attn.o_proj.weight"),
-            Some("blk.12.attn_output.weight".into())
-        );
-        assert_eq!(
-            llama.gguf_name("model.embed_tokens.weight"),
-            Some("token_embd.weight".into())
-        );
-        assert_eq!(llama.gguf_name("model.layers.0.unknown.weight"), None);
+    /// A family shaped as the Llama-like descriptors are, with Qwen3-MoE's
+    /// expert names.
+    static FAMILY: FamilyFiles = FamilyFiles {
+        architectures: &["TestForCausalLM"],
+        model_type: "test",
+        gguf: &[GgufArchitecture {
+            name: "test",
+            experts: true,
+            implied: &[],
+            names: GgufNames {
+                global: &[("model.embed_tokens", "token_embd")],
+                layer: &[
+                    ("self_attn.o_proj", "attn_output"),
+                    ("self_attn.k_norm", "attn_k_norm"),
+                ],
+                experts: Some(ExpertNames {
+                    block: "mlp",
+                    router: "gate",
+                    gate: "gate_proj",
+                    up: "up_proj",
+                    down: "down_proj",
+                }),
+            },
+        }],
+        tokenizer: TokenizerHints::NONE,
+        chat_template: None,
+    };
+
+    fn family() -> GgufFamily {
+        GgufFamily {
+            family: &FAMILY,
+            gguf: &FAMILY.gguf[0],
+        }
     }
 
     #[test]
-    fn qwen3_moe_names_map_to_norms_router_and_expert_stems() {
-        let qwen3moe = FAMILIES.iter().find(|f| f.gguf_name == "qwen3moe").unwrap();
+    fn names_map_both_ways_of_a_layer() {
+        let family = family();
         assert_eq!(
-            qwen3moe.gguf_name("model.layers.3.self_attn.k_norm.weight"),
+            family.gguf_name("model.layers.12.self_attn.o_proj.weight"),
+            Some("blk.12.attn_output.weight".into())
+        );
+        assert_eq!(
+            family.gguf_name("model.embed_tokens.weight"),
+            Some("token_embd.weight".into())
+        );
+        assert_eq!(family.gguf_name("model.layers.0.unknown.weight"), None);
+    }
+
+    #[test]
+    fn norms_and_the_router_map_to_their_stems() {
+        let family = family();
+        assert_eq!(
+            family.gguf_name("model.layers.3.self_attn.k_norm.weight"),
             Some("blk.3.attn_k_norm.weight".into())
         );
         assert_eq!(
-            qwen3moe.gguf_name("model.layers.3.mlp.gate.weight"),
+            family.gguf_name("model.layers.3.mlp.gate.weight"),
             Some("blk.3.ffn_gate_inp.weight".into())
+        );
+        assert_eq!(
+            family.gguf_name("model.layers.3.mlp.gate_proj.weight"),
+            None
         );
     }
 }

@@ -53,10 +53,10 @@ pub struct GgufStore {
 }
 
 impl GgufStore {
-    /// Groups the tensors of `file` into the units `specs` lists. Tensors
-    /// that are absent are left out (the engine's check names them).
-    pub fn open(file: Arc<GgufFile>, specs: &[UnitSpec]) -> Result<Self> {
-        let family = GgufFamily::of(&file)?;
+    /// Groups the tensors of `file`, named as `family` says, into the units
+    /// `specs` lists. Tensors that are absent are left out (the engine's
+    /// check names them).
+    pub fn open(file: Arc<GgufFile>, family: GgufFamily, specs: &[UnitSpec]) -> Result<Self> {
         let location = file.path.display().to_string();
         let mut units = Vec::with_capacity(specs.len());
         let mut placements = Vec::with_capacity(specs.len());

@@ -57,12 +57,7 @@ pub fn tokenizer_json(vocab: &Vocabulary, pre: Option<&str>) -> Value {
             (spelling, json!(id))
         })
         .collect();
-    let merges: Vec<Value> = vocab
-        .merges
-        .iter()
-        .filter_map(|m| m.split_once(' '))
-        .map(|(l, r)| json!([l, r]))
-        .collect();
+    let merges = known_merges(&vocab.merges, &spelled);
     let byte_level = |prefix: bool| json!({"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true, "use_regex": true});
     let pre_tokenizer = match pre.and_then(split_regex) {
         Some(regex) => json!({"type": "Sequence", "pretokenizers": [
@@ -89,9 +84,49 @@ pub fn tokenizer_json(vocab: &Vocabulary, pre: Option<&str>) -> Value {
     })
 }
 
+/// The merges whose two parts and result are all in `vocab`, as
+/// tokenizer.json lists them. Some converted vocabularies carry merges of
+/// tokens they lack; llama.cpp never applies those, and they are skipped
+/// here with one warning (the tokenizers crate refuses the whole model).
+fn known_merges(merges: &[String], vocab: &serde_json::Map<String, Value>) -> Vec<Value> {
+    let mut skipped = Vec::new();
+    let kept = merges
+        .iter()
+        .filter_map(|m| m.split_once(' '))
+        .filter(|(l, r)| {
+            let known = vocab.contains_key(*l)
+                && vocab.contains_key(*r)
+                && vocab.contains_key(&format!("{l}{r}"));
+            if !known {
+                skipped.push(format!("{l} {r}"));
+            }
+            known
+        })
+        .map(|(l, r)| json!([l, r]))
+        .collect();
+    if let Some(first) = skipped.first() {
+        tracing::warn!(
+            "skipped {} merges that name tokens missing from the vocabulary (the first: `{first}`), as llama.cpp does",
+            skipped.len()
+        );
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merges_of_missing_tokens_are_skipped() {
+        let vocab: serde_json::Map<String, Value> = ["a", "b", "ab", "c"]
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.to_string(), json!(id)))
+            .collect();
+        let merges = ["a b", "b c", "x a", "ab c"].map(String::from);
+        assert_eq!(known_merges(&merges, &vocab), vec![json!(["a", "b"])]);
+    }
 
     #[test]
     fn alphabet_spells_space_and_newline_as_gpt2_does() {

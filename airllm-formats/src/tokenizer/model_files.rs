@@ -1,64 +1,34 @@
 //! Tokenizers of model directories that ship no `tokenizer.json`: a
-//! SentencePiece `tokenizer.model` (ChatGLM2/3, Baichuan), a tiktoken
-//! `qwen.tiktoken` (Qwen-1) or a tiktoken `tokenizer.model` (GLM-4), with
-//! the special tokens each family's own tokenizer adds.
+//! SentencePiece `tokenizer.model` (ChatGLM2/3, Baichuan) or a tiktoken
+//! vocabulary (Qwen-1's `qwen.tiktoken`, GLM-4's `tokenizer.model`), with
+//! the special tokens the family's descriptor says its own tokenizer adds.
 
 use std::path::Path;
 
+use airllm_core::family::TokenizerHints;
 use serde_json::Value;
 
 use super::sentencepiece;
 use super::spm_model::{self, SpmFile};
-use super::tiktoken::{self, TiktokenFamily};
+use super::tiktoken;
 use crate::{FormatError, Result};
 
-/// ChatGLM's special tokens, numbered after the SentencePiece pieces.
-const CHATGLM_SPECIALS: [&str; 9] = [
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "sop",
-    "eop",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-];
-
-/// Whether config.json names `model_type` or one of `architectures` first.
-pub fn is_family(config: &Value, model_type: &str, architectures: &[&str]) -> bool {
-    let first = config
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(Value::as_str);
-    config.get("model_type").and_then(Value::as_str) == Some(model_type)
-        || first.is_some_and(|a| architectures.contains(&a))
-}
-
-/// Whether config.json describes a ChatGLM / GLM-4 model.
-pub fn is_chatglm(config: &Value) -> bool {
-    is_family(
-        config,
-        "chatglm",
-        &["ChatGLMModel", "ChatGLMForConditionalGeneration"],
-    )
-}
-
 /// The tokenizer.json of the vocabulary files in `dir`, if it has any;
-/// `config` and `tokenizer_config` are the model's config.json and
-/// tokenizer_config.json (`null` when absent).
+/// `hints` are those of the model's family (`None` for a family that is
+/// not known), `tokenizer_config` its tokenizer_config.json (`null` when
+/// absent).
 pub fn tokenizer_json(
     dir: &Path,
-    config: &Value,
+    hints: Option<&TokenizerHints>,
     tokenizer_config: &Value,
 ) -> Result<Option<Value>> {
-    let qwen = dir.join("qwen.tiktoken");
-    if qwen.is_file() {
-        let ranks = tiktoken::read_ranks(&qwen)?;
-        return Ok(Some(tiktoken::tokenizer_json(
-            &ranks,
-            &TiktokenFamily::qwen(),
-        )));
+    let tiktoken = hints.and_then(|h| h.tiktoken.as_ref());
+    if let Some(hint) = tiktoken.filter(|t| t.file != "tokenizer.model") {
+        let file = dir.join(hint.file);
+        if file.is_file() {
+            let ranks = tiktoken::read_ranks(&file)?;
+            return Ok(Some(tiktoken::tokenizer_json(&ranks, hint)));
+        }
     }
     let model = dir.join("tokenizer.model");
     if !model.is_file() {
@@ -66,38 +36,44 @@ pub fn tokenizer_json(
     }
     let head = read_head(&model)?;
     if spm_model::is_tiktoken(&head) {
-        if !is_chatglm(config) {
+        let Some(hint) = tiktoken.filter(|t| t.file == "tokenizer.model") else {
             return Err(FormatError::NotAModel {
                 path: model,
-                detail: "is a tiktoken vocabulary, which only GLM-4 (ChatGLMModel) ships as tokenizer.model; add the model's tokenizer.json".into(),
+                detail: "is a tiktoken vocabulary, which this model's family does not ship as tokenizer.model (GLM-4 does); add the model's tokenizer.json".into(),
             });
-        }
+        };
         let ranks = tiktoken::read_ranks(&model)?;
-        return Ok(Some(tiktoken::tokenizer_json(
-            &ranks,
-            &TiktokenFamily::glm4(),
-        )));
+        return Ok(Some(tiktoken::tokenizer_json(&ranks, hint)));
     }
     let SpmFile {
         mut vocab,
         model: kind,
         text,
     } = spm_model::read(&model)?;
-    if is_chatglm(config) {
-        // ChatGLM's tokenizer numbers its own specials after the pieces and
-        // puts `[gMASK] sop` before every text.
-        let first = vocab.tokens.len() as u32;
-        vocab.tokens.extend(CHATGLM_SPECIALS.map(String::from));
-        vocab.scores.resize(vocab.tokens.len(), 0.0);
-        vocab.special.extend(first..vocab.tokens.len() as u32);
-        vocab.prefix = vec![first + 1, first + 3];
-    } else {
-        // LlamaTokenizer and Baichuan's put BOS first unless told otherwise.
-        let add_bos = tokenizer_config
-            .get("add_bos_token")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        vocab.prefix = vocab.bos.filter(|_| add_bos).into_iter().collect();
+    match hints.and_then(|h| h.sentencepiece.as_ref()) {
+        Some(specials) => {
+            // ChatGLM's tokenizer numbers its own specials after the pieces
+            // and puts some of them (`[gMASK] sop`) before every text.
+            let first = vocab.tokens.len() as u32;
+            let names = specials.all();
+            vocab.prefix = specials
+                .prefix
+                .iter()
+                .filter_map(|p| names.iter().position(|n| n == p))
+                .map(|i| first + i as u32)
+                .collect();
+            vocab.tokens.extend(names);
+            vocab.scores.resize(vocab.tokens.len(), 0.0);
+            vocab.special.extend(first..vocab.tokens.len() as u32);
+        }
+        None => {
+            // LlamaTokenizer and Baichuan's put BOS first unless told otherwise.
+            let add_bos = tokenizer_config
+                .get("add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            vocab.prefix = vocab.bos.filter(|_| add_bos).into_iter().collect();
+        }
     }
     Ok(Some(sentencepiece::tokenizer_json(&vocab, kind, &text)))
 }

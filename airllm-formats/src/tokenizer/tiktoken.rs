@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use airllm_core::family::TiktokenHints;
 use base64::Engine as _;
 use serde_json::Value;
 
@@ -12,57 +13,6 @@ use super::byte_level::{self, byte_alphabet};
 use super::sentencepiece::merges_from_scores;
 use super::Vocabulary;
 use crate::{FormatError, Result};
-
-/// What a family puts around a tiktoken vocabulary.
-pub struct TiktokenFamily {
-    /// The pre-tokenizer's name (see [`byte_level::split_regex`]).
-    pub pre: &'static str,
-    /// Special tokens, numbered from the end of the ranks on.
-    pub specials: Vec<String>,
-    /// Special tokens put before every encoded text.
-    pub prefix: &'static [&'static str],
-}
-
-impl TiktokenFamily {
-    /// Qwen-1 (`QWenLMHeadModel`): `<|endoftext|>`, `<|im_start|>`,
-    /// `<|im_end|>` and 205 `<|extra_N|>`.
-    pub fn qwen() -> Self {
-        let mut specials: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-            .map(String::from)
-            .to_vec();
-        specials.extend((0..205).map(|i| format!("<|extra_{i}|>")));
-        TiktokenFamily {
-            pre: "qwen2",
-            specials,
-            prefix: &[],
-        }
-    }
-
-    /// GLM-4 (`ChatGLMModel` with a tiktoken `tokenizer.model`).
-    pub fn glm4() -> Self {
-        let specials = [
-            "<|endoftext|>",
-            "[MASK]",
-            "[gMASK]",
-            "[sMASK]",
-            "<sop>",
-            "<eop>",
-            "<|system|>",
-            "<|user|>",
-            "<|assistant|>",
-            "<|observation|>",
-            "<|begin_of_image|>",
-            "<|end_of_image|>",
-            "<|begin_of_video|>",
-            "<|end_of_video|>",
-        ];
-        TiktokenFamily {
-            pre: "llama3",
-            specials: specials.map(String::from).to_vec(),
-            prefix: &["[gMASK]", "<sop>"],
-        }
-    }
-}
 
 /// The token bytes of the tiktoken file at `path`, by rank.
 pub fn read_ranks(path: &Path) -> Result<Vec<Vec<u8>>> {
@@ -99,8 +49,8 @@ pub fn read_ranks(path: &Path) -> Result<Vec<Vec<u8>>> {
     Ok(ranked.into_iter().map(|(_, token)| token).collect())
 }
 
-/// The tokenizer.json of `ranks` for `family`.
-pub fn tokenizer_json(ranks: &[Vec<u8>], family: &TiktokenFamily) -> Value {
+/// The tokenizer.json of `ranks` with the specials `family` adds.
+pub fn tokenizer_json(ranks: &[Vec<u8>], family: &TiktokenHints) -> Value {
     let alphabet = byte_alphabet();
     let mut tokens: Vec<String> = ranks
         .iter()
@@ -112,18 +62,24 @@ pub fn tokenizer_json(ranks: &[Vec<u8>], family: &TiktokenFamily) -> Value {
         .map(|(l, r)| format!("{l} {r}"))
         .collect();
     let first_special = tokens.len() as u32;
-    tokens.extend(family.specials.iter().cloned());
+    let specials = family.specials.all();
     let id_of = |name: &str| {
-        family
-            .specials
+        specials
             .iter()
             .position(|s| s == name)
             .map(|i| first_special + i as u32)
     };
+    let prefix = family
+        .specials
+        .prefix
+        .iter()
+        .filter_map(|t| id_of(t))
+        .collect();
+    tokens.extend(specials.iter().cloned());
     let vocab = Vocabulary {
         merges,
         special: (first_special..tokens.len() as u32).collect(),
-        prefix: family.prefix.iter().filter_map(|t| id_of(t)).collect(),
+        prefix,
         tokens,
         ..Vocabulary::default()
     };

@@ -28,8 +28,10 @@ pub enum QkvProjection {
     /// (Qwen-1 `c_attn`, Baichuan `W_pack`, ChatGLM `query_key_value` with
     /// multi-query groups).
     Stacked(LinearNames),
-    /// One matrix whose rows hold each head's q, k and v in turn (ChatGLM
-    /// `query_key_value` without multi-query groups; heads = KV heads).
+    /// One matrix whose rows hold, for each KV head in turn, its group of
+    /// query heads, then its key head, then its value head (InternLM2
+    /// `wqkv`; ChatGLM `query_key_value` without multi-query groups, where
+    /// each group has one query head).
     PerHead(LinearNames),
 }
 
@@ -127,15 +129,17 @@ impl Attention {
             QkvProjection::PerHead(qkv) => {
                 let fused = qkv.forward(unit, backend, x)?;
                 let [batch, seq, _] = fused.dims();
-                let d = self.head_dim;
-                let per_head: Tensor<B, 4> = fused.reshape([batch, seq, self.heads, 3 * d]);
-                let part = |i: usize| {
-                    per_head
-                        .clone()
-                        .narrow(3, i * d, d)
-                        .reshape([batch, seq, self.heads * d])
+                let (d, group) = (self.head_dim, self.heads / self.kv_heads);
+                let per_head: Tensor<B, 4> =
+                    fused.reshape([batch, seq, self.kv_heads, (group + 2) * d]);
+                let part = |start: usize, heads: usize| {
+                    per_head.clone().narrow(3, start * d, heads * d).reshape([
+                        batch,
+                        seq,
+                        self.kv_heads * heads * d,
+                    ])
                 };
-                [part(0), part(1), part(2)]
+                [part(0, group), part(group, 1), part(group + 1, 1)]
             }
         })
     }
