@@ -198,28 +198,20 @@ pub struct InspectArgs {
     /// Model: a GGUF file, a Hugging Face directory, a split directory, or a
     /// Hugging Face hub id (org/name).
     pub model: PathBuf,
-    /// Memory budget to plan for.
-    #[arg(long)]
-    pub max_memory: Option<ByteSize>,
-    /// Device to plan for (it sets what weights cost there: the cpu keeps
-    /// matrices in their file encoding, other devices widen them to f32).
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
-    /// Layers read ahead of compute.
-    #[arg(long, default_value_t = 1)]
-    pub prefetch: usize,
     /// Batch size to plan for.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Context length to plan for (default: the model's).
     #[arg(long)]
     pub context: Option<usize>,
-    /// Check every unit's checksum.
-    #[arg(long)]
-    pub verify: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// The engine to plan for: its device (which sets what weights cost
+    /// there: the cpu keeps matrices in their file encoding, other devices
+    /// widen them to f32) and that device's budget unless --max-memory.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 /// `airllm bench`.

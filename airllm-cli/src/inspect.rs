@@ -1,8 +1,12 @@
-//! `airllm inspect`: family, units and their bytes, and the residency plan
-//! for a budget.
+//! `airllm inspect`: family, units and their bytes, and the plan the engine
+//! makes for a batch on the chosen device within its budget.
 
-use airllm_core::memory::default_host_budget;
-use airllm_core::{check_units, BatchShape, ByteSize, PlanInput, ResidencyPlan, Result};
+use std::sync::Arc;
+
+use airllm_backends::{dispatch, BackendJob};
+use airllm_core::{ByteSize, ComputeBackend, Engine, ResidencyPlan, Result};
+use airllm_formats::ModelDir;
+use burn::tensor::backend::Backend;
 use serde_json::json;
 
 use crate::cli::InspectArgs;
@@ -10,89 +14,112 @@ use crate::model;
 
 /// Runs the command.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let dir = model::open_dir(&args.model)?;
-    let layout = airllm_models::layout(&dir.config)?;
-    let store = dir.open_store(&layout.units)?;
-    check_units(store.units(), &layout.units)?;
-    if args.verify {
-        for index in 0..store.units().len() {
-            store.verify_unit(index)?;
+    let (device, options) = (args.engine.device, args.engine.device_options());
+    dispatch(device, options, InspectJob { args })
+}
+
+struct InspectJob {
+    args: InspectArgs,
+}
+
+impl BackendJob for InspectJob {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<()> {
+        let args = self.args;
+        let dir = model::open_dir(&args.model)?;
+        let engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let context = args.context.unwrap_or(engine.arch().dims().max_positions);
+        let chunk = args.engine.prefill_chunk.min(context);
+        let plan = engine.plan_for(args.batch, chunk, context)?;
+        let report = Report {
+            engine: &engine,
+            plan: &plan,
+            dir: &dir,
+            verified: args.engine.verify,
+        };
+        match args.json {
+            true => report.print_json(),
+            false => report.print_table(),
         }
+        Ok(())
     }
-    let budget = args.max_memory.map_or_else(default_host_budget, |m| m.0);
-    let context = args.context.unwrap_or(layout.dims.max_positions);
-    let shape = BatchShape {
-        batch: args.batch,
-        chunk: context.min(512),
-        context,
-    };
-    let plan = ResidencyPlan::new(&PlanInput::for_model(
-        store.units(),
-        &layout.units,
-        &layout.dims,
-        shape,
-        args.prefetch,
-        budget,
-        args.device.weight_layout(),
-    ))?;
-    let units: Vec<_> = store
-        .units()
-        .iter()
-        .zip(&plan.placements)
-        .map(|(u, p)| {
-            json!({
-                "name": u.name,
-                "file_bytes": u.bytes,
-                "device_bytes": u.device_bytes(args.device.weight_layout()),
-                "placement": format!("{p:?}").to_lowercase(),
+}
+
+/// What `inspect` prints: the model, its units and the engine's plan.
+struct Report<'a, B: Backend> {
+    engine: &'a Engine<B>,
+    plan: &'a ResidencyPlan,
+    dir: &'a ModelDir,
+    verified: bool,
+}
+
+impl<B: Backend> Report<'_, B> {
+    /// The plan as one JSON object.
+    fn print_json(&self) {
+        let layout = self.engine.backend().weight_layout();
+        let units: Vec<_> = self
+            .engine
+            .store()
+            .units()
+            .iter()
+            .zip(&self.plan.placements)
+            .map(|(u, p)| {
+                json!({
+                    "name": u.name,
+                    "file_bytes": u.bytes,
+                    "device_bytes": u.device_bytes(layout),
+                    "placement": format!("{p:?}").to_lowercase(),
+                })
             })
-        })
-        .collect();
-    let file_bytes: u64 = store.units().iter().map(|u| u.bytes).sum();
-    if args.json {
+            .collect();
         let report = json!({
-            "family": layout.family,
-            "path": dir.path,
-            "layout": format!("{:?}", dir.kind),
+            "family": self.engine.arch().family(),
+            "path": self.dir.path,
+            "layout": format!("{:?}", self.dir.kind),
             "units": units,
-            "file_bytes": file_bytes,
-            "budget_bytes": budget,
-            "resident_bytes": plan.resident_bytes,
-            "units_streamed": plan.streamed(),
-            "predicted_peak_bytes": plan.predicted_peak(),
-            "verified": args.verify,
+            "file_bytes": self.engine.store().units().iter().map(|u| u.bytes).sum::<u64>(),
+            "budget_bytes": self.engine.budget(),
+            "resident_bytes": self.plan.resident_bytes,
+            "units_streamed": self.plan.streamed(),
+            "predicted_peak_bytes": self.plan.predicted_peak(),
+            "verified": self.verified,
         });
         println!("{report}");
-        return Ok(());
     }
-    println!(
-        "{} ({:?} layout, family {})",
-        dir.path.display(),
-        dir.kind,
-        layout.family
-    );
-    println!(
-        "{:<12} {:>12} {:>12}  placement",
-        "unit", "file", "on device"
-    );
-    for (u, p) in store.units().iter().zip(&plan.placements) {
+
+    /// The plan as a table.
+    fn print_table(&self) {
+        let layout = self.engine.backend().weight_layout();
+        let units = self.engine.store().units();
         println!(
-            "{:<12} {:>12} {:>12}  {p:?}",
-            u.name,
-            ByteSize(u.bytes).to_string(),
-            ByteSize(u.device_bytes(args.device.weight_layout())).to_string()
+            "{} ({:?} layout, family {})",
+            self.dir.path.display(),
+            self.dir.kind,
+            self.engine.arch().family()
         );
-    }
-    println!(
+        println!(
+            "{:<12} {:>12} {:>12}  placement",
+            "unit", "file", "on device"
+        );
+        for (u, p) in units.iter().zip(&self.plan.placements) {
+            println!(
+                "{:<12} {:>12} {:>12}  {p:?}",
+                u.name,
+                ByteSize(u.bytes).to_string(),
+                ByteSize(u.device_bytes(layout)).to_string()
+            );
+        }
+        println!(
         "total {} on disk; budget {}: {} resident, {} units streamed, KV cache {}, activations {}, predicted peak {}{}",
-        ByteSize(file_bytes),
-        ByteSize(budget),
-        ByteSize(plan.resident_bytes),
-        plan.streamed(),
-        ByteSize(plan.kv_bytes),
-        ByteSize(plan.activation_bytes),
-        ByteSize(plan.predicted_peak()),
-        if args.verify { "; all checksums verified" } else { "" }
+        ByteSize(units.iter().map(|u| u.bytes).sum()),
+        ByteSize(self.engine.budget()),
+        ByteSize(self.plan.resident_bytes),
+        self.plan.streamed(),
+        ByteSize(self.plan.kv_bytes),
+        ByteSize(self.plan.activation_bytes),
+        ByteSize(self.plan.predicted_peak()),
+        if self.verified { "; all checksums verified" } else { "" }
     );
-    Ok(())
+    }
 }

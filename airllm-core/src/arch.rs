@@ -2,7 +2,6 @@
 //! units and tensor names, and runs embed, one decoder layer and the head on
 //! burn tensors.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -179,12 +178,10 @@ pub enum Experts<'a, B: Backend> {
     OnRequest(&'a mut dyn ExpertLoader<B>),
 }
 
-/// Per-layer context handed to [`Architecture::layer`].
+/// Per-layer context handed to [`LayerPass::layer`].
 pub struct LayerContext<'a, B: Backend> {
     /// This pass's positions.
     pub pass: &'a PassInfo,
-    /// What [`Architecture::begin_pass`] prepared once for all layers.
-    pub prepared: &'a dyn Any,
     /// This layer's KV cache.
     pub kv: &'a mut KvSlot<B>,
     /// The backend, for its linear op.
@@ -204,8 +201,11 @@ pub trait Architecture<B: Backend>: Send + Sync {
     /// Units in forward order, with the tensors each needs.
     fn units(&self) -> &[UnitSpec];
 
-    /// Work shared by every layer of one pass (rotary tables, ...), done once.
-    fn begin_pass(&self, pass: &PassInfo, device: &B::Device) -> Box<dyn Any>;
+    /// Starts a pass: the work shared by its layers (rotary tables,
+    /// attention masks) is done once, and the returned pass runs the layers
+    /// with it. The engine keeps one pass of whatever type the architecture
+    /// chooses, so that type is erased here, but never downcast.
+    fn begin_pass<'a>(&'a self, pass: &PassInfo, device: &B::Device) -> Box<dyn LayerPass<B> + 'a>;
 
     /// Token ids `[batch][seq]` to hidden states `[batch, seq, hidden]`.
     fn embed(
@@ -215,6 +215,18 @@ pub trait Architecture<B: Backend>: Send + Sync {
         backend: &dyn ComputeBackend<B>,
     ) -> Result<Tensor<B, 3>>;
 
+    /// Final norm and LM head: hidden `[batch, seq, hidden]` to logits `[batch, seq, vocab]`.
+    fn head(
+        &self,
+        unit: &DeviceUnit<B>,
+        hidden: Tensor<B, 3>,
+        backend: &dyn ComputeBackend<B>,
+    ) -> Result<Tensor<B, 3>>;
+}
+
+/// One forward pass of an [`Architecture`], holding what it prepared for
+/// all layers.
+pub trait LayerPass<B: Backend> {
     /// Decoder layer `index` on hidden states `[batch, seq, hidden]`.
     fn layer(
         &self,
@@ -222,13 +234,5 @@ pub trait Architecture<B: Backend>: Send + Sync {
         unit: &DeviceUnit<B>,
         hidden: Tensor<B, 3>,
         ctx: LayerContext<'_, B>,
-    ) -> Result<Tensor<B, 3>>;
-
-    /// Final norm and LM head: hidden `[batch, seq, hidden]` to logits `[batch, seq, vocab]`.
-    fn head(
-        &self,
-        unit: &DeviceUnit<B>,
-        hidden: Tensor<B, 3>,
-        backend: &dyn ComputeBackend<B>,
     ) -> Result<Tensor<B, 3>>;
 }

@@ -386,7 +386,8 @@ impl<B: Backend> Engine<B> {
         channels: PassChannels,
     ) -> Result<Option<Tensor<B, 3>>> {
         let device = self.backend.device().clone();
-        let prepared = self.arch.begin_pass(pass, &device);
+        let arch = Arc::clone(&self.arch);
+        let layers = arch.begin_pass(pass, &device);
         let mut hidden: Option<Tensor<B, 3>> = None;
         let mut output = None;
         for index in 0..self.resident.len() {
@@ -409,7 +410,6 @@ impl<B: Backend> Engine<B> {
                 .or(self.resident[index].as_ref())
                 .expect("a unit is either resident or streamed");
             let started = Instant::now();
-            let arch = &*self.arch;
             match kind {
                 UnitKind::Embedding => {
                     hidden = Some(arch.embed(unit, tokens, &*self.backend)?);
@@ -441,12 +441,11 @@ impl<B: Backend> Engine<B> {
                     };
                     let ctx = LayerContext {
                         pass,
-                        prepared: &*prepared,
                         kv: kv.slot(layer),
                         backend: &*self.backend,
                         experts,
                     };
-                    hidden = Some(arch.layer(layer, unit, input, ctx)?);
+                    hidden = Some(layers.layer(layer, unit, input, ctx)?);
                 }
                 UnitKind::Head => {
                     let mut input = hidden.take().ok_or_else(missing_embedding)?;
@@ -557,10 +556,8 @@ impl<B: Backend> Reader<B> {
 /// threads keep every core busy (an idle helper spins before it yields). At
 /// equal priority the woken reader preempted a compute thread for every
 /// layer; at nice 10 it waits for a helper to yield its core or for a time
-/// slice to end. SmolLM2 Q4_1 with every layer streamed (`airllm bench
-/// --max-memory 72MiB`, five alternating runs): 46.6–63.0 tok/s at nice 0,
-/// 52.3–70.9 at nice 10, with less read wait; at nice 19 the reader fell
-/// behind (read wait 0.12–0.14 s against 0.02–0.06).
+/// slice to end; at nice 19 it fell behind (docs/kernel.md has the
+/// figures).
 const READER_NICE: i32 = 10;
 
 /// Gives the calling thread [`READER_NICE`]; a hint, left as it is where

@@ -70,6 +70,29 @@ struct Row {
     sampler: Sampler,
 }
 
+impl Row {
+    /// Why the row ends after `token` (just pushed), if it does.
+    fn finish(
+        &self,
+        token: u32,
+        control: TokenControl,
+        config: &GenerationConfig,
+        max_positions: usize,
+    ) -> Option<Finish> {
+        if config.eos.contains(&token) {
+            Some(Finish::Eos)
+        } else if control == TokenControl::Stop {
+            Some(Finish::Stopped)
+        } else if self.generated.len() >= config.max_new_tokens {
+            Some(Finish::Length)
+        } else if self.history.len() >= max_positions {
+            Some(Finish::Context)
+        } else {
+            None
+        }
+    }
+}
+
 impl<B: Backend> Engine<B> {
     /// Generates continuations of every prompt in one batch; `on_token(i, id)`
     /// sees each token of prompt `i` as it is decoded. Answers come back in
@@ -102,29 +125,8 @@ impl<B: Backend> Engine<B> {
         let mut answers: Vec<Option<Generated>> = vec![None; prompts.len()];
         let mut kv = KvCache::new(self.arch().dims().layers, context);
 
-        let padded: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| {
-                std::iter::repeat_n(0, r.pad)
-                    .chain(r.history.iter().copied())
-                    .collect()
-            })
-            .collect();
-        let mut logits = None;
-        for start in (0..longest).step_by(chunk) {
-            let end = (start + chunk).min(longest);
-            let tokens: Vec<Vec<u32>> = padded.iter().map(|p| p[start..end].to_vec()).collect();
-            let want = if end == longest {
-                Logits::Last
-            } else {
-                Logits::Skip
-            };
-            logits = self
-                .forward_rows(&tokens, &rows, start, &mut kv, want)?
-                .map(last_positions);
-        }
+        let mut logits = self.prefill(&rows, longest, chunk, &mut kv)?;
         let mut columns = longest;
-        let mut logits = logits.expect("the last prefill chunk asks for logits");
 
         if config.max_new_tokens == 0 {
             for row in &rows {
@@ -142,18 +144,7 @@ impl<B: Backend> Engine<B> {
                 row.history.push(token);
                 row.generated.push(token);
                 let control = on_token(row.prompt, token);
-                let finish = if config.eos.contains(&token) {
-                    Some(Finish::Eos)
-                } else if control == TokenControl::Stop {
-                    Some(Finish::Stopped)
-                } else if row.generated.len() >= config.max_new_tokens {
-                    Some(Finish::Length)
-                } else if row.history.len() >= max_positions {
-                    Some(Finish::Context)
-                } else {
-                    None
-                };
-                if let Some(finish) = finish {
+                if let Some(finish) = row.finish(token, control, config, max_positions) {
                     finished.push(r);
                     answers[row.prompt] = Some(Generated {
                         tokens: std::mem::take(&mut row.generated),
@@ -187,6 +178,40 @@ impl<B: Backend> Engine<B> {
             .into_iter()
             .map(|a| a.expect("every prompt finishes"))
             .collect())
+    }
+
+    /// Runs the prompts of `rows`, left-padded to `longest` tokens, through
+    /// the model `chunk` tokens a pass, and returns each row's logits for
+    /// the token after its prompt.
+    fn prefill(
+        &mut self,
+        rows: &[Row],
+        longest: usize,
+        chunk: usize,
+        kv: &mut KvCache<B>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let padded: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| {
+                std::iter::repeat_n(0, r.pad)
+                    .chain(r.history.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mut logits = None;
+        for start in (0..longest).step_by(chunk) {
+            let end = (start + chunk).min(longest);
+            let tokens: Vec<Vec<u32>> = padded.iter().map(|p| p[start..end].to_vec()).collect();
+            let want = if end == longest {
+                Logits::Last
+            } else {
+                Logits::Skip
+            };
+            logits = self
+                .forward_rows(&tokens, rows, start, kv, want)?
+                .map(last_positions);
+        }
+        Ok(logits.expect("the last prefill chunk asks for logits"))
     }
 
     /// Logits of every position of one prompt, `[seq][vocab]` (scoring and tests).

@@ -24,7 +24,7 @@ pub mod storage;
 pub mod store;
 pub mod telemetry;
 
-pub use arch::{Architecture, DeviceUnit, ExpertLoader, Experts, ModelDims, PassInfo};
+pub use arch::{Architecture, DeviceUnit, ExpertLoader, Experts, LayerPass, ModelDims, PassInfo};
 pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
 pub use engine::{Engine, EngineOptions, LoadObserver, LoadProgress, Logits};
 pub use error::{Error, Result};

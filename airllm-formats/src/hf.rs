@@ -5,10 +5,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo, UnitSpec};
+use airllm_core::{HostUnit, LayerStore, UnitInfo, UnitSpec};
 
 use crate::error::read_json;
-use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
+use crate::placed::{Placed, PlacedUnits};
 use crate::safetensors_file::SafetensorsFile;
 use crate::{FormatError, Result};
 
@@ -22,16 +22,11 @@ struct ShardIndex {
     weight_map: HashMap<String, String>,
 }
 
-/// Where a unit's tensor lives: file index and tensor name.
-type Placement = Vec<(usize, String)>;
-
 /// A Hugging Face directory as a [`LayerStore`].
 pub struct HfStore {
     dir: PathBuf,
     files: Vec<SafetensorsFile>,
-    units: Vec<UnitInfo>,
-    placements: Vec<Placement>,
-    maps: FileMaps,
+    placed: PlacedUnits,
 }
 
 impl HfStore {
@@ -40,49 +35,32 @@ impl HfStore {
     /// the unit lists (the engine's check names them).
     pub fn open(dir: &Path, specs: &[UnitSpec]) -> Result<Self> {
         let (files, owner_of, location) = open_weights(dir)?;
-        let mut units = Vec::with_capacity(specs.len());
-        let mut placements = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let mut tensors = Vec::new();
-            let mut placement = Vec::new();
-            let mut bytes = 0;
-            for want in &spec.tensors {
-                let Some(&file) = owner_of.get(&want.name) else {
-                    continue;
-                };
-                let Some((entry, kind)) = files[file].entry(&want.name)? else {
-                    return Err(FormatError::NotAModel {
-                        path: location.clone(),
-                        detail: format!(
-                            "the index places `{}` in {}, which does not hold it; download the model again",
-                            want.name,
-                            files[file].path.display()
-                        ),
-                    });
-                };
-                bytes += entry.range.len() as u64;
-                tensors.push(TensorInfo {
-                    name: want.name.clone(),
-                    kind,
-                    shape: entry.shape.clone(),
+        let paths = files.iter().map(|f| f.path.clone()).collect();
+        let placed = PlacedUnits::group(paths, specs, &location.display().to_string(), |name| {
+            let Some(&file) = owner_of.get(name) else {
+                return Ok(None);
+            };
+            let Some((entry, kind)) = files[file].entry(name)? else {
+                return Err(FormatError::NotAModel {
+                    path: location.clone(),
+                    detail: format!(
+                        "the index places `{name}` in {}, which does not hold it; download the model again",
+                        files[file].path.display()
+                    ),
                 });
-                placement.push((file, want.name.clone()));
-            }
-            units.push(UnitInfo {
-                kind: spec.kind,
-                name: spec.name.clone(),
-                location: location.display().to_string(),
-                tensors,
-                bytes,
-            });
-            placements.push(placement);
-        }
+            };
+            Ok(Some(Placed {
+                file,
+                name: name.to_string(),
+                kind,
+                shape: entry.shape.clone(),
+                range: entry.range.clone(),
+            }))
+        })?;
         Ok(HfStore {
-            maps: FileMaps::new(units.iter().map(|u| u.bytes).sum()),
             dir: dir.to_path_buf(),
             files,
-            units,
-            placements,
+            placed,
         })
     }
 }
@@ -133,33 +111,16 @@ impl LayerStore for HfStore {
     }
 
     fn units(&self) -> &[UnitInfo] {
-        &self.units
+        self.placed.units()
     }
 
     fn read_unit(&self, index: usize, only: Option<&[&str]>) -> airllm_core::Result<HostUnit> {
-        let wanted: Vec<TensorPlacement<'_>> = self.placements[index]
-            .iter()
-            .filter(|(_, name)| only.is_none_or(|names| names.contains(&name.as_str())))
-            .map(|(file, name)| {
-                let file = &self.files[*file];
-                let entry = &file.tensors[name];
-                TensorPlacement {
-                    path: &file.path,
-                    name,
-                    kind: entry.kind.expect("checked readable at open"),
-                    shape: &entry.shape,
-                    range: entry.range.clone(),
-                }
-            })
-            .collect();
-        Ok(HostUnit {
-            tensors: map_tensors(&self.maps, &wanted)?,
-        })
+        Ok(self.placed.read(index, only)?)
     }
 
     fn verify_unit(&self, index: usize) -> airllm_core::Result<()> {
-        for (file_index, _) in &self.placements[index] {
-            let file = &self.files[*file_index];
+        for file_index in self.placed.files_of(index) {
+            let file = &self.files[file_index];
             let len = std::fs::metadata(&file.path)
                 .map_err(|e| FormatError::io(&file.path, e))?
                 .len();

@@ -20,6 +20,7 @@ pub mod hub;
 pub mod manifest;
 pub mod mapped;
 pub mod model_dir;
+pub mod placed;
 pub mod safetensors_file;
 pub mod split;
 pub mod split_store;

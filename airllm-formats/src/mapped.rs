@@ -173,8 +173,8 @@ impl FileMap {
         // Pages read in from disk come in huge folios where the kernel can
         // (a hint; refused without transparent huge pages). A kernel that
         // places the map on a huge-page boundary (ext4 and xfs do) then maps
-        // each cached folio by one entry instead of 512: a streamed read of
-        // a 2.2 MB layer of SmolLM2 costs 0.015 ms against 0.14.
+        // each cached folio by one entry instead of 512, about ten times
+        // cheaper (docs/kernel.md).
         if map.advise(memmap2::Advice::HugePage).is_ok() && no_readahead {
             // No readahead past what a fault reads, which with huge pages is
             // the 2 MiB folio around it. The kernel's asynchronous readahead
@@ -182,13 +182,11 @@ impl FileMap {
             // in in folios of at most the device's readahead size (128 KiB),
             // mapped 4 KiB at a time ever after: in SmolLM2's GGUF, the nine
             // layers after the embedding. Every layer in huge folios, a
-            // streamed pass maps and unmaps twice as fast (reader 37–41 GB/s
-            // against 81–95) and SmolLM2 Q4_1 with every layer streamed
-            // decodes at a median 1.21× its resident time against 1.26. The
-            // price is the first read from disk, one huge page at a time
-            // with no read ahead (42–47 ms for SmolLM2's layers against
-            // 12–16 here), paid once for files that stay cached; a larger
-            // model, read from disk every pass, keeps the kernel's readahead.
+            // streamed pass maps and unmaps about twice as fast. The price
+            // is the first read from disk, one huge page at a time with no
+            // read ahead (about three times slower), paid once for files
+            // that stay cached; a larger model, read from disk every pass,
+            // keeps the kernel's readahead (docs/kernel.md has the figures).
             let _ = map.advise(memmap2::Advice::Random);
         }
         let huge_pages = map.len().div_ceil(HUGE_PAGE);

@@ -4,18 +4,17 @@
 use std::path::{Path, PathBuf};
 
 use airllm_core::store::element_count;
-use airllm_core::{HostUnit, LayerStore, TensorInfo, UnitInfo};
+use airllm_core::{HostUnit, LayerStore, UnitInfo};
 
 use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
-use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
+use crate::placed::{tensor_info, Placed, PlacedUnits};
 use crate::{checksum, FormatError, Result};
 
 /// A split directory as a [`LayerStore`].
 pub struct SplitStore {
     dir: PathBuf,
     manifest: Manifest,
-    units: Vec<UnitInfo>,
-    maps: FileMaps,
+    placed: PlacedUnits,
 }
 
 impl SplitStore {
@@ -34,31 +33,44 @@ impl SplitStore {
             });
         }
         let manifest = Manifest::read(&manifest_path)?;
+        let files: Vec<PathBuf> = manifest.units.iter().map(|u| dir.join(&u.file)).collect();
+        let placements: Vec<Vec<Placed>> = manifest
+            .units
+            .iter()
+            .enumerate()
+            .map(|(file, u)| {
+                u.tensors
+                    .iter()
+                    .map(|t| Placed {
+                        file,
+                        name: t.name.clone(),
+                        kind: t.kind,
+                        shape: t.shape.clone(),
+                        range: t.range[0] as usize..t.range[1] as usize,
+                    })
+                    .collect()
+            })
+            .collect();
+        let units = manifest
+            .units
+            .iter()
+            .zip(&files)
+            .zip(&placements)
+            .map(|((u, path), placed)| UnitInfo {
+                kind: u.kind,
+                name: u.name.clone(),
+                location: path.display().to_string(),
+                tensors: placed.iter().map(tensor_info).collect(),
+                bytes: u.stored_bytes,
+            })
+            .collect();
+        let stored = manifest.units.iter().map(|u| u.stored_bytes).sum();
         let store = SplitStore {
             dir: dir.to_path_buf(),
-            maps: FileMaps::new(manifest.units.iter().map(|u| u.stored_bytes).sum()),
-            units: manifest
-                .units
-                .iter()
-                .map(|u| UnitInfo {
-                    kind: u.kind,
-                    name: u.name.clone(),
-                    location: dir.join(&u.file).display().to_string(),
-                    tensors: u
-                        .tensors
-                        .iter()
-                        .map(|t| TensorInfo {
-                            name: t.name.clone(),
-                            kind: t.kind,
-                            shape: t.shape.clone(),
-                        })
-                        .collect(),
-                    bytes: u.stored_bytes,
-                })
-                .collect(),
+            placed: PlacedUnits::new(files, units, placements, stored),
             manifest,
         };
-        for index in 0..store.units.len() {
+        for index in 0..store.manifest.units.len() {
             store.check_size(index)?;
             store.check_ranges(index)?;
         }
@@ -122,27 +134,12 @@ impl LayerStore for SplitStore {
     }
 
     fn units(&self) -> &[UnitInfo] {
-        &self.units
+        self.placed.units()
     }
 
     fn read_unit(&self, index: usize, only: Option<&[&str]>) -> airllm_core::Result<HostUnit> {
-        let path = self.unit_path(index);
         self.check_size(index)?;
-        let unit = &self.manifest.units[index];
-        let wanted: Vec<TensorPlacement<'_>> = unit
-            .tensors
-            .iter()
-            .filter(|t| only.is_none_or(|names| names.contains(&t.name.as_str())))
-            .map(|t| TensorPlacement {
-                path: &path,
-                name: &t.name,
-                kind: t.kind,
-                shape: &t.shape,
-                range: t.range[0] as usize..t.range[1] as usize,
-            })
-            .collect();
-        let tensors = map_tensors(&self.maps, &wanted)?;
-        Ok(HostUnit { tensors })
+        Ok(self.placed.read(index, only)?)
     }
 
     fn verify_unit(&self, index: usize) -> airllm_core::Result<()> {

@@ -5,25 +5,17 @@
 //! `"position_embedding": "alibi" | "rope"`. Baichuan 2 (vocabulary 125696,
 //! or `"norm_head": true`) normalises the LM head's rows.
 
-use airllm_core::family::FamilyFiles;
 use airllm_core::{Error, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::Config;
 use crate::decoder::Decoder;
-use crate::llama_shaped::{llama_layout, LlamaVariant};
-use crate::presets::CONTEXT;
-use crate::registry::{Family, Synthetic};
+use crate::llama_shaped::{llama_layout, LlamaNames, LlamaVariant, QkvNames, LLAMA_NAMES};
 
-/// Baichuan's descriptor (its SentencePiece tokenizer puts BOS first, as
-/// `LlamaTokenizer` does).
-pub static FAMILY: Family = Family {
-    files: FamilyFiles::named(&["BaichuanForCausalLM", "BaiChuanForCausalLM"], "baichuan"),
-    build: from_config,
-    synthetic: Synthetic::Dense(|shape| {
-        let extra = json!({"position_embedding": "rope", "model_max_length": CONTEXT});
-        shape.llama_config("BaichuanForCausalLM", extra)
-    }),
+/// Llama's names with q, k and v stacked in `self_attn.W_pack`.
+const NAMES: LlamaNames = LlamaNames {
+    qkv: QkvNames::Stacked("self_attn.W_pack"),
+    ..LLAMA_NAMES
 };
 
 /// Layer count of the 13B models, which use ALiBi.
@@ -53,7 +45,7 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
     llama_layout(
         &c,
         LlamaVariant {
-            packed_qkv: true,
+            names: &NAMES,
             alibi,
             max_positions,
             normalized_head: c.bool_or("norm_head", baichuan2)?,

@@ -4,58 +4,18 @@
 //! interleaved pairs over the first half of each head, and
 //! `output_layer` as the LM head.
 
-use airllm_core::family::{FamilyFiles, SpecialTokens, TiktokenHints, TokenizerHints};
-use airllm_core::{Error, ModelDims, Result};
+use airllm_core::{Error, Result};
 use serde_json::{json, Value};
 
-use crate::blocks::attention::{Attention, QkvProjection};
-use crate::blocks::linear::LinearNames;
-use crate::blocks::mlp::{GateUp, GatedMlp};
-use crate::blocks::rope::{Rope, RopeStyle};
 use crate::config::Config;
-use crate::decoder::{Decoder, DecoderConfig, FeedForward, LayerNames, PositionEncoding};
-use crate::presets::{ModelShape, CONTEXT};
-use crate::registry::{Family, Synthetic};
-
-/// ChatGLM's descriptor. Its SentencePiece tokenizer (ChatGLM2/3) numbers
-/// its specials after the pieces and puts `[gMASK] sop` before every text;
-/// GLM-4 ships a tiktoken `tokenizer.model`. The chat format is ChatGLM3's
-/// `build_chat_input`: per message the role token, a newline and the
-/// content, then `<|assistant|>`; the spaces stand for the dummy prefix
-/// that SentencePiece puts before each separately encoded part.
-pub static FAMILY: Family = Family {
-    files: FamilyFiles {
-        architectures: &["ChatGLMModel", "ChatGLMForConditionalGeneration"],
-        model_type: "chatglm",
-        gguf: &[],
-        tokenizer: TokenizerHints {
-            sentencepiece: Some(SpecialTokens {
-                tokens: &["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>",
-                    "<|assistant|>", "<|observation|>"],
-                extra: 0,
-                prefix: &["[gMASK]", "sop"],
-            }),
-            tiktoken: Some(TiktokenHints {
-                file: "tokenizer.model",
-                pre: "llama3",
-                specials: SpecialTokens {
-                    tokens: &["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
-                        "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
-                        "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
-                        "<|end_of_video|>"],
-                    extra: 0,
-                    prefix: &["[gMASK]", "<sop>"],
-                },
-            }),
-        },
-        chat_template: Some("[gMASK]sop{% for m in messages %}<|{{ m.role }}|> {{ '\\n' }} {{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"),
-    },
-    build: from_config,
-    synthetic: Synthetic::Dense(synthetic_config),
+use crate::decoder::Decoder;
+use crate::llama_shaped::{
+    llama_layout, LlamaNames, LlamaVariant, MlpNames, QkvNames, LLAMA_NAMES,
 };
+use crate::presets::{ModelShape, CONTEXT};
 
 /// ChatGLM's own keys for a synthetic model of `shape`.
-fn synthetic_config(shape: &ModelShape) -> Value {
+pub(crate) fn synthetic_config(shape: &ModelShape) -> Value {
     json!({"architectures": ["ChatGLMModel"], "num_layers": shape.layers,
         "hidden_size": shape.hidden, "num_attention_heads": shape.heads,
         "kv_channels": shape.hidden / shape.heads, "multi_query_attention": true,
@@ -75,6 +35,29 @@ const FIXED_SETTINGS: [(&str, bool); 3] = [
     ("apply_residual_connection_post_layernorm", false),
 ];
 
+/// ChatGLM's tensor names; without multi-query groups q, k and v are fused
+/// per head.
+const NAMES: LlamaNames = LlamaNames {
+    embed: "transformer.embedding.word_embeddings",
+    layers: "transformer.encoder.layers",
+    qkv: QkvNames::PerKvHead("self_attention.query_key_value"),
+    o: "self_attention.dense",
+    mlp: MlpNames::Fused {
+        gate_up: "mlp.dense_h_to_4h",
+        down: "mlp.dense_4h_to_h",
+    },
+    final_norm: "transformer.encoder.final_layernorm",
+    head: "transformer.output_layer",
+    ..LLAMA_NAMES
+};
+
+/// The names with multi-query groups: all queries, then the groups' keys,
+/// then their values.
+const GROUPED_NAMES: LlamaNames = LlamaNames {
+    qkv: QkvNames::Stacked("self_attention.query_key_value"),
+    ..NAMES
+};
+
 /// Builds the ChatGLM decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
     let c = Config(config);
@@ -86,72 +69,41 @@ pub fn from_config(config: &Value) -> Result<Decoder> {
             ));
         }
     }
-    let hidden = c.usize("hidden_size")?;
     let heads = c.usize("num_attention_heads")?;
-    let layers = c.usize("num_layers")?;
-    let head_dim = c.usize("kv_channels")?;
-    let (kv_heads, qkv_layout): (usize, fn(LinearNames) -> QkvProjection) =
-        match c.bool_or("multi_query_attention", false)? {
-            true => (c.usize("multi_query_group_num")?, QkvProjection::Stacked),
-            false => (heads, QkvProjection::PerHead),
-        };
+    let (kv_heads, names) = match c.bool_or("multi_query_attention", false)? {
+        true => (c.usize("multi_query_group_num")?, &GROUPED_NAMES),
+        false => (heads, &NAMES),
+    };
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(Error::config(
             "multi_query_group_num",
             format!("{kv_heads} groups do not divide num_attention_heads = {heads}"),
         ));
     }
-    let context = c.usize("seq_length")?;
-    let theta = ROPE_BASE * c.opt_f64("rope_ratio")?.unwrap_or(1.0);
-    let rope = Rope::new(head_dim / 2, theta, context).with_style(RopeStyle::Interleaved);
-    let qkv_bias = c.bool_or("add_qkv_bias", false)?;
+    // Rotary positions as interleaved pairs over the first half of each head.
+    let llama_keys = json!({
+        "hidden_size": c.usize("hidden_size")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": c.usize("kv_channels")?,
+        "num_hidden_layers": c.usize("num_layers")?,
+        "intermediate_size": c.usize("ffn_hidden_size")?,
+        "vocab_size": c.usize("padded_vocab_size")?,
+        "max_position_embeddings": c.usize("seq_length")?,
+        "rms_norm_eps": c.opt_f64("layernorm_epsilon")?.unwrap_or(1e-5),
+        "rope_theta": ROPE_BASE * c.opt_f64("rope_ratio")?.unwrap_or(1.0),
+        "partial_rotary_factor": 0.5,
+        "rope_interleave": true,
+    });
     let linear_bias = c.bool_or("add_bias_linear", false)?;
-    let ffn = c.usize("ffn_hidden_size")?;
-    let layer_names = (0..layers)
-        .map(|i| {
-            let p = format!("transformer.encoder.layers.{i}");
-            let linear = |name: &str| LinearNames::new(&format!("{p}.{name}"), linear_bias);
-            let attention = Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                qkv: qkv_layout(LinearNames::new(
-                    &format!("{p}.self_attention.query_key_value"),
-                    qkv_bias,
-                )),
-                o: linear("self_attention.dense"),
-                window: None,
-                head_norms: None,
-            };
-            let mlp = GatedMlp {
-                inner: ffn,
-                gate_up: GateUp::Fused(linear("mlp.dense_h_to_4h")),
-                down: linear("mlp.dense_4h_to_h"),
-            };
-            LayerNames::with_layernorm_names(&p, attention, FeedForward::Dense(mlp))
-        })
-        .collect();
-    Ok(Decoder::new(DecoderConfig {
-        family: "chatglm",
-        dims: ModelDims {
-            layers,
-            hidden,
-            intermediate: ffn,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab: c.usize("padded_vocab_size")?,
-            max_positions: context,
-            experts_per_token: 0,
-        },
-        eps: c.opt_f64("layernorm_epsilon")?.unwrap_or(1e-5),
-        positions: PositionEncoding::Rotary(rope),
-        embed: "transformer.embedding.word_embeddings.weight".into(),
-        final_norm: "transformer.encoder.final_layernorm.weight".into(),
-        lm_head: "transformer.output_layer.weight".into(),
-        normalized_head: false,
-        layers: layer_names,
-    }))
+    let variant = LlamaVariant {
+        qkv_bias: c.bool_or("add_qkv_bias", false)?,
+        o_bias: linear_bias,
+        mlp_bias: linear_bias,
+        names,
+        ..LlamaVariant::plain("chatglm")
+    };
+    llama_layout(&Config(&llama_keys), variant)
 }
 
 #[cfg(test)]
@@ -159,6 +111,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::blocks::attention::QkvProjection;
 
     fn config() -> Value {
         json!({"architectures": ["ChatGLMModel"], "num_layers": 2, "hidden_size": 64,

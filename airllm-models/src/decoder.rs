@@ -3,14 +3,13 @@
 //! A family supplies names and sizes; this file supplies the computation and
 //! the unit list with expected shapes.
 
-use std::any::Any;
 use std::sync::OnceLock;
 
 use airllm_core::arch::LayerContext;
 use airllm_core::store::TensorSpec;
 use airllm_core::{
-    Architecture, ComputeBackend, DeviceUnit, Error, ModelDims, PassInfo, Result, UnitKind,
-    UnitSpec,
+    Architecture, ComputeBackend, DeviceUnit, Error, LayerPass, ModelDims, PassInfo, Result,
+    UnitKind, UnitSpec,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -155,8 +154,9 @@ pub struct Decoder {
     head_row_norms: OnceLock<Vec<f32>>,
 }
 
-/// What [`Decoder`] prepares once per pass for all layers.
-struct PassState<B: Backend> {
+/// A pass of [`Decoder`]: what it prepares once for all layers.
+struct DecoderPass<'a, B: Backend> {
+    decoder: &'a Decoder,
     rope: Option<RopeTables<B>>,
     /// One attention bias per entry of [`Decoder::windows`].
     biases: Vec<Tensor<B, 4>>,
@@ -271,7 +271,7 @@ impl<B: Backend> Architecture<B> for Decoder {
         self.unit_specs()
     }
 
-    fn begin_pass(&self, pass: &PassInfo, device: &B::Device) -> Box<dyn Any> {
+    fn begin_pass<'a>(&'a self, pass: &PassInfo, device: &B::Device) -> Box<dyn LayerPass<B> + 'a> {
         let rope = match &self.config.positions {
             PositionEncoding::Rotary(rope) => {
                 Some(rope.tables::<B>(&pass.query_positions(), device))
@@ -283,7 +283,11 @@ impl<B: Backend> Architecture<B> for Decoder {
             .iter()
             .map(|&window| self.attention_bias::<B>(pass, window, device))
             .collect();
-        Box::new(PassState { rope, biases })
+        Box::new(DecoderPass {
+            decoder: self,
+            rope,
+            biases,
+        })
     }
 
     fn embed(
@@ -296,35 +300,6 @@ impl<B: Backend> Architecture<B> for Decoder {
         let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
         let rows = backend.embedding(unit.matrix(&self.config.embed)?, &ids)?;
         Ok(rows.reshape([batch, seq, self.config.dims.hidden]))
-    }
-
-    fn layer(
-        &self,
-        index: usize,
-        unit: &DeviceUnit<B>,
-        hidden: Tensor<B, 3>,
-        ctx: LayerContext<'_, B>,
-    ) -> Result<Tensor<B, 3>> {
-        let names = &self.config.layers[index];
-        let state = ctx
-            .prepared
-            .downcast_ref::<PassState<B>>()
-            .ok_or_else(|| Error::Backend("pass state is not this decoder's".into()))?;
-        let inputs = AttentionInputs {
-            rope: state.rope.as_ref(),
-            bias: &state.biases[self.layer_window[index]],
-        };
-        let mut ctx = ctx;
-        let eps = self.config.eps;
-        let backend = ctx.backend;
-        let normed = backend.rms_norm(hidden.clone(), unit.vector(&names.input_norm)?, eps)?;
-        let hidden = hidden + names.attention.forward(unit, normed, inputs, &mut ctx)?;
-        let normed = backend.rms_norm(hidden.clone(), unit.vector(&names.post_norm)?, eps)?;
-        let update = match &names.ffn {
-            FeedForward::Dense(mlp) => mlp.forward(unit, ctx.backend, normed)?,
-            FeedForward::Sparse(moe) => moe.forward(unit, normed, &mut ctx)?,
-        };
-        Ok(hidden + update)
     }
 
     fn head(
@@ -354,5 +329,33 @@ impl<B: Backend> Architecture<B> for Decoder {
         let norms =
             Tensor::<B, 1>::from_data(TensorData::new(norms.clone(), [vocab]), backend.device());
         Ok(logits / norms.reshape([1, 1, vocab]))
+    }
+}
+
+impl<B: Backend> LayerPass<B> for DecoderPass<'_, B> {
+    fn layer(
+        &self,
+        index: usize,
+        unit: &DeviceUnit<B>,
+        hidden: Tensor<B, 3>,
+        ctx: LayerContext<'_, B>,
+    ) -> Result<Tensor<B, 3>> {
+        let decoder = self.decoder;
+        let names = &decoder.config.layers[index];
+        let inputs = AttentionInputs {
+            rope: self.rope.as_ref(),
+            bias: &self.biases[decoder.layer_window[index]],
+        };
+        let mut ctx = ctx;
+        let eps = decoder.config.eps;
+        let backend = ctx.backend;
+        let normed = backend.rms_norm(hidden.clone(), unit.vector(&names.input_norm)?, eps)?;
+        let hidden = hidden + names.attention.forward(unit, normed, inputs, &mut ctx)?;
+        let normed = backend.rms_norm(hidden.clone(), unit.vector(&names.post_norm)?, eps)?;
+        let update = match &names.ffn {
+            FeedForward::Dense(mlp) => mlp.forward(unit, ctx.backend, normed)?,
+            FeedForward::Sparse(moe) => moe.forward(unit, normed, &mut ctx)?,
+        };
+        Ok(hidden + update)
     }
 }

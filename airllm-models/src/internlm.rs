@@ -5,34 +5,17 @@
 //! read here as `rope_theta` and `rope_scaling` (dynamic NTK changes nothing
 //! up to `max_position_embeddings`).
 
-use airllm_core::family::FamilyFiles;
 use airllm_core::{Error, Result};
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::decoder::Decoder;
 use crate::llama_shaped::{llama_layout, LlamaVariant};
-use crate::registry::{Family, Synthetic};
-
-/// InternLM's descriptor (its SentencePiece tokenizer puts BOS first, as
-/// `LlamaTokenizer` does).
-pub static FAMILY: Family = Family {
-    files: FamilyFiles::named(&["InternLMForCausalLM"], "internlm"),
-    build: from_config,
-    synthetic: Synthetic::Dense(|shape| {
-        shape.llama_config("InternLMForCausalLM", json!({"bias": true}))
-    }),
-};
 
 /// Builds the InternLM decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {
     let c = Config(config);
-    let bias = c.bool_or("bias", true)?;
-    let variant = LlamaVariant {
-        qkv_bias: bias,
-        o_bias: bias,
-        ..LlamaVariant::plain("internlm")
-    };
+    let variant = LlamaVariant::biased("internlm", c.bool_or("bias", true)?, false);
     match c.get("rotary") {
         None => llama_layout(&c, variant),
         Some(rotary) => llama_layout(&Config(&with_llama_rope_keys(config, rotary)?), variant),

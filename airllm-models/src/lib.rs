@@ -1,12 +1,12 @@
-//! Model family adapters for airllm-rs. A family is one file ([`llama`],
-//! [`qwen2`], [`qwen3`], [`qwen`], [`mistral`], [`mixtral`], [`chatglm`],
-//! [`baichuan`], [`internlm`]) holding its descriptor ([`Family`]: names, GGUF tensor
-//! names, tokenizer and chat hints, synthetic config) and its builder:
+//! Model family adapters for airllm-rs. A family is one file with its
+//! builder ([`llama`], [`qwen2`], [`qwen3`], [`qwen`], [`mistral`],
+//! [`mixtral`], [`chatglm`], [`baichuan`], [`internlm`]):
 //! configuration and tensor names over shared blocks ([`blocks`]) assembled
-//! by the generic [`decoder::Decoder`]. The families with Llama's layout
-//! build through one shared builder (`llama_shaped`). [`registry`] lists
-//! the families and picks one from config.json; [`catalog`] hands their
-//! descriptors to the file formats.
+//! by the generic [`decoder::Decoder`]; the families with Llama's
+//! computation build through one shared builder (`llama_shaped`). Each has
+//! one descriptor in [`descriptors`] ([`Family`]: names, GGUF tensor names,
+//! tokenizer and chat hints, synthetic config). [`registry`] picks a family
+//! from config.json; [`catalog`] hands the descriptors to the file formats.
 //!
 //! This crate computes on burn tensors through the core traits; it must not
 //! read files or pick a device.
@@ -16,6 +16,7 @@ pub mod blocks;
 pub mod chatglm;
 pub mod config;
 pub mod decoder;
+pub mod descriptors;
 pub mod internlm;
 pub mod llama;
 mod llama_shaped;

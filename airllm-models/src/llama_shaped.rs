@@ -1,9 +1,10 @@
-//! The decoder of every family that keeps Llama's layout and tensor names
-//! (Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral, Mixtral, Baichuan): each
-//! builds through [`llama_layout`] with its own [`LlamaVariant`]. GQA, a
-//! `head_dim` override, tied embeddings and `rope_scaling` come from
-//! config.json; the names llama.cpp's converter gives these tensors in GGUF
-//! are [`GGUF_NAMES`].
+//! The decoder of every family with Llama's computation: each builds
+//! through [`llama_layout`], from config.json in Llama's keys (a family
+//! with keys of its own translates them first), with its own
+//! [`LlamaVariant`] and tensor names ([`LlamaNames`], Llama's own by
+//! default). GQA, a `head_dim` override, tied embeddings and `rope_scaling`
+//! come from config.json; the names llama.cpp's converter gives Llama's
+//! tensors in GGUF are [`GGUF_NAMES`].
 
 use airllm_core::family::{ExpertNames, GgufArchitecture, GgufNames};
 use airllm_core::{Error, ModelDims, Result};
@@ -26,8 +27,8 @@ pub(crate) struct LlamaVariant {
     pub o_bias: bool,
     /// Bias on the MLP projections.
     pub mlp_bias: bool,
-    /// q, k and v stacked in one `self_attn.W_pack` matrix (Baichuan).
-    pub packed_qkv: bool,
+    /// The tensor names.
+    pub names: &'static LlamaNames,
     /// Sliding window of each layer.
     pub windows: Vec<Option<usize>>,
     /// ALiBi instead of rotary positions (Baichuan 13B).
@@ -42,6 +43,71 @@ pub(crate) struct LlamaVariant {
     /// A routed mixture of experts in place of the MLP (Mixtral, Qwen3-MoE).
     pub experts: Option<ExpertLayout>,
 }
+
+/// The tensor names of a Llama-shaped model, without the `.weight` /
+/// `.bias` suffix; those inside a layer follow `{layers}.N.`.
+pub(crate) struct LlamaNames {
+    /// The token embedding.
+    pub embed: &'static str,
+    /// The prefix of the layers.
+    pub layers: &'static str,
+    /// The norm before attention.
+    pub input_norm: &'static str,
+    /// The q, k and v projections.
+    pub qkv: QkvNames,
+    /// The attention output projection.
+    pub o: &'static str,
+    /// The RMSNorms of each query and key head (read when the variant has
+    /// them).
+    pub head_norms: [&'static str; 2],
+    /// The norm before the MLP.
+    pub post_norm: &'static str,
+    /// The MLP's projections.
+    pub mlp: MlpNames,
+    /// The norm after the last layer.
+    pub final_norm: &'static str,
+    /// The LM head (when not tied to the embedding).
+    pub head: &'static str,
+}
+
+/// Where q, k and v come from.
+pub(crate) enum QkvNames {
+    /// Three matrices: q, k, v.
+    Separate([&'static str; 3]),
+    /// One matrix of all of q, then k, then v (Baichuan's `W_pack`).
+    Stacked(&'static str),
+    /// One matrix holding, for each KV head in turn, its group of query
+    /// heads, its key head and its value head.
+    PerKvHead(&'static str),
+}
+
+/// Where the MLP's gate, up and down projections come from.
+pub(crate) enum MlpNames {
+    /// Three matrices: gate, up, down.
+    Separate([&'static str; 3]),
+    /// Gate and up stacked in one matrix (ChatGLM's `dense_h_to_4h`), then
+    /// down.
+    Fused {
+        /// The stacked gate and up projections.
+        gate_up: &'static str,
+        /// The down projection.
+        down: &'static str,
+    },
+}
+
+/// Llama's tensor names.
+pub(crate) const LLAMA_NAMES: LlamaNames = LlamaNames {
+    embed: "model.embed_tokens",
+    layers: "model.layers",
+    input_norm: "input_layernorm",
+    qkv: QkvNames::Separate(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+    o: "self_attn.o_proj",
+    head_norms: ["self_attn.q_norm", "self_attn.k_norm"],
+    post_norm: "post_attention_layernorm",
+    mlp: MlpNames::Separate(["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]),
+    final_norm: "model.norm",
+    head: "lm_head",
+};
 
 /// How a family's mixture-of-experts layers are laid out.
 pub(crate) struct ExpertLayout {
@@ -95,13 +161,24 @@ impl LlamaVariant {
             qkv_bias: false,
             o_bias: false,
             mlp_bias: false,
-            packed_qkv: false,
+            names: &LLAMA_NAMES,
             windows: Vec::new(),
             alibi: false,
             max_positions: None,
             normalized_head: false,
             head_norms: false,
             experts: None,
+        }
+    }
+
+    /// Llama's choices under `family`'s name with biases on q, k, v and o
+    /// when `attention`, and on the MLP when `mlp`.
+    pub fn biased(family: &'static str, attention: bool, mlp: bool) -> Self {
+        LlamaVariant {
+            qkv_bias: attention,
+            o_bias: attention,
+            mlp_bias: mlp,
+            ..LlamaVariant::plain(family)
         }
     }
 }
@@ -166,6 +243,19 @@ pub(crate) fn heads(c: &Config<'_>) -> Result<(usize, usize)> {
     Ok((heads, kv_heads))
 }
 
+/// The leading dims of each head the rotary turns: `partial_rotary_factor`
+/// of them (all by default).
+fn rotary_dims(c: &Config<'_>, head_dim: usize) -> Result<usize> {
+    match c.opt_f64("partial_rotary_factor")? {
+        None => Ok(head_dim),
+        Some(factor) if (0.0..=1.0).contains(&factor) => Ok((head_dim as f64 * factor) as usize),
+        Some(factor) => Err(Error::config(
+            "partial_rotary_factor",
+            format!("{factor} is not between 0 and 1"),
+        )),
+    }
+}
+
 /// A decoder with Llama's config keys and tensor names, as `variant` changes them.
 pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Decoder> {
     let hidden = c.usize("hidden_size")?;
@@ -173,7 +263,7 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
     let head_dim = c.opt_usize("head_dim")?.unwrap_or(hidden / heads);
     let layers = c.usize("num_hidden_layers")?;
     let tied = c.bool_or("tie_word_embeddings", false)?;
-    let rope = Rope::from_config(c, head_dim)?;
+    let rope = Rope::from_config(c, rotary_dims(c, head_dim)?)?;
     let intermediate = c.usize("intermediate_size")?;
     let eps = c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
     let dims = ModelDims {
@@ -188,52 +278,10 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
         experts_per_token: variant.experts.as_ref().map_or(0, |e| e.counts.per_token),
     };
     let layer_names = (0..layers)
-        .map(|i| {
-            let p = format!("model.layers.{i}");
-            let qkv = if variant.packed_qkv {
-                QkvProjection::Stacked(LinearNames::new(
-                    &format!("{p}.self_attn.W_pack"),
-                    variant.qkv_bias,
-                ))
-            } else {
-                let projection = |name: &str| {
-                    LinearNames::new(&format!("{p}.self_attn.{name}"), variant.qkv_bias)
-                };
-                QkvProjection::Separate {
-                    q: projection("q_proj"),
-                    k: projection("k_proj"),
-                    v: projection("v_proj"),
-                }
-            };
-            let mlp = |name: &str| LinearNames::new(&format!("{p}.mlp.{name}"), variant.mlp_bias);
-            let attention = Attention {
-                heads,
-                kv_heads,
-                head_dim,
-                qkv,
-                o: LinearNames::new(&format!("{p}.self_attn.o_proj"), variant.o_bias),
-                window: variant.windows.get(i).copied().flatten(),
-                head_norms: variant.head_norms.then(|| HeadNorms {
-                    q: format!("{p}.self_attn.q_norm.weight"),
-                    k: format!("{p}.self_attn.k_norm.weight"),
-                    eps,
-                }),
-            };
-            let ffn = match &variant.experts {
-                Some(experts) if experts.sparse.get(i).copied().unwrap_or(true) => {
-                    FeedForward::Sparse(routed_experts(&p, experts))
-                }
-                _ => FeedForward::Dense(gated_mlp(
-                    intermediate,
-                    mlp("gate_proj"),
-                    mlp("up_proj"),
-                    mlp("down_proj"),
-                )),
-            };
-            LayerNames::with_layernorm_names(&p, attention, ffn)
-        })
+        .map(|i| layer(&variant, &dims, intermediate, eps, i))
         .collect();
-    let embed = "model.embed_tokens.weight".to_string();
+    let names = variant.names;
+    let embed = format!("{}.weight", names.embed);
     Ok(Decoder::new(DecoderConfig {
         family: variant.family,
         dims,
@@ -245,13 +293,73 @@ pub(crate) fn llama_layout(c: &Config<'_>, variant: LlamaVariant) -> Result<Deco
         lm_head: if tied {
             embed.clone()
         } else {
-            "lm_head.weight".into()
+            format!("{}.weight", names.head)
         },
         embed,
-        final_norm: "model.norm.weight".into(),
+        final_norm: format!("{}.weight", names.final_norm),
         normalized_head: variant.normalized_head,
         layers: layer_names,
     }))
+}
+
+/// The tensors of layer `i`; a dense MLP is `intermediate` wide.
+fn layer(
+    variant: &LlamaVariant,
+    dims: &ModelDims,
+    intermediate: usize,
+    eps: f64,
+    i: usize,
+) -> LayerNames {
+    let names = variant.names;
+    let p = format!("{}.{i}", names.layers);
+    let named = |name: &str, bias: bool| LinearNames::new(&format!("{p}.{name}"), bias);
+    let qkv = match names.qkv {
+        QkvNames::Separate([q, k, v]) => QkvProjection::Separate {
+            q: named(q, variant.qkv_bias),
+            k: named(k, variant.qkv_bias),
+            v: named(v, variant.qkv_bias),
+        },
+        QkvNames::Stacked(qkv) => QkvProjection::Stacked(named(qkv, variant.qkv_bias)),
+        QkvNames::PerKvHead(qkv) => QkvProjection::PerHead(named(qkv, variant.qkv_bias)),
+    };
+    let [q_norm, k_norm] = names.head_norms;
+    let attention = Attention {
+        heads: dims.heads,
+        kv_heads: dims.kv_heads,
+        head_dim: dims.head_dim,
+        qkv,
+        o: named(names.o, variant.o_bias),
+        window: variant.windows.get(i).copied().flatten(),
+        head_norms: variant.head_norms.then(|| HeadNorms {
+            q: format!("{p}.{q_norm}.weight"),
+            k: format!("{p}.{k_norm}.weight"),
+            eps,
+        }),
+    };
+    let ffn = match &variant.experts {
+        Some(experts) if experts.sparse.get(i).copied().unwrap_or(true) => {
+            FeedForward::Sparse(routed_experts(&p, experts))
+        }
+        _ => {
+            let linear = |name: &str| named(name, variant.mlp_bias);
+            FeedForward::Dense(match names.mlp {
+                MlpNames::Separate([gate, up, down]) => {
+                    gated_mlp(intermediate, linear(gate), linear(up), linear(down))
+                }
+                MlpNames::Fused { gate_up, down } => GatedMlp {
+                    inner: intermediate,
+                    gate_up: GateUp::Fused(linear(gate_up)),
+                    down: linear(down),
+                },
+            })
+        }
+    };
+    LayerNames {
+        input_norm: format!("{p}.{}.weight", names.input_norm),
+        post_norm: format!("{p}.{}.weight", names.post_norm),
+        attention,
+        ffn,
+    }
 }
 
 fn gated_mlp(inner: usize, gate: LinearNames, up: LinearNames, down: LinearNames) -> GatedMlp {

@@ -2,24 +2,12 @@
 //! (`sliding_window`, null for full attention) on every layer. llama.cpp
 //! stores Mistral as `llama`, which loads as Llama.
 
-use airllm_core::family::FamilyFiles;
 use airllm_core::Result;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::{layer_windows, Config};
 use crate::decoder::Decoder;
 use crate::llama_shaped::{llama_layout, LlamaVariant};
-use crate::presets::CONTEXT;
-use crate::registry::{Family, Synthetic};
-
-/// Mistral's descriptor.
-pub static FAMILY: Family = Family {
-    files: FamilyFiles::named(&["MistralForCausalLM"], "mistral"),
-    build: from_config,
-    synthetic: Synthetic::Dense(|shape| {
-        shape.llama_config("MistralForCausalLM", json!({"sliding_window": CONTEXT}))
-    }),
-};
 
 /// Each layer's window as Mistral and Mixtral set them: `sliding_window`
 /// on every layer, unless `layer_types` says otherwise.

@@ -6,7 +6,6 @@
 //! Dynamic NTK and log-n attention scaling change nothing up to
 //! `seq_length`, so the context is capped there.
 
-use airllm_core::family::{FamilyFiles, SpecialTokens, TiktokenHints, TokenizerHints};
 use airllm_core::{Error, ModelDims, Result};
 use serde_json::Value;
 
@@ -16,34 +15,6 @@ use crate::blocks::mlp::{GateUp, GatedMlp};
 use crate::blocks::rope::Rope;
 use crate::config::Config;
 use crate::decoder::{Decoder, DecoderConfig, FeedForward, LayerNames, PositionEncoding};
-use crate::registry::{Family, Synthetic};
-
-/// Qwen-1's descriptor: a tiktoken `qwen.tiktoken` with `<|endoftext|>`,
-/// `<|im_start|>`, `<|im_end|>` and 205 `<|extra_N|>` after the ranks, and
-/// ChatML as its `make_context` builds it, with Qwen's default system
-/// message.
-pub static FAMILY: Family = Family {
-    files: FamilyFiles {
-        architectures: &["QWenLMHeadModel"],
-        model_type: "qwen",
-        gguf: &[],
-        tokenizer: TokenizerHints {
-            sentencepiece: None,
-            tiktoken: Some(TiktokenHints {
-                file: "qwen.tiktoken",
-                pre: "qwen2",
-                specials: SpecialTokens {
-                    tokens: &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                    extra: 205,
-                    prefix: &[],
-                },
-            }),
-        },
-        chat_template: Some("{% set ns = namespace(system='You are a helpful assistant.') %}{% for m in messages if m.role == 'system' %}{% set ns.system = m.content %}{% endfor %}<|im_start|>system{{ '\\n' }}{{ ns.system }}<|im_end|>{% for m in messages if m.role != 'system' %}{{ '\\n' }}<|im_start|>{{ m.role }}{{ '\\n' }}{{ m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}{{ '\\n' }}<|im_start|>assistant{{ '\\n' }}{% endif %}"),
-    },
-    build: from_config,
-    synthetic: Synthetic::No,
-};
 
 /// Builds the Qwen-1 decoder from config.json.
 pub fn from_config(config: &Value) -> Result<Decoder> {

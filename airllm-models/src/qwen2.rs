@@ -2,26 +2,12 @@
 //! biases on q, k and v, and a sliding window on the layers from
 //! `max_window_layers` on when `use_sliding_window` is set.
 
-use airllm_core::family::FamilyFiles;
 use airllm_core::Result;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::{layer_windows, Config};
 use crate::decoder::Decoder;
-use crate::llama_shaped::{gguf, llama_layout, LlamaVariant};
-use crate::registry::{Family, Synthetic};
-
-/// Qwen2's descriptor.
-pub static FAMILY: Family = Family {
-    files: FamilyFiles {
-        gguf: &[gguf("qwen2", &[], None)],
-        ..FamilyFiles::named(&["Qwen2ForCausalLM"], "qwen2")
-    },
-    build: from_config,
-    synthetic: Synthetic::Dense(|shape| {
-        shape.llama_config("Qwen2ForCausalLM", json!({"use_sliding_window": false}))
-    }),
-};
+use crate::llama_shaped::{llama_layout, LlamaVariant};
 
 /// Each layer's window as Qwen2 and Qwen3 set them: none unless
 /// `use_sliding_window`, then on the layers from `max_window_layers` on

@@ -6,50 +6,23 @@
 //! `norm_topk_prob`; layers in `mlp_only_layers`, or off the
 //! `decoder_sparse_step` stride, keep a dense MLP.
 
-use airllm_core::family::{ExpertNames, FamilyFiles};
+use airllm_core::family::ExpertNames;
 use airllm_core::{Error, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::Config;
 use crate::decoder::Decoder;
-use crate::llama_shaped::{gguf, llama_layout, ExpertCounts, ExpertLayout, LlamaVariant};
+use crate::llama_shaped::{llama_layout, ExpertCounts, ExpertLayout, LlamaVariant};
 use crate::qwen2::qwen_windows;
-use crate::registry::{Family, Synthetic};
-
-/// Qwen3's descriptor.
-pub static FAMILY: Family = Family {
-    files: FamilyFiles {
-        gguf: &[gguf("qwen3", &[], None)],
-        ..FamilyFiles::named(&["Qwen3ForCausalLM"], "qwen3")
-    },
-    build: from_config,
-    synthetic: Synthetic::Dense(|shape| {
-        shape.llama_config("Qwen3ForCausalLM", json!({"use_sliding_window": false}))
-    }),
-};
 
 /// Qwen3-MoE's router and experts: `mlp.gate`, `mlp.experts.E.{gate_proj,
 /// up_proj, down_proj}`.
-const EXPERTS: ExpertNames = ExpertNames {
+pub(crate) const EXPERTS: ExpertNames = ExpertNames {
     block: "mlp",
     router: "gate",
     gate: "gate_proj",
     up: "up_proj",
     down: "down_proj",
-};
-
-/// Qwen3-MoE's descriptor.
-pub static MOE_FAMILY: Family = Family {
-    files: FamilyFiles {
-        gguf: &[gguf("qwen3moe", &[], Some(EXPERTS))],
-        ..FamilyFiles::named(&["Qwen3MoeForCausalLM"], "qwen3_moe")
-    },
-    build: moe_from_config,
-    synthetic: Synthetic::Experts(|shape| {
-        let extra = json!({"num_experts": shape.experts, "num_experts_per_tok": shape.experts_per_token,
-            "moe_intermediate_size": shape.intermediate, "norm_topk_prob": true});
-        shape.llama_config("Qwen3MoeForCausalLM", extra)
-    }),
 };
 
 /// Qwen3's choices under `family`'s name, with sliding windows as Qwen2 sets them.

@@ -1,6 +1,6 @@
-//! Every supported family, each one descriptor ([`Family`]) kept beside its
-//! builder in the family's own file; picks the family from config.json:
-//! `architectures[0]`, falling back to `model_type`.
+//! What a supported family is ([`Family`]: its descriptor), the list of them
+//! ([`SUPPORTED`], in `descriptors.rs`), and the choice of one from
+//! config.json: `architectures[0]`, falling back to `model_type`.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use serde_json::Value;
 
 use crate::decoder::Decoder;
+pub use crate::descriptors::SUPPORTED;
 use crate::presets::ModelShape;
 
 /// One supported family: what the file formats need to know of it, the
@@ -36,20 +37,6 @@ pub enum Synthetic {
     /// names the family.
     Experts(fn(&ModelShape) -> Value),
 }
-
-/// Every family this build supports.
-pub static SUPPORTED: &[&Family] = &[
-    &crate::llama::FAMILY,
-    &crate::qwen2::FAMILY,
-    &crate::qwen3::FAMILY,
-    &crate::qwen3::MOE_FAMILY,
-    &crate::qwen::FAMILY,
-    &crate::mistral::FAMILY,
-    &crate::mixtral::FAMILY,
-    &crate::chatglm::FAMILY,
-    &crate::baichuan::FAMILY,
-    &crate::internlm::FAMILY,
-];
 
 /// The descriptors the file formats read (`airllm_formats::ModelDir::open`).
 pub fn catalog() -> Vec<&'static FamilyFiles> {

@@ -5,7 +5,7 @@
 //!
 //! `AIRLLM_MUTANTS` sets how many (default 3000, seconds on the cpu);
 //! `AIRLLM_MUTANT_SEED` the run's seed; `AIRLLM_MUTANT=N` reruns mutant N
-//! alone and prints what it was. The long run is in the README.
+//! alone and prints what it was. The long run is in docs/architecture.md.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,7 +5,7 @@
 use airllm_core::family::{FamilyFiles, GgufArchitecture};
 use serde_json::{json, Map, Value};
 
-use super::file::GgufFile;
+use super::file::{GgufFile, MetaValue};
 use crate::{FormatError, Result};
 
 /// The family a GGUF file loads as, and the entry of its descriptor that
@@ -114,17 +114,13 @@ impl GgufFamily {
 
     /// The `config.json` the file's metadata implies.
     pub fn config(&self, file: &GgufFile) -> Result<Value> {
-        let arch = self.gguf.name;
-        let meta = |key: &str| file.get(&format!("{arch}.{key}"));
-        let number = |key: &str| meta(key).and_then(|v| v.as_f64());
-        let required = |key: &str| {
-            meta(key)
-                .and_then(|v| v.as_u64())
-                .ok_or_else(|| FormatError::BadGguf {
-                    path: file.path.clone(),
-                    detail: format!("metadata `{arch}.{key}` is missing or not an integer"),
-                })
+        let metadata = Metadata {
+            file,
+            arch: self.gguf.name,
         };
+        let meta = |key: &str| metadata.get(key);
+        let number = |key: &str| metadata.number(key);
+        let required = |key: &str| metadata.required(key);
         let hidden = required("embedding_length")?;
         let heads = required("attention.head_count")?;
         let vocab = meta("vocab_size")
@@ -143,16 +139,7 @@ impl GgufFamily {
         );
         config.insert("model_type".into(), json!(self.family.model_type));
         if experts > 0 {
-            config.insert("num_local_experts".into(), json!(experts));
-            config.insert(
-                "num_experts_per_tok".into(),
-                json!(required("expert_used_count")?),
-            );
-            if let Some(width) = meta("expert_feed_forward_length").and_then(|v| v.as_u64()) {
-                config.insert("moe_intermediate_size".into(), json!(width));
-            }
-            // llama.cpp renormalises Qwen3-MoE's top-k weights.
-            config.insert("norm_topk_prob".into(), json!(true));
+            metadata.insert_experts(experts, &mut config)?;
         }
         for (key, value) in self.gguf.implied {
             config.insert(key.to_string(), json!(value));
@@ -184,23 +171,8 @@ impl GgufFamily {
             "rope_theta".into(),
             json!(number("rope.freq_base").unwrap_or(10000.0)),
         );
-        if let Some(kind) = meta("rope.scaling.type").and_then(|v| v.as_str()) {
-            if kind != "none" {
-                let mut scaling = json!({"rope_type": kind, "factor": number("rope.scaling.factor").unwrap_or(1.0)});
-                for (hf, gguf) in [
-                    (
-                        "original_max_position_embeddings",
-                        "rope.scaling.original_context_length",
-                    ),
-                    ("beta_fast", "rope.scaling.yarn_beta_fast"),
-                    ("beta_slow", "rope.scaling.yarn_beta_slow"),
-                ] {
-                    if let Some(value) = number(gguf) {
-                        scaling[hf] = json!(value);
-                    }
-                }
-                config.insert("rope_scaling".into(), scaling);
-            }
+        if let Some(scaling) = metadata.rope_scaling() {
+            config.insert("rope_scaling".into(), scaling);
         }
         if let Some(context) = meta("context_length").and_then(|v| v.as_u64()) {
             config.insert("max_position_embeddings".into(), json!(context));
@@ -225,6 +197,78 @@ impl GgufFamily {
             }
         }
         Ok(Value::Object(config))
+    }
+}
+
+/// A GGUF file's metadata under its architecture's prefix (`llama.`, ...).
+struct Metadata<'a> {
+    file: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl Metadata<'_> {
+    /// `<arch>.<key>`, if present.
+    fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.file.get(&format!("{}.{key}", self.arch))
+    }
+
+    /// `<arch>.<key>` as a number, if present.
+    fn number(&self, key: &str) -> Option<f64> {
+        self.get(key).and_then(|v| v.as_f64())
+    }
+
+    /// `<arch>.<key>` as a required integer.
+    fn required(&self, key: &str) -> Result<u64> {
+        self.get(key)
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| FormatError::BadGguf {
+                path: self.file.path.clone(),
+                detail: format!(
+                    "metadata `{}.{key}` is missing or not an integer",
+                    self.arch
+                ),
+            })
+    }
+
+    /// The mixture-of-experts keys of a file with `experts` per layer.
+    fn insert_experts(&self, experts: u64, config: &mut Map<String, Value>) -> Result<()> {
+        config.insert("num_local_experts".into(), json!(experts));
+        config.insert(
+            "num_experts_per_tok".into(),
+            json!(self.required("expert_used_count")?),
+        );
+        if let Some(width) = self
+            .get("expert_feed_forward_length")
+            .and_then(|v| v.as_u64())
+        {
+            config.insert("moe_intermediate_size".into(), json!(width));
+        }
+        // llama.cpp renormalises Qwen3-MoE's top-k weights.
+        config.insert("norm_topk_prob".into(), json!(true));
+        Ok(())
+    }
+
+    /// `rope_scaling` as config.json spells it, unless the file has none.
+    fn rope_scaling(&self) -> Option<Value> {
+        let kind = self.get("rope.scaling.type").and_then(|v| v.as_str())?;
+        if kind == "none" {
+            return None;
+        }
+        let factor = self.number("rope.scaling.factor").unwrap_or(1.0);
+        let mut scaling = json!({"rope_type": kind, "factor": factor});
+        for (hf, gguf) in [
+            (
+                "original_max_position_embeddings",
+                "rope.scaling.original_context_length",
+            ),
+            ("beta_fast", "rope.scaling.yarn_beta_fast"),
+            ("beta_slow", "rope.scaling.yarn_beta_slow"),
+        ] {
+            if let Some(value) = self.number(gguf) {
+                scaling[hf] = json!(value);
+            }
+        }
+        Some(scaling)
     }
 }
 

@@ -7,24 +7,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use airllm_core::{HostUnit, LayerStore, StorageKind, TensorInfo, UnitInfo, UnitSpec};
+use airllm_core::{HostUnit, LayerStore, UnitInfo, UnitSpec};
 
 use super::family::{GgufFamily, Located};
 use super::file::GgufFile;
-use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
+use crate::placed::{Placed, PlacedUnits};
 use crate::Result;
-
-/// Where an adapter tensor lives in the file.
-struct Placement {
-    /// The adapter's (Hugging Face) name.
-    name: String,
-    /// Its encoding.
-    kind: StorageKind,
-    /// Its shape (one expert's, for a slice of an expert stack).
-    shape: Vec<usize>,
-    /// Its absolute byte range.
-    range: Range<usize>,
-}
 
 /// The shape and bytes of `located` in `file`: the whole tensor, or one
 /// expert's slice of a `[experts, rows, cols]` stack.
@@ -47,9 +35,7 @@ fn extent(file: &GgufFile, located: Located) -> Option<(Vec<usize>, Range<usize>
 /// A GGUF file grouped into the architecture's units.
 pub struct GgufStore {
     file: Arc<GgufFile>,
-    units: Vec<UnitInfo>,
-    placements: Vec<Vec<Placement>>,
-    maps: FileMaps,
+    placed: PlacedUnits,
 }
 
 impl GgufStore {
@@ -58,48 +44,19 @@ impl GgufStore {
     /// check names them).
     pub fn open(file: Arc<GgufFile>, family: GgufFamily, specs: &[UnitSpec]) -> Result<Self> {
         let location = file.path.display().to_string();
-        let mut units = Vec::with_capacity(specs.len());
-        let mut placements = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let mut tensors = Vec::new();
-            let mut placement = Vec::new();
-            let mut bytes = 0;
-            for want in &spec.tensors {
-                let Some(located) = family.locate(&want.name, &file) else {
-                    continue;
-                };
-                let Some((shape, range)) = extent(&file, located) else {
-                    continue;
-                };
-                let kind = file.tensors[located.tensor].kind;
-                bytes += range.len() as u64;
-                tensors.push(TensorInfo {
-                    name: want.name.clone(),
-                    kind,
-                    shape: shape.clone(),
-                });
-                placement.push(Placement {
-                    name: want.name.clone(),
-                    kind,
-                    shape,
-                    range,
-                });
-            }
-            units.push(UnitInfo {
-                kind: spec.kind,
-                name: spec.name.clone(),
-                location: location.clone(),
-                tensors,
-                bytes,
-            });
-            placements.push(placement);
-        }
-        Ok(GgufStore {
-            maps: FileMaps::new(units.iter().map(|u| u.bytes).sum()),
-            file,
-            units,
-            placements,
-        })
+        let placed = PlacedUnits::group(vec![file.path.clone()], specs, &location, |name| {
+            let Some(located) = family.locate(name, &file) else {
+                return Ok(None);
+            };
+            Ok(extent(&file, located).map(|(shape, range)| Placed {
+                file: 0,
+                name: name.to_string(),
+                kind: file.tensors[located.tensor].kind,
+                shape,
+                range,
+            }))
+        })?;
+        Ok(GgufStore { file, placed })
     }
 }
 
@@ -109,27 +66,11 @@ impl LayerStore for GgufStore {
     }
 
     fn units(&self) -> &[UnitInfo] {
-        &self.units
+        self.placed.units()
     }
 
     fn read_unit(&self, index: usize, only: Option<&[&str]>) -> airllm_core::Result<HostUnit> {
-        let wanted: Vec<&Placement> = self.placements[index]
-            .iter()
-            .filter(|p| only.is_none_or(|names| names.contains(&p.name.as_str())))
-            .collect();
-        let places: Vec<TensorPlacement<'_>> = wanted
-            .iter()
-            .map(|p| TensorPlacement {
-                path: &self.file.path,
-                name: &p.name,
-                kind: p.kind,
-                shape: &p.shape,
-                range: p.range.clone(),
-            })
-            .collect();
-        Ok(HostUnit {
-            tensors: map_tensors(&self.maps, &places)?,
-        })
+        Ok(self.placed.read(index, only)?)
     }
 
     fn verify_unit(&self, _index: usize) -> airllm_core::Result<()> {

@@ -24,7 +24,9 @@
 //! rows). Each result tile is `[16 outputs, 16 rows]`, written transposed
 //! into the `[rows, outputs]` product.
 
-use airllm_core::{BlockKind, HostTensor, Result, StorageKind};
+use airllm_core::{BlockKind, Result, StorageKind};
+
+use super::{Product, ProductPath};
 
 /// Columns one tile row holds (64 bytes of bf16).
 pub const CHUNK: usize = 32;
@@ -35,32 +37,25 @@ pub fn takes_codes(kind: StorageKind) -> bool {
     matches!(kind, StorageKind::Block(block) if block != BlockKind::Q6_K)
 }
 
-/// Whether this CPU has AMX bf16 and the OS lets this process use it.
-pub fn available() -> bool {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    return x86::permitted();
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-    return false;
-}
+/// The AMX tile units, where the CPU has AMX bf16 and the OS lets this
+/// process use them; `None` when `columns` is not a multiple of [`CHUNK`].
+pub struct Amx;
 
-/// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]`; returns
-/// `[rows, outputs]`, or `None` without AMX or when `columns` is not a
-/// multiple of [`CHUNK`].
-pub fn product(
-    x: &[f32],
-    rows: usize,
-    w: &HostTensor,
-    outputs: usize,
-    columns: usize,
-) -> Option<Result<Vec<f32>>> {
-    if !available() || !columns.is_multiple_of(CHUNK) {
-        return None;
+impl ProductPath for Amx {
+    fn available() -> bool {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        return x86::permitted();
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        return false;
     }
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    return Some(x86::product(x, rows, w, outputs, columns));
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-    {
-        let _ = (x, rows, w, outputs);
+
+    fn product(p: Product<'_>) -> Option<Result<Vec<f32>>> {
+        if !Self::available() || !p.columns.is_multiple_of(CHUNK) {
+            return None;
+        }
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        return Some(x86::product(p));
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
         None
     }
 }
@@ -75,7 +70,7 @@ mod x86 {
     use rayon::prelude::*;
 
     use super::super::avx2::{AffineCodes, Strides};
-    use super::super::{decode, prefetch, Output};
+    use super::super::{decode, prefetch, Output, Product};
     use super::CHUNK;
     use crate::cpu::transpose::transpose_16x16;
 
@@ -795,13 +790,9 @@ mod x86 {
         by_cache.min(groups.div_ceil(2 * threads)).max(1)
     }
 
-    pub fn product(
-        x: &[f32],
-        rows: usize,
-        w: &HostTensor,
-        outputs: usize,
-        columns: usize,
-    ) -> Result<Vec<f32>> {
+    /// The product through the tile units.
+    pub fn product(p: Product<'_>) -> Result<Vec<f32>> {
+        let (x, rows, w, outputs, columns) = (p.x, p.rows, p.w, p.outputs, p.columns);
         debug_assert!(permitted() && columns.is_multiple_of(CHUNK) && x.len() == rows * columns);
         let mut packed = PACKED.take();
         let with_sums = matches!(w.kind, StorageKind::Block(kind) if has_minimums(kind));

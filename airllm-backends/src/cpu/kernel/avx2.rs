@@ -74,8 +74,7 @@ unsafe fn f16_at(block: *const u8, at: usize) -> f32 {
 /// or 32 bits with `vpinsrw` into whatever vector register it liked (the
 /// upper lanes of the conversion go unused), often a row's accumulator, so
 /// that each block's scale waited for the previous block's sum. `vmovd`
-/// depends on nothing but the bits: `kernel_table -- crossover Q8_0`, one
-/// row, 32–41 µs against 42–45.
+/// depends on nothing but the bits (docs/kernel.md has the gain).
 #[inline(always)]
 unsafe fn f16_lanes(bits: u32) -> __m128 {
     let lanes: __m128;

@@ -4,22 +4,17 @@
 
 use airllm_core::{dequant, BlockKind, HostTensor, Result, StorageKind};
 
-use super::{decode, over_outputs, prefetch};
+use super::{decode, over_outputs, prefetch, Product};
 
 /// How far past the end of the weight row being dotted the weights are
 /// prefetched, in bytes (see the integer path's `PREFETCH_AHEAD`): SmolLM2's
 /// bf16 decode went from 29 to 36 tokens/s, the same at 2 and 4 KiB.
 const PREFETCH_AHEAD: usize = 4096;
 
-/// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]`; returns
-/// `[rows, outputs]`.
-pub fn product(
-    x: &[f32],
-    rows: usize,
-    w: &HostTensor,
-    outputs: usize,
-    columns: usize,
-) -> Result<Vec<f32>> {
+/// Each weight row decoded once and dotted with every activation row in
+/// f32: every CPU, every encoding.
+pub(super) fn multiply(p: Product<'_>) -> Result<Vec<f32>> {
+    let (x, rows, w, outputs, columns) = (p.x, p.rows, p.w, p.outputs, p.columns);
     let fused = match w.kind {
         StorageKind::Block(kind) => Some(kind),
         StorageKind::Dense(_) => None,

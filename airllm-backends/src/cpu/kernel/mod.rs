@@ -22,7 +22,9 @@
 //! - more rows: panels of weight rows are decoded into a cached buffer and
 //!   multiplied by `gemm`'s register-blocked kernels ([`panel`]).
 //!
-//! The work is spread over the current rayon pool by output columns.
+//! The work is spread over the current rayon pool by output columns. Why
+//! each crossover lies where it does, with the figures, is in
+//! docs/kernel.md.
 
 mod activations;
 mod amx;
@@ -38,21 +40,18 @@ use airllm_core::{DType, Error, HostTensor, Result, StorageKind};
 use rayon::prelude::*;
 
 use crate::Activations;
+use amx::Amx;
+use quantized::Quantized;
+use tiles::Tiles;
 
 /// Rows up to which block-quantized weights take the integer path when
-/// activations may be quantized. Measured on SmolLM2's `[576, 1536]`
-/// matrix, 2 threads (`cargo run --release -p airllm-backends --example
-/// kernel_table -- crossover`): at one row the integer path is ahead of the
-/// tiles (Q4_1: 52 µs against 56; Q4_K: 54 against 82); at two rows the
-/// tiles are ahead (Q4_1: 69 against 91; Q4_K: 89 against 98) or level
-/// (Q8_0: 61 against 59).
+/// activations may be quantized: at one row it is ahead of the tiles, at
+/// two behind or level (the crossovers are measured in docs/kernel.md).
 pub const QUANTIZED_MAX_ROWS: usize = 1;
 
 /// [`QUANTIZED_MAX_ROWS`] on CPUs with AVX2 but not AVX-512, where the
-/// tiles multiply 8 lanes at a time. Measured as [`QUANTIZED_MAX_ROWS`] on
-/// an AMD EPYC (Zen 3), Q4_1: the integer path is ahead at 2 rows (68 µs
-/// against the tiles' 114), 3 (93 against 166) and 4 (126 against 144),
-/// behind at 5 (181 against 167).
+/// tiles multiply 8 lanes at a time and the integer path stays ahead to 4
+/// rows.
 pub const QUANTIZED_MAX_ROWS_AVX2: usize = 4;
 
 /// Rows up to which block-quantized weights take the integer path on this CPU.
@@ -65,47 +64,30 @@ fn quantized_max_rows() -> usize {
 }
 
 /// Rows from which [`Activations::Reduced`] takes the AMX path for bf16
-/// weights, where the CPU has it. Measured on `[576, 1536]` as
-/// [`QUANTIZED_MAX_ROWS`]: AMX (two tile products per weight tile: the
-/// activations' high and low bf16 parts) is level with the tiles at 8 rows
-/// (137 µs against 147) and ahead beyond (10 rows: 144 against 173; 16: 151
-/// against 236; 512: 1.9 ms against the panels' 4.2). f32 and f16 weights,
-/// and Q6_K, take three tile products (the weights are split too) and pass
-/// the tiles only at 48–64 rows (f32: 541 µs against 472 at 48, 609 against
-/// 853 at 64), so they take AMX where the panels would ([`TILES_MAX_ROWS`]).
+/// weights, where the CPU has it (two tile products per weight tile: the
+/// activations' high and low bf16 parts). f32 and f16 weights, and Q6_K,
+/// take three tile products (the weights are split too) and pass the tiles
+/// only near 64 rows, so they take AMX where the panels would
+/// ([`TILES_MAX_ROWS`]).
 pub const AMX_MIN_ROWS_BF16: usize = 10;
 
 /// Rows from which the block kinds that AMX multiplies as integer codes
-/// (all but Q6_K) take it. Measured as [`QUANTIZED_MAX_ROWS`], AMX against
-/// the tiles: at 12 rows ahead or level (Q4_1: 162 µs against 192; Q8_0:
-/// 154 against 159; Q4_K: 213 against 218), at 10 behind for Q8_0 (149
-/// against 135), at 16 ahead for all three (Q4_1: 172 against 253); at 64
-/// far ahead (415 against 698 and the panels' 877), at 512 ahead of the
-/// panels (2.57 ms against 4.23). A partial last block of 16 rows costs it
-/// a whole one.
+/// (all but Q6_K) take it. A partial last block of 16 rows costs it a
+/// whole one.
 pub const AMX_MIN_ROWS_CODES: usize = 12;
 
-/// Rows up to which the tile kernel multiplies, where the CPU runs it.
-/// Measured as [`QUANTIZED_MAX_ROWS`] on CPUs with AVX-512: it is ahead of
-/// every other path from one row (f32, bf16) or two (block kinds) to 48
-/// (Q4_1: 656 µs against the panels' 752; bf16: 633 against 747) and level
-/// with the panels at 64 rows on `[576, 1536]`. On an AMD EPYC (Zen 3,
-/// AVX2, three activation rows a call) it is ahead at 64 rows on
-/// `kernel_table -- table`'s `[8192, 2048]` (f32: 21.0–22.6 ms against the
-/// panels' 26.8–28.7; bf16: 20.7–22.0 against 24.0–29.6) and on `[576,
-/// 1536]` (bf16: 1.01 ms against 1.22; f32 level), mixed at 128 (bf16 1.92
-/// against 2.10, f32 2.02 against 1.76).
+/// Rows up to which the tile kernel multiplies, where the CPU runs it: it
+/// is ahead of every other path up to about 48 rows and level with the
+/// panels at 64.
 pub const TILES_MAX_ROWS: usize = 64;
 
 /// Rows up to which f32 activations are dotted row by row rather than
-/// multiplied panel by panel, on CPUs without the tile kernel (bf16 rows
-/// were ahead of the panels to 14 rows, f32 rows to 8–10).
+/// multiplied panel by panel, on CPUs without the tile kernel.
 pub const FLOAT_MAX_ROWS: usize = 10;
 
 /// Rows up to which f32 matrices go to `gemm` directly on CPUs without the
 /// tile kernel: its matrix-vector kernels read f32 weights faster than the
-/// row dots (109 µs against 183 µs at one row, 115 against 231 at three,
-/// 397 against 258 at four).
+/// row dots.
 pub const F32_GEMM_MAX_ROWS: usize = 3;
 
 /// Output columns one task computes at least on the row-by-row paths
@@ -161,11 +143,11 @@ pub fn path(kind: StorageKind, rows: usize, activations: Activations) -> KernelP
         }
         _ if activations == Activations::Reduced
             && rows >= amx_min_rows(kind)
-            && amx::available() =>
+            && Amx::available() =>
         {
             KernelPath::Amx
         }
-        _ if rows <= TILES_MAX_ROWS && tiles::available() => KernelPath::Tiles,
+        _ if rows <= TILES_MAX_ROWS && Tiles::available() => KernelPath::Tiles,
         StorageKind::Dense(DType::F32) if rows <= F32_GEMM_MAX_ROWS => KernelPath::Panel,
         _ if rows <= FLOAT_MAX_ROWS => KernelPath::FloatRows,
         _ => KernelPath::Panel,
@@ -210,17 +192,56 @@ pub fn linear_on(path: KernelPath, x: &[f32], rows: usize, w: &HostTensor) -> Re
             ),
         });
     }
-    match (path, w.kind) {
-        (KernelPath::Quantized, StorageKind::Block(kind)) => {
-            quantized::product(x, rows, kind, w.bytes.as_slice(), outputs, columns)
-        }
-        (KernelPath::Panel, _) => panel::product(x, rows, w, outputs, columns),
-        (KernelPath::Tiles, _) => tiles::product(x, rows, w, outputs, columns)
-            .unwrap_or_else(|| panel::product(x, rows, w, outputs, columns)),
-        (KernelPath::Amx, _) => amx::product(x, rows, w, outputs, columns)
+    let p = Product {
+        x,
+        rows,
+        w,
+        outputs,
+        columns,
+    };
+    let whole_rows = || float_rows::multiply(p);
+    let panels = || panel::multiply(p);
+    match path {
+        KernelPath::Quantized => Quantized::product(p).unwrap_or_else(whole_rows),
+        KernelPath::FloatRows => whole_rows(),
+        KernelPath::Panel => panels(),
+        KernelPath::Tiles => Tiles::product(p).unwrap_or_else(panels),
+        KernelPath::Amx => Amx::product(p)
             .unwrap_or_else(|| linear_on(self::path(w.kind, rows, Activations::F32), x, rows, w)),
-        _ => float_rows::product(x, rows, w, outputs, columns),
     }
+}
+
+/// One product for the kernel: `x · wᵀ` for f32 activations
+/// `x: [rows, columns]` and a weight matrix `w: [outputs, columns]` in its
+/// stored encoding (whole rows of it, as [`linear_on`] checks). Every path
+/// returns `[rows, outputs]`.
+#[derive(Clone, Copy)]
+pub struct Product<'a> {
+    /// The activations, row after row.
+    pub x: &'a [f32],
+    /// Activation rows.
+    pub rows: usize,
+    /// The weights.
+    pub w: &'a HostTensor,
+    /// Weight rows (outputs).
+    pub outputs: usize,
+    /// Values per row.
+    pub columns: usize,
+}
+
+/// A way the kernel computes a [`Product`] that a CPU or an encoding may
+/// lack (the integer dots, the tiles, AMX); the panels and the row dots,
+/// which every CPU runs for every encoding, are the fallbacks.
+pub trait ProductPath {
+    /// Whether this CPU runs it.
+    fn available() -> bool {
+        true
+    }
+
+    /// The product, or `None` where this path does not take it (the CPU
+    /// lacks its instructions, or the weights are not of its kind); the
+    /// caller then takes another.
+    fn product(p: Product<'_>) -> Option<Result<Vec<f32>>>;
 }
 
 /// The values of an f32 matrix where they lie in its bytes (`None` for
@@ -610,7 +631,7 @@ pub(crate) mod tests {
     /// `Σ|xᵢ·wᵢ|`, as the f32 paths do.
     #[test]
     fn amx_codes_match_an_f64_reference() {
-        if !amx::available() {
+        if !Amx::available() {
             return;
         }
         let codes = BLOCK_KINDS.into_iter().filter(|k| *k != BlockKind::Q6_K);

@@ -4,10 +4,10 @@
 //! panel. Panels run in parallel; an f32 matrix whose bytes are aligned is
 //! multiplied where it lies.
 
-use airllm_core::{HostTensor, Result};
+use airllm_core::Result;
 use rayon::prelude::*;
 
-use super::{decode, f32_in_place, Output};
+use super::{decode, f32_in_place, Output, Product};
 
 /// Bytes of decoded weights one panel holds at most (fits in L2 with room
 /// for the activations' packed tiles).
@@ -22,15 +22,10 @@ fn panel_rows(outputs: usize, columns: usize) -> usize {
     (by_cache.min(by_threads).max(16)).next_multiple_of(16)
 }
 
-/// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]`; returns
-/// `[rows, outputs]`.
-pub fn product(
-    x: &[f32],
-    rows: usize,
-    w: &HostTensor,
-    outputs: usize,
-    columns: usize,
-) -> Result<Vec<f32>> {
+/// Panels of weight rows decoded into a cached buffer, multiplied by
+/// `gemm`'s kernels: every CPU, every encoding.
+pub(super) fn multiply(p: Product<'_>) -> Result<Vec<f32>> {
+    let (x, rows, w, outputs, columns) = (p.x, p.rows, p.w, p.outputs, p.columns);
     debug_assert_eq!(x.len(), rows * columns);
     let panel = panel_rows(outputs, columns);
     let mut product = vec![0.0f32; rows * outputs];

@@ -2,26 +2,33 @@
 //! rows are quantized once to 16-bit groups, and each weight row is dotted
 //! with them group by group in its own encoding (AVX2 where the CPU has it).
 
-use airllm_core::{BlockKind, Result};
+use airllm_core::{BlockKind, Result, StorageKind};
 
 use super::activations::{QuantizedRow, QuantizedRows};
-use super::{groups, over_output_tiles};
+use super::{groups, over_output_tiles, Product, ProductPath};
 
 /// Weight rows one call of the dot loop takes. Each task's run of outputs
 /// is rounded up to a multiple of it; SmolLM2's runs (48, 72, 192, 6144)
 /// already are.
 const TILE_OUTPUTS: usize = 8;
 
-/// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]` of whole
-/// blocks of `kind` (`bytes`); returns `[rows, outputs]`.
-pub fn product(
-    x: &[f32],
-    rows: usize,
-    kind: BlockKind,
-    bytes: &[u8],
-    outputs: usize,
-    columns: usize,
-) -> Result<Vec<f32>> {
+/// Activation rows quantized to 16-bit groups and dotted with block-quantized
+/// weights in integers; `None` for weights that are not blocks.
+pub struct Quantized;
+
+impl ProductPath for Quantized {
+    fn product(p: Product<'_>) -> Option<Result<Vec<f32>>> {
+        match p.w.kind {
+            StorageKind::Block(kind) => Some(multiply(p, kind)),
+            StorageKind::Dense(_) => None,
+        }
+    }
+}
+
+/// The product in integers, for weights of whole blocks of `kind`.
+fn multiply(p: Product<'_>, kind: BlockKind) -> Result<Vec<f32>> {
+    let (x, rows, outputs, columns) = (p.x, p.rows, p.outputs, p.columns);
+    let bytes = p.w.bytes.as_slice();
     let quantized = QuantizedRows::new(x, rows, columns);
     let activations: Vec<QuantizedRow<'_>> = (0..rows).map(|r| quantized.row(r)).collect();
     let row_bytes = columns / kind.block_len() * kind.block_bytes();

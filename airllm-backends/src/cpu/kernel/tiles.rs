@@ -6,38 +6,28 @@
 //! the weights nor the activations are ever transposed; the lanes are
 //! summed once per pair, after the last column. f32 weights are read where
 //! they lie, and bf16 and f16 weights are widened in registers as the kernel
-//! loads them: measured with `kernel_table -- crossover BF16` on an AMD EPYC
-//! (Zen 3, AVX2), `[576, 1536]`, that was ahead of decoding each tile into
-//! the buffer first at every row count from 1 to 48 (1 row: 32–45 µs
-//! against 70; 4: 87 against 119–125; 16: 280 against 340–360; 48: 865–926
-//! against 1016–1109), and level at 64.
+//! loads them (ahead of decoding each tile into the buffer first; see
+//! docs/kernel.md).
 //!
 //! Per vector of columns, the kernel loads one vector per activation row,
 //! then each of the `TILE_OUTPUTS` weight vectors in turn, and issues one
 //! FMA per pair: with four weight rows and six activation rows (AVX-512), 10
 //! loads feed 24 FMAs; with three activation rows (AVX2), 7 loads feed 12
 //! FMAs, and the 12 accumulators, 3 activation vectors and the weight
-//! vector fill the 16 registers. Loading the four weight vectors first, as
-//! an earlier version did, leaves no room for a third row (the compiler
-//! spills), and two rows keep only 8 accumulators, too few to hide the FMA
-//! latency: `kernel_table -- crossover BF16` on an AMD EPYC (Zen 3),
-//! `[576, 1536]`, went at 16 rows from 336–348 µs to 233–263, at 48 from
-//! 1089–1116 to 755–874.
+//! vector fill the 16 registers. Loading the four weight vectors first
+//! leaves no room for a third row (the compiler spills), and two rows keep
+//! only 8 accumulators, too few to hide the FMA latency.
 
 use airllm_core::{DType, HostTensor, Result, StorageKind};
 
-use super::{decode, f32_in_place, over_output_tiles, prefetch};
+use super::{decode, f32_in_place, over_output_tiles, prefetch, Product, ProductPath};
 
 /// Weight rows one micro-kernel call dots at once.
 pub const TILE_OUTPUTS: usize = 4;
 
 /// Tiles up to this many encoded bytes have the next tile prefetched while
-/// they are dotted. Measured on an AMD EPYC (Zen 3, AVX2), `airllm bench`
-/// of SmolLM2 in alternating runs: bf16 decode 47.9 -> 52.4 tokens/s
-/// (tiles of 4.6 KB), Q4_1 batch 16 204 -> 228; on `kernel_table -- table`'s
-/// `[8192, 2048]` (tiles of 16–32 KB) the burst of prefetches was slower
-/// (f32 at one row 2.3 -> 2.9 ms): rows that long the hardware prefetcher
-/// follows by itself.
+/// they are dotted; longer rows the hardware prefetcher follows by itself,
+/// and a burst of prefetches for them was slower (docs/kernel.md).
 const PREFETCH_MAX_TILE_BYTES: usize = 8192;
 
 /// The dtype in which the kernel reads `w`'s tiles as stored; `None` where
@@ -51,23 +41,27 @@ fn stored_dtype(w: &HostTensor) -> Option<DType> {
     }
 }
 
-/// Whether this CPU runs the tile kernel (the other paths serve it otherwise).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return x86::Kernel::widest().is_some();
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+/// The tile kernel, where the CPU has AVX2 (the other paths serve it
+/// otherwise).
+pub struct Tiles;
+
+impl ProductPath for Tiles {
+    fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return x86::Kernel::widest().is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+
+    fn product(p: Product<'_>) -> Option<Result<Vec<f32>>> {
+        multiply(p)
+    }
 }
 
-/// `x · wᵀ` for `x: [rows, columns]` and `w: [outputs, columns]`; returns
-/// `[rows, outputs]`, or `None` where the CPU lacks the instructions.
-pub fn product(
-    x: &[f32],
-    rows: usize,
-    w: &HostTensor,
-    outputs: usize,
-    columns: usize,
-) -> Option<Result<Vec<f32>>> {
+/// The product through tiles, or `None` where the CPU lacks the
+/// instructions.
+fn multiply(p: Product<'_>) -> Option<Result<Vec<f32>>> {
+    let (x, rows, w, outputs, columns) = (p.x, p.rows, p.w, p.outputs, p.columns);
     #[cfg(target_arch = "x86_64")]
     {
         let kernel = x86::Kernel::widest()?;
