@@ -3,7 +3,9 @@
 //! its builder and its synthetic config. The builders, and the tensor names
 //! they use, are in each family's own file.
 
-use airllm_core::family::{FamilyFiles, SpecialTokens, TiktokenHints, TokenizerHints};
+use airllm_core::family::{
+    FamilyFiles, GgufArchitecture, GgufNames, SpecialTokens, TiktokenHints, TokenizerHints,
+};
 use serde_json::json;
 
 use crate::llama_shaped::{gguf, PERMUTED_QK};
@@ -13,6 +15,7 @@ use crate::registry::{Family, Synthetic};
 /// Every family this build supports.
 pub static SUPPORTED: &[&Family] = &[
     &LLAMA, &QWEN2, &QWEN3, &QWEN3_MOE, &QWEN, &MISTRAL, &MIXTRAL, &CHATGLM, &BAICHUAN, &INTERNLM,
+    &INTERNLM2,
 ];
 
 /// Llama's descriptor.
@@ -171,3 +174,37 @@ pub static INTERNLM: Family = Family {
     }),
 };
 
+/// InternLM2's descriptor.
+pub static INTERNLM2: Family = Family {
+    files: FamilyFiles {
+        gguf: &[GgufArchitecture {
+            name: "internlm2",
+            experts: false,
+            implied: &[PERMUTED_QK[0], ("split_qkv", true)],
+            names: GgufNames {
+                global: &[
+                    ("model.tok_embeddings", "token_embd"),
+                    ("model.norm", "output_norm"),
+                    ("output", "output"),
+                ],
+                layer: &[
+                    ("attention_norm", "attn_norm"),
+                    ("attention.wq", "attn_q"),
+                    ("attention.wk", "attn_k"),
+                    ("attention.wv", "attn_v"),
+                    ("attention.wo", "attn_output"),
+                    ("ffn_norm", "ffn_norm"),
+                    ("feed_forward.w1", "ffn_gate"),
+                    ("feed_forward.w3", "ffn_up"),
+                    ("feed_forward.w2", "ffn_down"),
+                ],
+                experts: None,
+            },
+        }],
+        ..FamilyFiles::named(&["InternLM2ForCausalLM"], "internlm2")
+    },
+    build: crate::internlm2::from_config,
+    synthetic: Synthetic::Dense(|shape| {
+        shape.llama_config("InternLM2ForCausalLM", json!({"bias": false}))
+    }),
+};

@@ -1,6 +1,6 @@
 //! Model family adapters for airllm-rs. A family is one file with its
 //! builder ([`llama`], [`qwen2`], [`qwen3`], [`qwen`], [`mistral`],
-//! [`mixtral`], [`chatglm`], [`baichuan`], [`internlm`]):
+//! [`mixtral`], [`chatglm`], [`baichuan`], [`internlm`], [`internlm2`]):
 //! configuration and tensor names over shared blocks ([`blocks`]) assembled
 //! by the generic [`decoder::Decoder`]; the families with Llama's
 //! computation build through one shared builder (`llama_shaped`). Each has
@@ -18,6 +18,7 @@ pub mod config;
 pub mod decoder;
 pub mod descriptors;
 pub mod internlm;
+pub mod internlm2;
 pub mod llama;
 mod llama_shaped;
 pub mod mistral;

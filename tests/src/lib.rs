@@ -18,7 +18,7 @@ pub mod mutate;
 /// The fixture models the generators write: Hugging Face directories
 /// (`generate.py` for Llama, `generate_families.py` for the other families)
 /// and GGUF files (`generate_gguf.py`, names ending in `.gguf`).
-pub const FIXTURES: [&str; 21] = [
+pub const FIXTURES: [&str; 23] = [
     "llama-gqa",
     "llama-tied-bf16",
     "llama3-rope-sharded",
@@ -40,13 +40,16 @@ pub const FIXTURES: [&str; 21] = [
     "qwen3-dense.gguf",
     "qwen3-yarn.gguf",
     "internlm",
+    "internlm2",
+    "internlm2.gguf",
 ];
 
 /// Fixtures the wgpu run leaves out: on software Vulkan every fixture costs
 /// tens of seconds, and another fixture of the same family runs there.
-const NOT_ON_WGPU: [&str; 9] = [
+const NOT_ON_WGPU: [&str; 10] = [
     "baichuan2-rope",
     "internlm",
+    "internlm2.gguf",
     "qwen2-mixed.gguf",
     "mixtral-stacked.gguf",
     "mixtral-split.gguf",
