@@ -234,6 +234,136 @@ pub fn is_gguf(path: &Path) -> bool {
         .is_ok_and(|()| &magic == MAGIC)
 }
 
+/// A tensor's entry in the header: name, shape (outermost first), GGML
+/// type id and offset from the start of the data.
+struct TensorEntry {
+    name: String,
+    shape: Vec<usize>,
+    type_id: u32,
+    offset: u64,
+}
+
+impl Cursor<'_> {
+    /// The magic number, the version, and the tensor and metadata counts.
+    fn header(&mut self) -> Result<(u32, u64, u64)> {
+        let magic = self.array::<4>(&|| "the magic number".into())?;
+        if &magic != MAGIC {
+            return Err(self.bad(format!("it starts with {magic:?}, not \"GGUF\"")));
+        }
+        let version = self.u32(&|| "the version".into())?;
+        if !(2..=3).contains(&version) {
+            let detail = if version.swap_bytes() <= 3 {
+                "it is a big-endian GGUF; only little-endian files are read".to_string()
+            } else {
+                format!("it is GGUF version {version}; versions 2 and 3 are read (convert it again with a current llama.cpp)")
+            };
+            return Err(FormatError::UnsupportedGguf {
+                path: self.path.to_path_buf(),
+                detail,
+            });
+        }
+        let tensor_count = self.u64(&|| "the tensor count".into())?;
+        let kv_count = self.u64(&|| "the metadata count".into())?;
+        Ok((version, tensor_count, kv_count))
+    }
+
+    /// `count` metadata entries.
+    fn metadata(&mut self, count: u64) -> Result<BTreeMap<String, MetaValue>> {
+        let mut metadata = BTreeMap::new();
+        for index in 0..count {
+            let key = self.string(&|| format!("metadata key {index}"))?;
+            let what = || format!("metadata value `{key}`");
+            let type_id = self.u32(&what)?;
+            let value = self.value(type_id, &what)?;
+            metadata.insert(key, value);
+        }
+        Ok(metadata)
+    }
+
+    /// Up to `count` tensor entries (no more than the file has bytes).
+    fn tensor_entries(&mut self, count: u64) -> Result<Vec<TensorEntry>> {
+        let mut entries = Vec::new();
+        for index in 0..count.min(self.bytes.len() as u64) {
+            let name = self.string(&|| format!("the name of tensor {index}"))?;
+            let what = || format!("the info of tensor `{name}`");
+            let dims = self.u32(&what)?;
+            let mut shape = (0..dims)
+                .map(|_| self.u64(&what).map(|d| d as usize))
+                .collect::<Result<Vec<_>>>()?;
+            shape.reverse();
+            let type_id = self.u32(&what)?;
+            let offset = self.u64(&what)?;
+            entries.push(TensorEntry {
+                name,
+                shape,
+                type_id,
+                offset,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// The data alignment the metadata gives (32 by default).
+    fn alignment(&self, metadata: &BTreeMap<String, MetaValue>) -> Result<u64> {
+        match metadata.get("general.alignment") {
+            None => Ok(DEFAULT_ALIGNMENT),
+            Some(value) => value
+                .as_u64()
+                .filter(|a| a.is_power_of_two())
+                .ok_or_else(|| {
+                    self.bad(format!(
+                        "general.alignment is {value:?}, not a power of two"
+                    ))
+                }),
+        }
+    }
+
+    /// `entry` placed in the file: its encoding and byte range, checked to
+    /// hold its shape and to lie inside the file, aligned.
+    fn place(&self, entry: TensorEntry, data_start: u64, alignment: u64) -> Result<GgufTensor> {
+        let TensorEntry {
+            name,
+            shape,
+            type_id,
+            offset,
+        } = entry;
+        let file_len = self.bytes.len() as u64;
+        let (kind, type_name) = ggml_type(type_id);
+        let kind = kind.ok_or_else(|| FormatError::UnsupportedGguf {
+            path: self.path.to_path_buf(),
+            detail: format!(
+                "tensor `{name}` has GGML type {type_id} ({type_name}), which airllm does not read; supported: {READABLE_TYPES}"
+            ),
+        })?;
+        let elements = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= file_len as usize * 8);
+        let row = shape.last().copied().unwrap_or(1);
+        let bytes = elements
+            .filter(|_| row % kind.granule() == 0)
+            .and_then(|n| kind.encoded_bytes(n))
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "tensor `{name}` of shape {shape:?} cannot be stored as {type_name}"
+                ))
+            })? as u64;
+        let start = data_start.saturating_add(offset);
+        let end = start.saturating_add(bytes);
+        if offset % alignment != 0 || end > file_len {
+            return Err(self.bad(format!(
+                "tensor `{name}`'s data (bytes {start}..{end}) runs past the end of the {file_len}-byte file or is misaligned"
+            )));
+        }
+        Ok(GgufTensor {
+            name,
+            kind,
+            shape,
+            range: start as usize..end as usize,
+        })
+    }
+}
+
 impl GgufFile {
     /// Parses the header, metadata and tensor infos of `path` and checks
     /// that every tensor's data lies inside the file.
@@ -246,94 +376,15 @@ impl GgufFile {
             at: 0,
             path,
         };
-        let magic = cursor.array::<4>(&|| "the magic number".into())?;
-        if &magic != MAGIC {
-            return Err(cursor.bad(format!("it starts with {magic:?}, not \"GGUF\"")));
-        }
-        let version = cursor.u32(&|| "the version".into())?;
-        if !(2..=3).contains(&version) {
-            let detail = if version.swap_bytes() <= 3 {
-                "it is a big-endian GGUF; only little-endian files are read".to_string()
-            } else {
-                format!("it is GGUF version {version}; versions 2 and 3 are read (convert it again with a current llama.cpp)")
-            };
-            return Err(FormatError::UnsupportedGguf {
-                path: path.to_path_buf(),
-                detail,
-            });
-        }
-        let tensor_count = cursor.u64(&|| "the tensor count".into())?;
-        let kv_count = cursor.u64(&|| "the metadata count".into())?;
-        let mut metadata = BTreeMap::new();
-        for index in 0..kv_count {
-            let key = cursor.string(&|| format!("metadata key {index}"))?;
-            let what = || format!("metadata value `{key}`");
-            let type_id = cursor.u32(&what)?;
-            let value = cursor.value(type_id, &what)?;
-            metadata.insert(key, value);
-        }
-        let mut infos = Vec::new();
-        for index in 0..tensor_count.min(map.len() as u64) {
-            let name = cursor.string(&|| format!("the name of tensor {index}"))?;
-            let what = || format!("the info of tensor `{name}`");
-            let dims = cursor.u32(&what)?;
-            let mut shape = (0..dims)
-                .map(|_| cursor.u64(&what).map(|d| d as usize))
-                .collect::<Result<Vec<_>>>()?;
-            shape.reverse();
-            let type_id = cursor.u32(&what)?;
-            let offset = cursor.u64(&what)?;
-            infos.push((name, shape, type_id, offset));
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(value) => value
-                .as_u64()
-                .filter(|a| a.is_power_of_two())
-                .ok_or_else(|| {
-                    cursor.bad(format!(
-                        "general.alignment is {value:?}, not a power of two"
-                    ))
-                })?,
-        };
+        let (version, tensor_count, kv_count) = cursor.header()?;
+        let metadata = cursor.metadata(kv_count)?;
+        let entries = cursor.tensor_entries(tensor_count)?;
+        let alignment = cursor.alignment(&metadata)?;
         let data_start = (cursor.at as u64).div_ceil(alignment) * alignment;
-        let file_len = map.len() as u64;
-        let mut tensors = Vec::with_capacity(infos.len());
-        for (name, shape, type_id, offset) in infos {
-            let (kind, type_name) = ggml_type(type_id);
-            let kind = kind.ok_or_else(|| FormatError::UnsupportedGguf {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "tensor `{name}` has GGML type {type_id} ({type_name}), which airllm does not read; supported: {READABLE_TYPES}"
-                ),
-            })?;
-            let elements = shape
-                .iter()
-                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .filter(|&n| n <= file_len as usize * 8);
-            let row = shape.last().copied().unwrap_or(1);
-            let bytes = elements
-                .filter(|_| row % kind.granule() == 0)
-                .and_then(|n| kind.encoded_bytes(n))
-                .ok_or_else(|| {
-                    cursor.bad(format!(
-                        "tensor `{name}` of shape {shape:?} cannot be stored as {type_name}"
-                    ))
-                })? as u64;
-            let start = data_start.saturating_add(offset);
-            let end = start.saturating_add(bytes);
-            if offset % alignment != 0 || end > file_len {
-                return Err(cursor.bad(format!(
-                    "tensor `{name}`'s data (bytes {start}..{end}) runs past the end of the {file_len}-byte file or is misaligned"
-                )));
-            }
-            tensors.push(GgufTensor {
-                name,
-                kind,
-                shape,
-                range: start as usize..end as usize,
-            });
-        }
+        let tensors = entries
+            .into_iter()
+            .map(|entry| cursor.place(entry, data_start, alignment))
+            .collect::<Result<Vec<_>>>()?;
         if tensors.len() as u64 != tensor_count {
             return Err(cursor.bad(format!(
                 "it claims {tensor_count} tensors, more than the file can hold"

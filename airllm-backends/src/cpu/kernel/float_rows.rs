@@ -7,8 +7,8 @@ use airllm_core::{dequant, BlockKind, HostTensor, Result, StorageKind};
 use super::{decode, over_outputs, prefetch, Product};
 
 /// How far past the end of the weight row being dotted the weights are
-/// prefetched, in bytes (see the integer path's `PREFETCH_AHEAD`): SmolLM2's
-/// bf16 decode went from 29 to 36 tokens/s, the same at 2 and 4 KiB.
+/// prefetched, in bytes (see the integer path's `PREFETCH_AHEAD`; the gain
+/// is in docs/kernel.md).
 const PREFETCH_AHEAD: usize = 4096;
 
 /// Each weight row decoded once and dotted with every activation row in
