@@ -49,8 +49,13 @@ impl GgufFamily {
             .find(|e| e.gguf.name == name && e.gguf.experts == experts)
             .or_else(|| entries().find(|e| e.gguf.name == name))
             .ok_or_else(|| {
-                let mut supported: Vec<&str> = entries().map(|e| e.gguf.name).collect();
-                supported.dedup();
+                // `llama` loads as Llama and, with experts, as Mixtral: named once.
+                let mut supported: Vec<&str> = Vec::new();
+                for entry in entries() {
+                    if !supported.contains(&entry.gguf.name) {
+                        supported.push(entry.gguf.name);
+                    }
+                }
                 FormatError::UnsupportedGguf {
                     path: file.path.clone(),
                     detail: format!(
