@@ -11,14 +11,18 @@
 //! where one path overtakes another. Names after `crossover` (`Q4_1`,
 //! `BF16`, ...) keep only those encodings.
 //!
+//! `... -- widen`: the host widening that feeds wgpu and cuda
+//! (`BurnBackend::stage`, on the reader thread) of a `[8192, 2048]` matrix in
+//! bf16, f16 and every block kind, in ms and GB/s of f32 written.
+//!
 //! Threads: a rayon pool of `RAYON_NUM_THREADS` (default: every CPU); the
 //! calls of both modes are made from inside it, as the engine makes them.
 use std::sync::Arc;
 use std::time::Instant;
 
 use airllm_backends::cpu::kernel::{linear, linear_on, KernelPath};
-use airllm_backends::Activations;
-use airllm_core::{BlockKind, DType, HostBytes, HostTensor, StorageKind};
+use airllm_backends::{Activations, BurnBackend};
+use airllm_core::{BlockKind, ComputeBackend, DType, HostBytes, HostTensor, StorageKind};
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::{Tensor, TensorData};
 
@@ -170,11 +174,29 @@ fn crossover() {
     }
 }
 
+fn widen() {
+    let (n, k) = (8192, 2048);
+    let backend = BurnBackend::<Flex>::new(FlexDevice, "flex".into());
+    let kinds = [DType::BF16, DType::F16]
+        .map(StorageKind::Dense)
+        .into_iter()
+        .chain(BlockKind::ALL.map(StorageKind::Block));
+    for kind in kinds {
+        let w = matrix(kind, n, k);
+        let ms = time_ms(|| {
+            std::hint::black_box(backend.stage(&w).unwrap());
+        });
+        let gb_per_s = (n * k * 4) as f64 / ms / 1e6;
+        println!("{{\"weights\":\"{kind}\",\"stage_ms\":{ms:.2},\"f32_gb_per_s\":{gb_per_s:.2}}}");
+    }
+}
+
 fn main() {
     let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
     match std::env::args().nth(1).as_deref() {
         Some("crossover") => pool.install(crossover),
+        Some("widen") => widen(),
         Some("table") | None => pool.install(table),
-        Some(other) => eprintln!("unknown mode `{other}`; use table or crossover"),
+        Some(other) => eprintln!("unknown mode `{other}`; use table, crossover or widen"),
     }
 }

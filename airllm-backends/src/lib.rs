@@ -1,18 +1,19 @@
 //! Compute devices for airllm-rs: burn backends behind Cargo features —
 //! `cpu` (burn's flex, the default), `ndarray`, `wgpu`, `cuda` — and the
 //! run-time choice among those compiled in (`--device cpu|ndarray|wgpu|cuda[:N]`).
+//! The cpu kernel ([`cpu::kernel`]) is built with every feature: it also
+//! decodes the weights that other devices upload widened.
 //!
 //! This crate owns device selection and device-specific operations; it must
 //! not read model files or know model families.
 
-#[cfg(feature = "cpu")]
 pub mod cpu;
 mod pool;
 
 use std::str::FromStr;
 use std::sync::Arc;
 
-use airllm_core::{ComputeBackend, ComputeDType, Error, Result};
+use airllm_core::{ComputeBackend, ComputeDType, Error, HostTensor, Result, StagedTensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::Device;
 
@@ -106,6 +107,16 @@ impl<B: Backend> ComputeBackend<B> for BurnBackend<B> {
         // can be staged for it.
         airllm_core::memory::default_host_budget()
     }
+
+    fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {
+        stage_widened(tensor)
+    }
+}
+
+/// `tensor` widened to f32 for upload by the cpu kernel's decoding (vector
+/// code where the CPU has it, the same values as the portable decoding).
+pub(crate) fn stage_widened(tensor: &HostTensor) -> Result<StagedTensor> {
+    Ok(StagedTensor::decoded(tensor, cpu::kernel::widen(tensor)?))
 }
 
 /// How precisely the cpu backend's linear op multiplies activations with

@@ -49,12 +49,19 @@ pub enum StagedTensor {
 }
 
 impl StagedTensor {
-    /// Decodes `tensor` to f32 data.
+    /// Decodes `tensor` to f32 data with the portable decoding
+    /// ([`HostTensor::to_f32`]).
     pub fn decode(tensor: &HostTensor) -> Result<Self> {
-        Ok(StagedTensor::Decoded {
+        Ok(StagedTensor::decoded(tensor, tensor.to_f32()?))
+    }
+
+    /// `values`, the f32 values of `tensor` as a backend decoded them (with
+    /// its own vector code, say), under the tensor's name and shape.
+    pub fn decoded(tensor: &HostTensor, values: Vec<f32>) -> Self {
+        StagedTensor::Decoded {
             name: tensor.name.clone(),
-            data: TensorData::new(tensor.to_f32()?, tensor.shape.clone()),
-        })
+            data: TensorData::new(values, tensor.shape.clone()),
+        }
     }
 }
 
@@ -185,7 +192,8 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
     }
 
     /// Prepares a host tensor for upload; runs on the reader thread. By
-    /// default every tensor is decoded to f32 here.
+    /// default every tensor is decoded to f32 here, by the portable decoding
+    /// (a backend with vector decoding overrides it).
     fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {
         StagedTensor::decode(tensor)
     }

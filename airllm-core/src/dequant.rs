@@ -3,51 +3,12 @@
 //!
 //! Every function takes whole blocks (`bytes.len()` a multiple of the kind's
 //! block bytes) and writes `block_len` values per block into `out`.
+//!
+//! Portable code only, as everything in this crate: the vector decoding and
+//! the dots on the blocks belong to the cpu kernel (`airllm-backends`,
+//! `cpu/kernel/`), which the host widening for other devices calls too.
 
 use crate::BlockKind;
-
-/// Decodes whole blocks of `kind` from `bytes` into `out`
-/// (`out.len() == bytes.len() / block_bytes * block_len`). The 32-value
-/// kinds models use most have AVX2 versions that give the same values.
-pub fn dequantize(kind: BlockKind, bytes: &[u8], out: &mut [f32]) {
-    debug_assert_eq!(
-        bytes.len() / kind.block_bytes() * kind.block_len(),
-        out.len()
-    );
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        let done = match kind {
-            // SAFETY (all three): the CPU supports AVX2, checked just above.
-            BlockKind::Q8_0 => unsafe { simd::q8_0(bytes, out) },
-            BlockKind::Q4_0 => unsafe { simd::q4(bytes, out, 2, Some(-8.0)) },
-            BlockKind::Q4_1 => unsafe { simd::q4(bytes, out, 4, None) },
-            _ => false,
-        };
-        if done {
-            return;
-        }
-    }
-    dequantize_with(kind, bytes, out);
-}
-
-/// `x · row` for a row of whole blocks of `kind` (`x.len()` values), without
-/// decoding the row first: per block, the scale times the dot of the raw
-/// quants with `x` (plus the block's min times the sum of `x`). `None` for
-/// kinds or CPUs without a fused version (decode the row instead).
-pub fn dot(kind: BlockKind, row: &[u8], x: &[f32]) -> Option<f32> {
-    debug_assert_eq!(row.len() / kind.block_bytes() * kind.block_len(), x.len());
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY (all three): the CPU supports AVX2 and FMA, checked just above.
-        return match kind {
-            BlockKind::Q8_0 => Some(unsafe { simd::q8_0_dot(row, x) }),
-            BlockKind::Q4_0 => Some(unsafe { simd::q4_dot(row, x, 2, Some(-8.0)) }),
-            BlockKind::Q4_1 => Some(unsafe { simd::q4_dot(row, x, 4, None) }),
-            _ => None,
-        };
-    }
-    None
-}
 
 /// Decodes each block with `$decode` (a direct call, which inlines).
 macro_rules! each_block {
@@ -61,7 +22,14 @@ macro_rules! each_block {
     };
 }
 
-fn dequantize_with(kind: BlockKind, bytes: &[u8], out: &mut [f32]) {
+/// Decodes whole blocks of `kind` from `bytes` into `out`
+/// (`out.len() == bytes.len() / block_bytes * block_len`). Portable code;
+/// the cpu kernel's vector decoding gives the same values bit for bit.
+pub fn dequantize(kind: BlockKind, bytes: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(
+        bytes.len() / kind.block_bytes() * kind.block_len(),
+        out.len()
+    );
     match kind {
         BlockKind::Q8_0 => each_block!(bytes, out, q8_0, 34, 32),
         BlockKind::Q4_0 => each_block!(bytes, out, q4_0, 18, 32),
@@ -265,119 +233,6 @@ fn q6_k(block: &[u8; 210], out: &mut [f32; 256]) {
     }
 }
 
-/// AVX2 versions: the same arithmetic (a multiply, then an add; no fused
-/// multiply-add), so the values equal the portable code's bit for bit.
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    use std::arch::x86_64::*;
-
-    use super::f16_at;
-
-    /// The low eight bytes of `bytes` widened to eight f32 values (signed or not).
-    #[inline(always)]
-    unsafe fn widen(bytes: __m128i, signed: bool) -> __m256 {
-        let ints = match signed {
-            true => _mm256_cvtepi8_epi32(bytes),
-            false => _mm256_cvtepu8_epi32(bytes),
-        };
-        _mm256_cvtepi32_ps(ints)
-    }
-
-    /// Q8_0: `d · q`. Returns true (it handles every Q8_0 input).
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn q8_0(bytes: &[u8], out: &mut [f32]) -> bool {
-        for (block, values) in bytes.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-            let d = _mm256_set1_ps(f16_at(block, 0));
-            for part in 0..4 {
-                let q = _mm_loadl_epi64(block.as_ptr().add(2 + 8 * part) as *const __m128i);
-                let v = _mm256_mul_ps(widen(q, true), d);
-                _mm256_storeu_ps(values.as_mut_ptr().add(8 * part), v);
-            }
-        }
-        true
-    }
-
-    /// The sum of the eight lanes of `v`.
-    #[inline(always)]
-    unsafe fn sum_lanes(v: __m256) -> f32 {
-        let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
-    }
-
-    /// The 32 quants of a 4-bit block (16 bytes at `at`), as four vectors of
-    /// eight values each (values 0–7, 8–15, 16–23, 24–31).
-    #[inline(always)]
-    unsafe fn nibbles(block: &[u8], at: usize) -> [__m256; 4] {
-        let mask = _mm_set1_epi8(0x0F);
-        let q = _mm_loadu_si128(block.as_ptr().add(at) as *const __m128i);
-        let low = _mm_and_si128(q, mask);
-        let high = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-        [
-            widen(low, false),
-            widen(_mm_srli_si128(low, 8), false),
-            widen(high, false),
-            widen(_mm_srli_si128(high, 8), false),
-        ]
-    }
-
-    /// `x · row` for Q8_0 blocks.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn q8_0_dot(row: &[u8], x: &[f32]) -> f32 {
-        let mut total = _mm256_setzero_ps();
-        for (block, xs) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
-            let mut acc = _mm256_setzero_ps();
-            for part in 0..4 {
-                let q = _mm_loadl_epi64(block.as_ptr().add(2 + 8 * part) as *const __m128i);
-                let xv = _mm256_loadu_ps(xs.as_ptr().add(8 * part));
-                acc = _mm256_fmadd_ps(widen(q, true), xv, acc);
-            }
-            total = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(block, 0)), acc, total);
-        }
-        sum_lanes(total)
-    }
-
-    /// `x · row` for Q4_0 (`offset` −8) and Q4_1 (a min after the scale)
-    /// blocks whose nibbles start at byte `start`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn q4_dot(row: &[u8], x: &[f32], start: usize, offset: Option<f32>) -> f32 {
-        let mut total = _mm256_setzero_ps();
-        let mut mins = _mm256_setzero_ps();
-        let shift = _mm256_set1_ps(offset.unwrap_or(0.0));
-        for (block, xs) in row.chunks_exact(start + 16).zip(x.chunks_exact(32)) {
-            let mut acc = _mm256_setzero_ps();
-            let mut x_sum = _mm256_setzero_ps();
-            for (part, q) in nibbles(block, start).into_iter().enumerate() {
-                let xv = _mm256_loadu_ps(xs.as_ptr().add(8 * part));
-                acc = _mm256_fmadd_ps(_mm256_add_ps(q, shift), xv, acc);
-                x_sum = _mm256_add_ps(x_sum, xv);
-            }
-            total = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(block, 0)), acc, total);
-            if offset.is_none() {
-                mins = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(block, 2)), x_sum, mins);
-            }
-        }
-        sum_lanes(_mm256_add_ps(total, mins))
-    }
-
-    /// Q4_0 (`offset` −8: `d · (q − 8)`) and Q4_1 (`m` after `d`:
-    /// `d · q + m`); the nibbles start at byte `start` of each block.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn q4(bytes: &[u8], out: &mut [f32], start: usize, offset: Option<f32>) -> bool {
-        for (block, values) in bytes.chunks_exact(start + 16).zip(out.chunks_exact_mut(32)) {
-            let d = _mm256_set1_ps(f16_at(block, 0));
-            for (part, q) in nibbles(block, start).into_iter().enumerate() {
-                let v = match offset {
-                    Some(offset) => _mm256_mul_ps(_mm256_add_ps(q, _mm256_set1_ps(offset)), d),
-                    None => _mm256_add_ps(_mm256_mul_ps(q, d), _mm256_set1_ps(f16_at(block, 2))),
-                };
-                _mm256_storeu_ps(values.as_mut_ptr().add(8 * part), v);
-            }
-        }
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,51 +246,6 @@ mod tests {
                 ours.to_bits() == expected.to_bits() || (ours.is_nan() && expected.is_nan()),
                 "{bits:#06x}: {ours} vs {expected}"
             );
-        }
-    }
-
-    #[test]
-    fn simd_and_portable_decoding_agree() {
-        let bytes: Vec<u8> = (0..20 * 34 * 18).map(|i| (i * 7919 % 251) as u8).collect();
-        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1] {
-            let size = kind.block_bytes();
-            let mut blocks = bytes[..size * 20].to_vec();
-            for block in blocks.chunks_exact_mut(size) {
-                block[..2].copy_from_slice(&half::f16::from_f32(0.37).to_bits().to_le_bytes());
-            }
-            let mut fast = vec![0.0; 20 * 32];
-            let mut portable = vec![0.0; 20 * 32];
-            dequantize(kind, &blocks, &mut fast);
-            dequantize_with(kind, &blocks, &mut portable);
-            assert_eq!(fast, portable, "{kind:?}");
-        }
-    }
-
-    #[test]
-    fn fused_dot_equals_decode_then_dot() {
-        let bytes: Vec<u8> = (0..20 * 8)
-            .flat_map(|i: u32| i.wrapping_mul(2654435761).to_le_bytes())
-            .collect();
-        let x: Vec<f32> = (0..8 * 32)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-            .collect();
-        for kind in [BlockKind::Q8_0, BlockKind::Q4_0, BlockKind::Q4_1] {
-            let mut row = bytes[..kind.block_bytes() * 8].to_vec();
-            for block in row.chunks_exact_mut(kind.block_bytes()) {
-                block[..2].copy_from_slice(&half::f16::from_f32(0.05).to_bits().to_le_bytes());
-                if kind == BlockKind::Q4_1 {
-                    block[2..4].copy_from_slice(&half::f16::from_f32(-0.3).to_bits().to_le_bytes());
-                }
-            }
-            let mut values = vec![0.0; x.len()];
-            dequantize(kind, &row, &mut values);
-            let expected: f32 = values.iter().zip(&x).map(|(v, x)| v * x).sum();
-            if let Some(fused) = dot(kind, &row, &x) {
-                assert!(
-                    (fused - expected).abs() <= 1e-4 * expected.abs().max(1.0),
-                    "{kind:?}: {fused} vs {expected}"
-                );
-            }
         }
     }
 

@@ -60,6 +60,18 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
+    /// Every block kind, in declaration order.
+    pub const ALL: [BlockKind; 8] = [
+        BlockKind::Q8_0,
+        BlockKind::Q4_0,
+        BlockKind::Q4_1,
+        BlockKind::Q5_0,
+        BlockKind::Q5_1,
+        BlockKind::Q4_K,
+        BlockKind::Q5_K,
+        BlockKind::Q6_K,
+    ];
+
     /// Values per block.
     pub fn block_len(self) -> usize {
         match self {

@@ -50,6 +50,7 @@ pub unsafe fn transpose_16x16(rows: &mut [std::arch::x86_64::__m512; 16]) {
 ///
 /// # Safety
 /// The CPU has AVX.
+#[cfg(feature = "cpu")]
 #[inline]
 #[target_feature(enable = "avx")]
 pub unsafe fn transpose_8x8(rows: &mut [std::arch::x86_64::__m256; 8]) {

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use airllm_core::{BlockKind, DType};
 
 use super::activations::{QuantizedRow, GROUP};
-use super::ProductColumns;
+use super::{ProductColumns, Rounding};
 use airllm_core::dequant::scale_min_k4;
 
 const PREFETCH_AHEAD: usize = 2048;
@@ -601,10 +601,16 @@ impl<'a> RowDots<'a> {
 }
 
 /// Decodes the whole blocks of `kind` in `bytes` into `out` (one value per
-/// weight, `quant · scale + min` as GGML's reference decoding, rounded
-/// once by the FMA) at 512 bits (`wide`) or 256; false where the CPU lacks
+/// weight, `quant · scale + min` as GGML's reference decoding, rounded as
+/// `rounding` says) at 512 bits (`wide`) or 256; false where the CPU lacks
 /// the instructions or `out` does not hold the blocks' values.
-pub fn decode_blocks_at(kind: BlockKind, bytes: &[u8], out: &mut [f32], wide: bool) -> bool {
+pub fn decode_blocks_at(
+    kind: BlockKind,
+    bytes: &[u8],
+    out: &mut [f32],
+    wide: bool,
+    rounding: Rounding,
+) -> bool {
     let supported = if wide { wide_available() } else { available() };
     if !supported || !bytes.len().is_multiple_of(kind.block_bytes()) {
         return false;
@@ -613,14 +619,14 @@ pub fn decode_blocks_at(kind: BlockKind, bytes: &[u8], out: &mut [f32], wide: bo
         return false;
     }
     let decode = match kind {
-        BlockKind::Q8_0 => decoder::<Q8_0>(wide),
-        BlockKind::Q4_0 => decoder::<Q4_0>(wide),
-        BlockKind::Q4_1 => decoder::<Q4_1>(wide),
-        BlockKind::Q5_0 => decoder::<Q5_0>(wide),
-        BlockKind::Q5_1 => decoder::<Q5_1>(wide),
-        BlockKind::Q4_K => decoder::<Q4K>(wide),
-        BlockKind::Q5_K => decoder::<Q5K>(wide),
-        BlockKind::Q6_K => decoder::<Q6K>(wide),
+        BlockKind::Q8_0 => decoder::<Q8_0>(wide, rounding),
+        BlockKind::Q4_0 => decoder::<Q4_0>(wide, rounding),
+        BlockKind::Q4_1 => decoder::<Q4_1>(wide, rounding),
+        BlockKind::Q5_0 => decoder::<Q5_0>(wide, rounding),
+        BlockKind::Q5_1 => decoder::<Q5_1>(wide, rounding),
+        BlockKind::Q4_K => decoder::<Q4K>(wide, rounding),
+        BlockKind::Q5_K => decoder::<Q5K>(wide, rounding),
+        BlockKind::Q6_K => decoder::<Q6K>(wide, rounding),
     };
     // SAFETY: the CPU has the width's instructions (checked above), and
     // `out` holds a value for every weight of the whole blocks in `bytes`.
@@ -629,8 +635,8 @@ pub fn decode_blocks_at(kind: BlockKind, bytes: &[u8], out: &mut [f32], wide: bo
 }
 
 /// [`decode_blocks_at`] at the widest vectors this CPU has.
-pub fn decode_blocks(kind: BlockKind, bytes: &[u8], out: &mut [f32]) -> bool {
-    decode_blocks_at(kind, bytes, out, wide_available())
+pub fn decode_blocks(kind: BlockKind, bytes: &[u8], out: &mut [f32], rounding: Rounding) -> bool {
+    decode_blocks_at(kind, bytes, out, wide_available(), rounding)
 }
 
 /// Widens the bf16 or f16 values in `bytes` into `out` (two bytes a value,
@@ -678,16 +684,47 @@ unsafe fn widen_f16(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The decoding loop of `K` at 512 bits (`wide`) or 256.
-fn decoder<K: Groups>(wide: bool) -> unsafe fn(&[u8], &mut [f32]) {
-    match wide {
-        true => decode_blocks_avx512::<K>,
-        false => decode_blocks_avx2::<K>,
+/// The decoding loop of `K` at 512 bits (`wide`) or 256, rounding as `rounding` says.
+fn decoder<K: Groups>(wide: bool, rounding: Rounding) -> unsafe fn(&[u8], &mut [f32]) {
+    match (wide, rounding) {
+        (true, Rounding::Fused) => decode_blocks_avx512::<K, true>,
+        (true, Rounding::Portable) => decode_blocks_avx512::<K, false>,
+        (false, Rounding::Fused) => decode_blocks_avx2::<K, true>,
+        (false, Rounding::Portable) => decode_blocks_avx2::<K, false>,
+    }
+}
+
+/// `q · scale + min`: one FMA (`FUSED`), else a multiply and, where `K`
+/// has a minimum, an add, rounded as the portable decoding rounds.
+#[inline(always)]
+unsafe fn affine_256<K: Groups, const FUSED: bool>(
+    q: __m256,
+    scale: __m256,
+    min: __m256,
+) -> __m256 {
+    match (FUSED, K::HAS_MIN) {
+        (true, _) => _mm256_fmadd_ps(q, scale, min),
+        (false, true) => _mm256_add_ps(_mm256_mul_ps(q, scale), min),
+        (false, false) => _mm256_mul_ps(q, scale),
+    }
+}
+
+/// [`affine_256`] at 512 bits.
+#[inline(always)]
+unsafe fn affine_512<K: Groups, const FUSED: bool>(
+    q: __m512,
+    scale: __m512,
+    min: __m512,
+) -> __m512 {
+    match (FUSED, K::HAS_MIN) {
+        (true, _) => _mm512_fmadd_ps(q, scale, min),
+        (false, true) => _mm512_add_ps(_mm512_mul_ps(q, scale), min),
+        (false, false) => _mm512_mul_ps(q, scale),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode_blocks_avx2<K: Groups>(bytes: &[u8], out: &mut [f32]) {
+unsafe fn decode_blocks_avx2<K: Groups, const FUSED: bool>(bytes: &[u8], out: &mut [f32]) {
     let groups = bytes.len() / K::BLOCK_BYTES * K::GROUPS;
     for at in 0..groups {
         let block = bytes.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
@@ -701,14 +738,17 @@ unsafe fn decode_blocks_avx2<K: Groups>(bytes: &[u8], out: &mut [f32]) {
             let scale = _mm256_set1_ps(scales[half]);
             let low = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
             let high = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(bytes)));
-            _mm256_storeu_ps(to.add(16 * half), _mm256_fmadd_ps(low, scale, min));
-            _mm256_storeu_ps(to.add(16 * half + 8), _mm256_fmadd_ps(high, scale, min));
+            _mm256_storeu_ps(to.add(16 * half), affine_256::<K, FUSED>(low, scale, min));
+            _mm256_storeu_ps(
+                to.add(16 * half + 8),
+                affine_256::<K, FUSED>(high, scale, min),
+            );
         }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-unsafe fn decode_blocks_avx512<K: Groups>(bytes: &[u8], out: &mut [f32]) {
+unsafe fn decode_blocks_avx512<K: Groups, const FUSED: bool>(bytes: &[u8], out: &mut [f32]) {
     let groups = bytes.len() / K::BLOCK_BYTES * K::GROUPS;
     for at in 0..groups {
         let block = bytes.as_ptr().add(at / K::GROUPS * K::BLOCK_BYTES);
@@ -717,11 +757,9 @@ unsafe fn decode_blocks_avx512<K: Groups>(bytes: &[u8], out: &mut [f32]) {
         let second = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
         let min = _mm512_set1_ps(min);
         let to = out.as_mut_ptr().add(at * GROUP);
-        _mm512_storeu_ps(to, _mm512_fmadd_ps(first, _mm512_set1_ps(scales[0]), min));
-        _mm512_storeu_ps(
-            to.add(16),
-            _mm512_fmadd_ps(second, _mm512_set1_ps(scales[1]), min),
-        );
+        let (low, high) = (_mm512_set1_ps(scales[0]), _mm512_set1_ps(scales[1]));
+        _mm512_storeu_ps(to, affine_512::<K, FUSED>(first, low, min));
+        _mm512_storeu_ps(to.add(16), affine_512::<K, FUSED>(second, high, min));
     }
 }
 

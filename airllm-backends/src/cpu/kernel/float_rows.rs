@@ -1,8 +1,8 @@
-//! One or two activation rows in f32 against a weight matrix in its stored
-//! encoding: each weight row is widened once into a small buffer (or, for
-//! Q8_0, Q4_0 and Q4_1, dotted in its blocks) and dotted with every input row.
+//! Few activation rows in f32 against a weight matrix in its stored
+//! encoding, on CPUs without the tile kernel: each weight row is widened once
+//! into a small buffer and dotted with every input row.
 
-use airllm_core::{dequant, BlockKind, HostTensor, Result, StorageKind};
+use airllm_core::Result;
 
 use super::{decode, over_outputs, prefetch, Product};
 
@@ -15,10 +15,6 @@ const PREFETCH_AHEAD: usize = 4096;
 /// f32: every CPU, every encoding.
 pub(super) fn multiply(p: Product<'_>) -> Result<Vec<f32>> {
     let (x, rows, w, outputs, columns) = (p.x, p.rows, p.w, p.outputs, p.columns);
-    let fused = match w.kind {
-        StorageKind::Block(kind) => Some(kind),
-        StorageKind::Dense(_) => None,
-    };
     let bytes = w.bytes.as_slice();
     // `linear_on` checked that whole rows of `columns` values fit the encoding.
     let row_bytes = w.kind.encoded_bytes(columns).unwrap_or(0);
@@ -29,37 +25,11 @@ pub(super) fn multiply(p: Product<'_>) -> Result<Vec<f32>> {
         |row, index, out| {
             let ahead = (index + 1) * row_bytes + PREFETCH_AHEAD;
             prefetch(&bytes[ahead.min(bytes.len())..(ahead + row_bytes).min(bytes.len())]);
-            if let Some(kind) = fused {
-                if fused_dots(kind, w, index, columns, x, out) {
-                    return Ok(());
-                }
-            }
             decode(w, index * columns, row)?;
             dot_rows(x, row, out);
             Ok(())
         },
     )
-}
-
-/// `out[r] = x[r] · w[index]` computed on the encoded blocks of weight row
-/// `index`; false where the kind has no fused dot on this CPU.
-fn fused_dots(
-    kind: BlockKind,
-    w: &HostTensor,
-    index: usize,
-    columns: usize,
-    x: &[f32],
-    out: &mut [f32],
-) -> bool {
-    let row_bytes = columns / kind.block_len() * kind.block_bytes();
-    let row = &w.bytes.as_slice()[index * row_bytes..(index + 1) * row_bytes];
-    for (r, value) in out.iter_mut().enumerate() {
-        match dequant::dot(kind, row, &x[r * columns..(r + 1) * columns]) {
-            Some(dot) => *value = dot,
-            None => return false,
-        }
-    }
-    true
 }
 
 /// `out[r] = x[r] · row` for every row `r` of `x` (`out.len()` rows of

@@ -253,12 +253,38 @@ fn f32_in_place(w: &HostTensor) -> Option<&[f32]> {
     }
 }
 
+/// How the vector decoding rounds `quant · scale + min` (block kinds with
+/// a minimum: Q4_1, Q5_1, Q4_K, Q5_K; the others round once either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Once, by an FMA: the kernel's own products. The separate add costs
+    /// those kinds' decoding about a tenth more time (docs/kernel.md).
+    Fused,
+    /// After the multiply and again after the add, as the portable
+    /// decoding (`airllm_core::dequant`) rounds: its values bit for bit.
+    Portable,
+}
+
+/// Every value of `w` widened to f32, the portable decoding's values at the
+/// vector code's speed: the host widening for devices that compute in f32
+/// (`BurnBackend::stage`).
+pub fn widen(w: &HostTensor) -> Result<Vec<f32>> {
+    let mut out = vec![0.0; w.elements()];
+    decode_rounded(w, 0, &mut out, Rounding::Portable)?;
+    Ok(out)
+}
+
+/// [`decode_rounded`] with the kernel's rounding ([`Rounding::Fused`]).
+fn decode(w: &HostTensor, start: usize, out: &mut [f32]) -> Result<()> {
+    decode_rounded(w, start, out, Rounding::Fused)
+}
+
 /// Decodes values `start..start + out.len()` of `w` into `out` (whole
 /// blocks), at 512 or 256 bits for the block kinds where the CPU has
-/// AVX-512 or AVX2 (`HostTensor::decode_range` has AVX2 for three kinds,
-/// scalar code for the others: Q4_K tiles spent most of their time there),
-/// and at 256 bits for bf16 and f16 where the CPU has AVX2 and F16C.
-fn decode(w: &HostTensor, start: usize, out: &mut [f32]) -> Result<()> {
+/// AVX-512 or AVX2 (rounded as `rounding` says), and at 256 bits for bf16
+/// and f16 where the CPU has AVX2 and F16C; elsewhere with
+/// `HostTensor::decode_range`, the portable decoding.
+fn decode_rounded(w: &HostTensor, start: usize, out: &mut [f32], rounding: Rounding) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     if let StorageKind::Dense(dtype @ (DType::BF16 | DType::F16)) = w.kind {
         let body = out.len() - out.len() % 8;
@@ -276,7 +302,7 @@ fn decode(w: &HostTensor, start: usize, out: &mut [f32]) -> Result<()> {
             start.is_multiple_of(kind.block_len()) && out.len().is_multiple_of(kind.block_len());
         if let (Some(from), Some(to), true) = (from, to, whole) {
             if let Some(bytes) = w.bytes.as_slice().get(from..to) {
-                if avx2::decode_blocks(kind, bytes, out) {
+                if avx2::decode_blocks(kind, bytes, out, rounding) {
                     return Ok(());
                 }
             }
@@ -460,17 +486,6 @@ pub(crate) mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    pub const BLOCK_KINDS: [BlockKind; 8] = [
-        BlockKind::Q8_0,
-        BlockKind::Q4_0,
-        BlockKind::Q4_1,
-        BlockKind::Q5_0,
-        BlockKind::Q5_1,
-        BlockKind::Q4_K,
-        BlockKind::Q5_K,
-        BlockKind::Q6_K,
-    ];
-
     /// Where each kind keeps its f16 scale (and minimum scale) in a block.
     fn scale_offsets(kind: BlockKind) -> &'static [usize] {
         match kind {
@@ -545,7 +560,7 @@ pub(crate) mod tests {
 
     fn kinds() -> Vec<(StorageKind, usize)> {
         let dense = [DType::F32, DType::BF16, DType::F16].map(|d| (StorageKind::Dense(d), 100));
-        let blocks = BLOCK_KINDS.map(|k| {
+        let blocks = BlockKind::ALL.map(|k| {
             (
                 StorageKind::Block(k),
                 if k.block_len() == 256 { 768 } else { 800 },
@@ -634,7 +649,7 @@ pub(crate) mod tests {
         if !Amx::available() {
             return;
         }
-        let codes = BLOCK_KINDS.into_iter().filter(|k| *k != BlockKind::Q6_K);
+        let codes = BlockKind::ALL.into_iter().filter(|k| *k != BlockKind::Q6_K);
         for kind in codes {
             let kind = StorageKind::Block(kind);
             let w = random_matrix(kind, OUTPUTS, 768, 13);
@@ -681,7 +696,7 @@ pub(crate) mod tests {
         if !avx2::available() {
             return;
         }
-        for kind in BLOCK_KINDS {
+        for kind in BlockKind::ALL {
             let columns = 4 * kind.block_len();
             let row = random_blocks(kind, 4, 5);
             let mut rng = StdRng::seed_from_u64(9);
@@ -707,8 +722,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// The 512- and 256-bit decodings give the reference values (within
-    /// the FMA's single rounding).
+    /// The 512- and 256-bit decodings give the portable decoding's values:
+    /// bit for bit when rounded as it rounds, within the FMA's single
+    /// rounding otherwise.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn simd_decoding_matches_the_reference_decoding() {
@@ -717,20 +733,65 @@ pub(crate) mod tests {
         }
         let widths = [false, true].into_iter();
         for wide in widths.filter(|&wide| !wide || avx2::wide_available()) {
-            for kind in BLOCK_KINDS {
+            for kind in BlockKind::ALL {
                 let bytes = random_blocks(kind, 3, 4);
                 let mut want = vec![0.0f32; 3 * kind.block_len()];
                 airllm_core::dequant::dequantize(kind, &bytes, &mut want);
                 let mut got = vec![0.0f32; want.len()];
-                assert!(avx2::decode_blocks_at(kind, &bytes, &mut got, wide));
-                for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                let mut fused = vec![0.0f32; want.len()];
+                assert!(avx2::decode_blocks_at(
+                    kind,
+                    &bytes,
+                    &mut got,
+                    wide,
+                    Rounding::Portable
+                ));
+                assert!(avx2::decode_blocks_at(
+                    kind,
+                    &bytes,
+                    &mut fused,
+                    wide,
+                    Rounding::Fused
+                ));
+                for (i, want) in want.iter().enumerate() {
+                    let label = format!("{kind:?} (wide: {wide}) value {i}");
+                    assert_eq!(
+                        got[i].to_bits(),
+                        want.to_bits(),
+                        "{label}: {} vs {want}",
+                        got[i]
+                    );
                     assert!(
-                        (got - want).abs() <= 1e-6,
-                        "{kind:?} (wide: {wide}) value {i}: {got} vs {want}"
+                        (fused[i] - want).abs() <= 1e-6,
+                        "{label}: {} vs {want}",
+                        fused[i]
                     );
                 }
-                assert!(!avx2::decode_blocks_at(kind, &bytes, &mut got[1..], wide));
+                assert!(!avx2::decode_blocks_at(
+                    kind,
+                    &bytes,
+                    &mut got[1..],
+                    wide,
+                    Rounding::Fused
+                ));
             }
+        }
+    }
+
+    /// The host widening gives the portable decoding's values bit for bit,
+    /// for every encoding.
+    #[test]
+    fn widening_gives_the_portable_values() {
+        let dense = [DType::F32, DType::BF16, DType::F16].map(StorageKind::Dense);
+        let kinds = dense
+            .into_iter()
+            .chain(BlockKind::ALL.map(StorageKind::Block));
+        for kind in kinds {
+            let w = random_matrix(kind, 3, 256, 11);
+            let got = widen(&w).unwrap();
+            let want = w.to_f32().unwrap();
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{kind}");
         }
     }
 
@@ -758,7 +819,7 @@ pub(crate) mod tests {
             codes: 40,
             scales: 3,
         };
-        for kind in BLOCK_KINDS {
+        for kind in BlockKind::ALL {
             let Some(decoder) = avx2::AffineCodes::new(kind) else {
                 assert!(kind == BlockKind::Q6_K || !avx2::wide_available());
                 continue;
