@@ -7,7 +7,7 @@
 //! (numpy's figures come from `kernel_table_numpy.py`).
 //!
 //! `... -- crossover`: every path at 1 to 16 (and 24 to 512) rows on SmolLM2's MLP down projection
-//! `[576, 1536]` in f32, bf16, Q8_0, Q4_1 and Q4_K, to place the row counts
+//! `[576, 1536]` in f32, bf16, Q8_0, Q4_1, Q4_K and NF4, to place the row counts
 //! where one path overtakes another. Names after `crossover` (`Q4_1`,
 //! `BF16`, ...) keep only those encodings.
 //!
@@ -50,7 +50,7 @@ fn values(count: usize, seed: usize) -> Vec<f32> {
 }
 
 /// A `[outputs, columns]` matrix of `kind` (block kinds: arbitrary quants,
-/// scales of 0.01).
+/// scales of 0.01, NF4 maximums of 0.05).
 fn matrix(kind: StorageKind, outputs: usize, columns: usize) -> HostTensor {
     let v = values(outputs * columns, 3);
     let bytes: Vec<u8> = match kind {
@@ -66,15 +66,16 @@ fn matrix(kind: StorageKind, outputs: usize, columns: usize) -> HostTensor {
         StorageKind::Block(block) => {
             let count = outputs * columns / block.block_len() * block.block_bytes();
             let mut bytes: Vec<u8> = (0..count).map(|i| (i * 7919 % 251) as u8).collect();
-            let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
-            let at: &[usize] = match block {
-                BlockKind::Q6_K => &[208],
-                BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => &[0],
-                _ => &[0, 2],
+            let f16_scale = half::f16::from_f32(0.01).to_le_bytes().to_vec();
+            let (scale, at): (Vec<u8>, &[usize]) = match block {
+                BlockKind::NF4 => (0.05f32.to_le_bytes().to_vec(), &[0]),
+                BlockKind::Q6_K => (f16_scale, &[208]),
+                BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => (f16_scale, &[0]),
+                _ => (f16_scale, &[0, 2]),
             };
             for chunk in bytes.chunks_exact_mut(block.block_bytes()) {
                 for &a in at {
-                    chunk[a..a + 2].copy_from_slice(&scale);
+                    chunk[a..a + scale.len()].copy_from_slice(&scale);
                 }
             }
             bytes
@@ -144,6 +145,7 @@ fn crossover() {
         StorageKind::Block(BlockKind::Q8_0),
         StorageKind::Block(BlockKind::Q4_1),
         StorageKind::Block(BlockKind::Q4_K),
+        StorageKind::Block(BlockKind::NF4),
     ];
     let only: Vec<String> = std::env::args().skip(2).collect();
     for kind in kinds {

@@ -1,5 +1,6 @@
 //! Decoding of the block-quantized layouts ([`BlockKind`]) to f32, value for
-//! value as GGML's reference `dequantize_row_*` functions compute them.
+//! value as GGML's reference `dequantize_row_*` functions compute them (NF4
+//! as bitsandbytes does).
 //!
 //! Every function takes whole blocks (`bytes.len()` a multiple of the kind's
 //! block bytes) and writes `block_len` values per block into `out`.
@@ -8,6 +9,7 @@
 //! the dots on the blocks belong to the cpu kernel (`airllm-backends`,
 //! `cpu/kernel/`), which the host widening for other devices calls too.
 
+use crate::storage::NF4_VALUES;
 use crate::BlockKind;
 
 /// Decodes each block with `$decode` (a direct call, which inlines).
@@ -39,6 +41,7 @@ pub fn dequantize(kind: BlockKind, bytes: &[u8], out: &mut [f32]) {
         BlockKind::Q4_K => each_block!(bytes, out, q4_k, 144, 256),
         BlockKind::Q5_K => each_block!(bytes, out, q5_k, 176, 256),
         BlockKind::Q6_K => each_block!(bytes, out, q6_k, 210, 256),
+        BlockKind::NF4 => each_block!(bytes, out, nf4, 36, 64),
     }
 }
 
@@ -233,6 +236,17 @@ fn q6_k(block: &[u8; 210], out: &mut [f32; 256]) {
     }
 }
 
+/// `absmax: f32, indices: [u8; 32]`: value `2j` in the high nibble of byte
+/// `j`, value `2j + 1` in its low nibble.
+#[inline(always)]
+fn nf4(block: &[u8; 36], out: &mut [f32; 64]) {
+    let absmax = f32::from_le_bytes([block[0], block[1], block[2], block[3]]);
+    for (pair, byte) in out.chunks_exact_mut(2).zip(&block[4..36]) {
+        pair[0] = NF4_VALUES[(byte >> 4) as usize] * absmax;
+        pair[1] = NF4_VALUES[(byte & 0x0F) as usize] * absmax;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +283,17 @@ mod tests {
         let mut out = vec![0.0; 32];
         dequantize(BlockKind::Q4_1, &block, &mut out);
         assert_eq!((out[0], out[16], out[1]), (1.0, 5.0, -1.0));
+    }
+
+    #[test]
+    fn nf4_puts_the_first_value_in_the_high_nibble() {
+        let mut block = vec![0u8; 36];
+        block[..4].copy_from_slice(&2.0f32.to_le_bytes());
+        block[4] = 0xF0;
+        block[35] = 0x7E;
+        let mut out = vec![0.0; 64];
+        dequantize(BlockKind::NF4, &block, &mut out);
+        assert_eq!((out[0], out[1], out[62]), (2.0, -2.0, 0.0));
+        assert_eq!(out[63], NF4_VALUES[14] * 2.0);
     }
 }

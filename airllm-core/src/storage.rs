@@ -1,7 +1,8 @@
 //! Storage kinds of host tensors: dense dtypes and block-quantized layouts.
 //!
 //! Block kinds are described here (block length and bytes per block) so that
-//! both the GGUF reader and the compressor share one definition.
+//! the GGUF reader, the split files, the compressor and the kernels share
+//! one definition.
 
 use std::fmt;
 
@@ -57,11 +58,39 @@ pub enum BlockKind {
     Q5_K,
     /// 256-value super-block, 6-bit values.
     Q6_K,
+    /// bitsandbytes' NormalFloat4 (AirLLM's 4-bit layout), 64 values: their
+    /// absolute maximum as an f32, then 32 bytes of 4-bit indices into
+    /// [`NF4_VALUES`], the first value in the high nibble (4.5 bits a value).
+    NF4,
 }
+
+/// The 16 values an NF4 index stands for, times its block's absolute
+/// maximum (bitsandbytes' table: the quantiles of a normal distribution,
+/// scaled to −1..1, with an exact zero). The digits are bitsandbytes' own,
+/// so that the two tables read alike; each is exactly an f32.
+#[allow(clippy::excessive_precision)]
+pub const NF4_VALUES: [f32; 16] = [
+    -1.0,
+    -0.696_192_800_998_687_7,
+    -0.525_073_051_452_636_7,
+    -0.394_917_488_098_144_53,
+    -0.284_441_381_692_886_35,
+    -0.184_773_430_228_233_34,
+    -0.091_050_036_251_544_95,
+    0.0,
+    0.079_580_299_556_255_34,
+    0.160_930_201_411_247_25,
+    0.246_112_301_945_686_34,
+    0.337_915_241_718_292_24,
+    0.440_709_829_330_444_34,
+    0.562_617_003_917_694_1,
+    0.722_956_836_223_602_3,
+    1.0,
+];
 
 impl BlockKind {
     /// Every block kind, in declaration order.
-    pub const ALL: [BlockKind; 8] = [
+    pub const ALL: [BlockKind; 9] = [
         BlockKind::Q8_0,
         BlockKind::Q4_0,
         BlockKind::Q4_1,
@@ -70,6 +99,7 @@ impl BlockKind {
         BlockKind::Q4_K,
         BlockKind::Q5_K,
         BlockKind::Q6_K,
+        BlockKind::NF4,
     ];
 
     /// Values per block.
@@ -80,6 +110,7 @@ impl BlockKind {
             | BlockKind::Q4_1
             | BlockKind::Q5_0
             | BlockKind::Q5_1 => 32,
+            BlockKind::NF4 => 64,
             BlockKind::Q4_K | BlockKind::Q5_K | BlockKind::Q6_K => 256,
         }
     }
@@ -95,6 +126,7 @@ impl BlockKind {
             BlockKind::Q4_K => 144,
             BlockKind::Q5_K => 176,
             BlockKind::Q6_K => 210,
+            BlockKind::NF4 => 36,
         }
     }
 }

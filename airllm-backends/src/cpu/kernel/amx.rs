@@ -32,9 +32,11 @@ use super::{Product, ProductPath};
 pub const CHUNK: usize = 32;
 
 /// Whether weights of `kind` are multiplied as integer codes: the block
-/// kinds whose groups of 32 weights share one scale (all but Q6_K).
+/// kinds whose groups of 32 weights are exactly a scale times a code plus a
+/// minimum (all but Q6_K, whose halves have their own scales, and NF4,
+/// whose values are a table's).
 pub fn takes_codes(kind: StorageKind) -> bool {
-    matches!(kind, StorageKind::Block(block) if block != BlockKind::Q6_K)
+    matches!(kind, StorageKind::Block(block) if !matches!(block, BlockKind::Q6_K | BlockKind::NF4))
 }
 
 /// The AMX tile units, where the CPU has AMX bf16 and the OS lets this

@@ -10,8 +10,10 @@ use std::arch::x86_64::*;
 use airllm_core::{BlockKind, DType};
 
 use super::activations::{QuantizedRow, GROUP};
+use super::groups::NF4_CODES;
 use super::{ProductColumns, Rounding};
 use airllm_core::dequant::scale_min_k4;
+use airllm_core::storage::NF4_VALUES;
 
 const PREFETCH_AHEAD: usize = 2048;
 
@@ -285,6 +287,73 @@ impl Groups for Q6K {
     }
 }
 
+/// NF4, for the integer dots: the table's codes ([`NF4_CODES`], looked up
+/// 32 at a time) with a scale of the block's absolute maximum / 127. Its
+/// exact values come from [`decode_nf4`].
+struct Nf4;
+impl Groups for Nf4 {
+    const GROUPS: usize = 2;
+    const BLOCK_BYTES: usize = 36;
+    const HAS_MIN: bool = false;
+    const SIX_BITS: bool = false;
+    #[inline(always)]
+    unsafe fn group(block: *const u8, g: usize) -> (__m256i, [f32; 2], f32) {
+        let table =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(NF4_CODES.as_ptr() as *const __m128i));
+        let codes = _mm256_shuffle_epi8(table, nf4_indices(block.add(4 + 16 * g)));
+        let scale = f32::from_bits(read_u32(block)) / 127.0;
+        (codes, [scale; 2], 0.0)
+    }
+}
+
+/// The 32 indices in 16 bytes of NF4, in value order (each byte's high
+/// nibble first).
+#[inline(always)]
+unsafe fn nf4_indices(at: *const u8) -> __m256i {
+    let bytes = _mm_loadu_si128(at as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    let high = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    let low = _mm_and_si128(bytes, mask);
+    _mm256_set_m128i(_mm_unpackhi_epi8(high, low), _mm_unpacklo_epi8(high, low))
+}
+
+/// Decodes whole NF4 blocks: each index looked up in [`NF4_VALUES`] (two
+/// eight-entry permutes and a blend) and multiplied by the block's absolute
+/// maximum, as the portable decoding does (one rounding either way).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_nf4(bytes: &[u8], out: &mut [f32]) {
+    let low_table = _mm256_loadu_ps(NF4_VALUES.as_ptr());
+    let high_table = _mm256_loadu_ps(NF4_VALUES.as_ptr().add(8));
+    for (b, block) in bytes.chunks_exact(36).enumerate() {
+        let absmax = _mm256_set1_ps(f32::from_bits(read_u32(block.as_ptr())));
+        for g in 0..2 {
+            let indices = nf4_indices(block.as_ptr().add(4 + 16 * g));
+            let to = out.as_mut_ptr().add(64 * b + 32 * g);
+            let halves = [
+                _mm256_castsi256_si128(indices),
+                _mm256_extracti128_si256::<1>(indices),
+            ];
+            for (half, sixteen) in halves.into_iter().enumerate() {
+                for (quarter, eight) in [sixteen, _mm_srli_si128::<8>(sixteen)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let index = _mm256_cvtepu8_epi32(eight);
+                    let low = _mm256_permutevar8x32_ps(low_table, index);
+                    let high = _mm256_permutevar8x32_ps(high_table, index);
+                    // Bit 3 of the index, moved to the sign bit, picks the table half.
+                    let upper = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(index));
+                    let value = _mm256_blendv_ps(low, high, upper);
+                    _mm256_storeu_ps(
+                        to.add(16 * half + 8 * quarter),
+                        _mm256_mul_ps(value, absmax),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A vector width the group loop runs at: AVX2 (two 256-bit `madd`s per
 /// group) or AVX-512 (one 512-bit `madd`).
 trait Width {
@@ -551,6 +620,7 @@ impl<'a> RowDots<'a> {
             BlockKind::Q4_K => Self::of::<Q4K>(x, wide),
             BlockKind::Q5_K => Self::of::<Q5K>(x, wide),
             BlockKind::Q6_K => Self::of::<Q6K>(x, wide),
+            BlockKind::NF4 => Self::of::<Nf4>(x, wide),
         }
     }
 
@@ -627,6 +697,8 @@ pub fn decode_blocks_at(
         BlockKind::Q4_K => decoder::<Q4K>(wide, rounding),
         BlockKind::Q5_K => decoder::<Q5K>(wide, rounding),
         BlockKind::Q6_K => decoder::<Q6K>(wide, rounding),
+        // One multiply a value: the same at either rounding; 256 bits wide.
+        BlockKind::NF4 => decode_nf4,
     };
     // SAFETY: the CPU has the width's instructions (checked above), and
     // `out` holds a value for every weight of the whole blocks in `bytes`.
@@ -786,7 +858,8 @@ pub struct AffineCodes {
 
 impl AffineCodes {
     /// The decoder for `kind`; `None` for Q6_K (the halves of its groups
-    /// have their own scales) or on CPUs without AVX-512 BF16.
+    /// have their own scales), NF4 (its codes round its values) or on CPUs
+    /// without AVX-512 BF16.
     pub fn new(kind: BlockKind) -> Option<Self> {
         if !wide_available() || !is_x86_feature_detected!("avx512bf16") {
             return None;
@@ -799,7 +872,7 @@ impl AffineCodes {
             BlockKind::Q5_1 => affine_blocks::<Q5_1>,
             BlockKind::Q4_K => affine_blocks::<Q4K>,
             BlockKind::Q5_K => affine_blocks::<Q5K>,
-            BlockKind::Q6_K => return None,
+            BlockKind::Q6_K | BlockKind::NF4 => return None,
         };
         Some(AffineCodes { kind, decode })
     }

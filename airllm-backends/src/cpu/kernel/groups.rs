@@ -1,7 +1,12 @@
-//! The GGUF block kinds seen as groups of 32 integer weights, the form the
+//! The block kinds seen as groups of 32 integer weights, the form the
 //! integer dot products take them in: weight `i` of a group is
 //! `scales[i / 16] · quants[i] + min`. Portable code; `avx2.rs` unpacks the
 //! same groups with vector instructions.
+//!
+//! NF4's values are not an affine map of their indices: its groups hold
+//! [`NF4_CODES`], the table rounded to 1/127 of the block's absolute maximum
+//! (as llama.cpp's IQ4_NL stores its own table), so its integer dots are
+//! within half a step of that maximum of the decoded weights.
 
 use airllm_core::dequant::scale_min_k4;
 use airllm_core::BlockKind;
@@ -35,6 +40,12 @@ fn nibbles(bytes: &[u8], high_bits: Option<u32>, offset: i8) -> [i8; GROUP] {
     }
     quants
 }
+
+/// [`airllm_core::storage::NF4_VALUES`] times 127, rounded: NF4's integer
+/// codes, with a scale of the block's absolute maximum / 127.
+pub const NF4_CODES: [i8; 16] = [
+    -127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127,
+];
 
 fn uniform(quants: [i8; GROUP], scale: f32, min: f32) -> Group {
     Group {
@@ -82,6 +93,16 @@ pub fn group(kind: BlockKind, block: &[u8], g: usize) -> Group {
                 (nibble | high) as i8
             });
             uniform(quants, d * scale, -dmin * min)
+        }
+        BlockKind::NF4 => {
+            let absmax = f32::from_le_bytes(block[..4].try_into().expect("4 bytes"));
+            let bytes = &block[4 + 16 * g..4 + 16 * g + 16];
+            let quants = std::array::from_fn(|i| {
+                let byte = bytes[i / 2];
+                let index = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
+                NF4_CODES[index as usize]
+            });
+            uniform(quants, absmax / 127.0, 0.0)
         }
         BlockKind::Q6_K => {
             // Two halves of 128; quarter k of a half takes the low or high
@@ -132,24 +153,36 @@ pub fn row_dot(kind: BlockKind, row: &[u8], x: QuantizedRow<'_>) -> f32 {
 mod tests {
     use super::*;
 
-    /// Every kind's groups give the values GGML's reference decoder gives.
+    /// Every kind's groups give the values GGML's reference decoder gives
+    /// (NF4's within half a step of its codes).
     #[test]
     fn groups_decode_as_the_reference_decoder() {
         for kind in BlockKind::ALL {
             let block = super::super::tests::random_blocks(kind, 1, 3);
             let mut want = vec![0.0f32; kind.block_len()];
             airllm_core::dequant::dequantize(kind, &block, &mut want);
+            let step = match kind {
+                BlockKind::NF4 => f32::from_le_bytes(block[..4].try_into().unwrap()) / 127.0,
+                _ => 0.0,
+            };
             for g in 0..kind.block_len() / GROUP {
                 let w = group(kind, &block, g);
                 for i in 0..GROUP {
                     let got = w.scales[i / 16] * w.quants[i] as f32 + w.min;
                     let want = want[g * GROUP + i];
                     assert!(
-                        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        (got - want).abs() <= 1e-6 * want.abs().max(1.0) + step / 2.0,
                         "{kind:?} group {g} value {i}: {got} vs {want}"
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn nf4_codes_are_the_table_times_127_rounded() {
+        for (code, value) in NF4_CODES.iter().zip(airllm_core::storage::NF4_VALUES) {
+            assert_eq!(*code as f32, (value * 127.0).round());
         }
     }
 }

@@ -502,6 +502,11 @@ pub(crate) mod tests {
             .map(|_| rng.random())
             .collect();
         for block in bytes.chunks_exact_mut(kind.block_bytes()) {
+            if kind == BlockKind::NF4 {
+                let absmax: f32 = rng.random_range(0.02..0.2);
+                block[..4].copy_from_slice(&absmax.to_le_bytes());
+                continue;
+            }
             for &at in scale_offsets(kind) {
                 let scale = half::f16::from_f32(rng.random_range(0.002..0.02));
                 block[at..at + 2].copy_from_slice(&scale.to_bits().to_le_bytes());
@@ -563,7 +568,11 @@ pub(crate) mod tests {
         let blocks = BlockKind::ALL.map(|k| {
             (
                 StorageKind::Block(k),
-                if k.block_len() == 256 { 768 } else { 800 },
+                match k.block_len() {
+                    256 => 768,
+                    64 => 832,
+                    _ => 800,
+                },
             )
         });
         dense.into_iter().chain(blocks).collect()
@@ -649,7 +658,9 @@ pub(crate) mod tests {
         if !Amx::available() {
             return;
         }
-        let codes = BlockKind::ALL.into_iter().filter(|k| *k != BlockKind::Q6_K);
+        let codes = BlockKind::ALL
+            .into_iter()
+            .filter(|k| amx::takes_codes(StorageKind::Block(*k)));
         for kind in codes {
             let kind = StorageKind::Block(kind);
             let w = random_matrix(kind, OUTPUTS, 768, 13);
@@ -821,7 +832,7 @@ pub(crate) mod tests {
         };
         for kind in BlockKind::ALL {
             let Some(decoder) = avx2::AffineCodes::new(kind) else {
-                assert!(kind == BlockKind::Q6_K || !avx2::wide_available());
+                assert!(!amx::takes_codes(StorageKind::Block(kind)) || !avx2::wide_available());
                 continue;
             };
             let bytes = random_blocks(kind, 3, 6);
