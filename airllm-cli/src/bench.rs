@@ -10,7 +10,8 @@ use airllm_core::memory::Rss;
 use airllm_core::{
     ByteSize, ComputeBackend, Error, GenerationConfig, Result, SamplingConfig, TokenControl,
 };
-use airllm_formats::{SyntheticStore, MANIFEST_FILE};
+use airllm_formats::split::StorageSettings;
+use airllm_formats::{Manifest, SyntheticStore, MANIFEST_FILE};
 use airllm_models::presets::{preset, PRESETS};
 use burn::tensor::backend::Backend;
 use serde_json::json;
@@ -58,11 +59,13 @@ fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
         }
     }
     let config = shape.config(&args.family)?;
+    let storage = StorageSettings::new(args.compress, args.embedding);
     if out.join(MANIFEST_FILE).is_file() {
         let existing = model::open_dir(&out)?;
-        if existing.config != config {
+        let manifest = Manifest::read(&out.join(MANIFEST_FILE))?;
+        if existing.config != config || manifest.storage != Some(storage) {
             return Err(Error::Request(format!(
-                "{} holds a different model; choose another --out or delete it",
+                "{} holds a different model or one stored otherwise (--compress, --embedding); choose another --out or delete it",
                 out.display()
             )));
         }
@@ -70,8 +73,18 @@ fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
     }
     let layout = airllm_models::layout(&config)?;
     let store = SyntheticStore::new(&layout.units, 0x5eed);
-    eprintln!("writing synthetic {name} to {}", out.display());
-    split::write_split(&store, &out, &config, Vec::new())?;
+    eprintln!(
+        "writing synthetic {name} ({}) to {}",
+        storage.compression,
+        out.display()
+    );
+    let target = split::SplitTarget {
+        out: &out,
+        config: &config,
+        storage,
+        specs: &layout.units,
+    };
+    split::write_split(&store, target, Vec::new())?;
     std::fs::write(
         out.join("config.json"),
         serde_json::to_vec_pretty(&config).expect("json"),

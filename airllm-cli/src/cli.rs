@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use airllm_backends::{Activations, DeviceChoice, DeviceOptions};
 use airllm_core::{ByteSize, ComputeDType};
+use airllm_formats::split::{Compression, EmbeddingStorage};
 use clap::{Args, Parser, Subcommand};
 
 /// Run language models larger than memory, one layer at a time.
@@ -35,11 +36,23 @@ pub enum Command {
 /// `airllm split`.
 #[derive(Args)]
 pub struct SplitArgs {
-    /// Model: a GGUF file (stored dequantized to f32), a Hugging Face
-    /// directory, or a Hugging Face hub id (org/name).
+    /// Model: a GGUF file, a Hugging Face directory, a split directory (to
+    /// store it another way), or a Hugging Face hub id (org/name).
     pub model: PathBuf,
     /// Output directory (rerun the same command to resume).
     pub out: PathBuf,
+    /// How the matrices are stored: keep (as the source stores them), f32,
+    /// bf16, or quantized to blocks the kernels compute on in place: q8_0
+    /// (8.5 bits a weight), q4_0, q4_1, q4_k, nf4 (4.5 to 5). Norms,
+    /// biases and MoE routers stay in floats; rows that are not whole blocks
+    /// fall back (q4_k and nf4 to q4_1, then to floats).
+    #[arg(long, default_value = "keep")]
+    pub compress: Compression,
+    /// How the token embedding is stored: q8_0, same (as the matrices) or
+    /// dense (floats). Default: same under keep, f32 and bf16, q8_0 under
+    /// the block kinds.
+    #[arg(long)]
+    pub embedding: Option<EmbeddingStorage>,
 }
 
 /// Where and how to compute.
@@ -232,6 +245,12 @@ pub struct BenchArgs {
     /// Where the synthetic model is written (reused if already there).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// How the synthetic model's matrices are stored, as `split --compress`.
+    #[arg(long, default_value = "keep", requires = "synthetic")]
+    pub compress: Compression,
+    /// How its embedding is stored, as `split --embedding`.
+    #[arg(long, requires = "synthetic")]
+    pub embedding: Option<EmbeddingStorage>,
     /// Override the preset's layer count.
     #[arg(long)]
     pub layers: Option<usize>,

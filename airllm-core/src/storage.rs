@@ -131,6 +131,19 @@ impl BlockKind {
     }
 }
 
+impl BlockKind {
+    /// Where each block keeps its floating-point factors: byte offsets of
+    /// its f16 scales (and minimum scales), or of NF4's f32 maximum.
+    fn float_factors(self) -> (&'static [usize], usize) {
+        match self {
+            BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => (&[0], 2),
+            BlockKind::Q4_1 | BlockKind::Q5_1 | BlockKind::Q4_K | BlockKind::Q5_K => (&[0, 2], 2),
+            BlockKind::Q6_K => (&[208], 2),
+            BlockKind::NF4 => (&[0], 4),
+        }
+    }
+}
+
 /// How a tensor's bytes encode its values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +166,30 @@ impl StorageKind {
         }
     }
 
+    /// The first value (dense kinds) or block (block kinds, by their
+    /// scales) in `bytes` that is NaN or infinite; `None` when all are
+    /// finite. Reads the bits only (no decoding).
+    pub fn first_non_finite(self, bytes: &[u8]) -> Option<usize> {
+        // All exponent bits set: an infinity or a NaN.
+        let f16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 == 0x7C00;
+        let f32 =
+            |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7F80_0000 == 0x7F80_0000;
+        match self {
+            StorageKind::Dense(DType::F32) => bytes.chunks_exact(4).position(f32),
+            StorageKind::Dense(DType::F16) => bytes.chunks_exact(2).position(f16),
+            StorageKind::Dense(DType::BF16) => bytes
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 == 0x7F80),
+            StorageKind::Block(kind) => {
+                let (offsets, width) = kind.float_factors();
+                let bad = |b: &[u8]| if width == 4 { f32(b) } else { f16(b) };
+                bytes
+                    .chunks_exact(kind.block_bytes())
+                    .position(|block| offsets.iter().any(|&at| bad(&block[at..at + width])))
+            }
+        }
+    }
+
     /// Values that are decoded together: 1 for dense kinds, the block length
     /// for block kinds. Decoded ranges start and end on multiples of it.
     pub fn granule(self) -> usize {
@@ -168,6 +205,44 @@ impl fmt::Display for StorageKind {
         match self {
             StorageKind::Dense(d) => write!(f, "{d:?}"),
             StorageKind::Block(b) => write!(f, "{b:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_and_scales_are_found() {
+        let mut f32s: Vec<u8> = [1.0f32, 2.0, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            StorageKind::Dense(DType::F32).first_non_finite(&f32s),
+            Some(2)
+        );
+        f32s.truncate(8);
+        assert_eq!(StorageKind::Dense(DType::F32).first_non_finite(&f32s), None);
+        let bf16 = [0x80, 0x3F, 0x80, 0xFF]; // 1.0, −inf
+        assert_eq!(
+            StorageKind::Dense(DType::BF16).first_non_finite(&bf16),
+            Some(1)
+        );
+        let f16 = [0x00, 0x3C, 0x00, 0x7E]; // 1.0, NaN
+        assert_eq!(
+            StorageKind::Dense(DType::F16).first_non_finite(&f16),
+            Some(1)
+        );
+        for kind in BlockKind::ALL {
+            let mut blocks = vec![0u8; 3 * kind.block_bytes()];
+            let kind_of = StorageKind::Block(kind);
+            assert_eq!(kind_of.first_non_finite(&blocks), None, "{kind:?}");
+            let (offsets, width) = kind.float_factors();
+            let at = kind.block_bytes() + offsets[offsets.len() - 1];
+            blocks[at + width - 2..at + width].copy_from_slice(&[0xFF, 0x7F]);
+            assert_eq!(kind_of.first_non_finite(&blocks), Some(1), "{kind:?}");
         }
     }
 }

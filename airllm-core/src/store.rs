@@ -37,6 +37,10 @@ pub struct UnitSpec {
     /// tensors (also listed in `tensors`). A streamed pass reads the other
     /// tensors first and then only the experts its router picks.
     pub experts: Vec<Vec<String>>,
+    /// For a mixture-of-experts layer, its router's weight: a split keeps
+    /// it in a float dtype whatever its compression (its logits pick the
+    /// experts; llama.cpp does not quantize `ffn_gate_inp` either).
+    pub routers: Vec<String>,
 }
 
 impl UnitSpec {

@@ -94,6 +94,16 @@ pub enum FormatError {
         /// What is wrong (size, checksum).
         detail: String,
     },
+    /// A tensor could not be written in the encoding the split asked for.
+    #[error("tensor `{tensor}` of {}: {detail}", path.display())]
+    Encode {
+        /// The model being split.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What is wrong and what to do.
+        detail: String,
+    },
     /// Not enough free disk for a split.
     #[error("not enough free disk in {}: the split needs {needed} more, {available} is free; free some space or choose another output directory", path.display())]
     DiskFull {

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use airllm_core::{StorageKind, UnitKind};
 
+use crate::split::StorageSettings;
+
 use crate::error::read_json;
 use crate::{FormatError, Result};
 
@@ -14,8 +16,9 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const JOURNAL_FILE: &str = "manifest.partial.json";
 /// Format name recorded in every manifest.
 pub const FORMAT_NAME: &str = "airllm-split";
-/// Version of the layout this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the layout this crate writes (2: block-quantized tensors and
+/// the storage settings). It reads this one and every earlier one.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A tensor inside a unit file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,6 +67,10 @@ pub struct Manifest {
     pub config: serde_json::Value,
     /// Checksum algorithm.
     pub checksum: String,
+    /// How the split stored the weights (`None` in version 1 manifests,
+    /// written before the setting existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSettings>,
     /// Units in forward order.
     pub units: Vec<ManifestUnit>,
 }
@@ -82,9 +89,9 @@ impl Manifest {
                 manifest.format
             )));
         }
-        if manifest.version != FORMAT_VERSION {
+        if manifest.version > FORMAT_VERSION {
             return Err(bad(format!(
-                "layout version {} is not the supported {FORMAT_VERSION}",
+                "layout version {} was written by a newer airllm-rs (this one reads up to {FORMAT_VERSION}); upgrade airllm-rs, or split the model again with this one",
                 manifest.version
             )));
         }

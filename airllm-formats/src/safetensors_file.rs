@@ -109,23 +109,41 @@ impl SafetensorsFile {
     }
 }
 
-/// Adapts a host tensor to safetensors' writer.
-pub struct TensorWriteView<'a>(pub &'a HostTensor);
+/// Adapts a host tensor to safetensors' writer: dense tensors under their
+/// dtype and shape, block-quantized ones as a 1-D U8 tensor of their bytes
+/// (the kind and logical shape are the manifest's).
+pub struct TensorWriteView<'a> {
+    tensor: &'a HostTensor,
+    bytes_shape: [usize; 1],
+}
+
+impl<'a> TensorWriteView<'a> {
+    /// A view of `tensor` for writing.
+    pub fn new(tensor: &'a HostTensor) -> Self {
+        TensorWriteView {
+            tensor,
+            bytes_shape: [tensor.bytes.len()],
+        }
+    }
+}
 
 impl safetensors::View for TensorWriteView<'_> {
     fn dtype(&self) -> Dtype {
-        safetensors_dtype(self.0.kind).expect("only dense tensors are written to unit files")
+        safetensors_dtype(self.tensor.kind).unwrap_or(Dtype::U8)
     }
 
     fn shape(&self) -> &[usize] {
-        &self.0.shape
+        match self.tensor.kind {
+            StorageKind::Dense(_) => &self.tensor.shape,
+            StorageKind::Block(_) => &self.bytes_shape,
+        }
     }
 
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(self.0.bytes.as_slice())
+        std::borrow::Cow::Borrowed(self.tensor.bytes.as_slice())
     }
 
     fn data_len(&self) -> usize {
-        self.0.bytes.len()
+        self.tensor.bytes.len()
     }
 }

@@ -38,6 +38,15 @@ impl FeedForward {
         }
     }
 
+    /// The router's weight, which a split keeps in a float dtype (none for
+    /// a dense block).
+    fn router_names(&self) -> Vec<String> {
+        match self {
+            FeedForward::Dense(_) => Vec::new(),
+            FeedForward::Sparse(moe) => vec![moe.router.weight.clone()],
+        }
+    }
+
     /// Tensor names of each routed expert (none for a dense block).
     fn expert_names(&self, hidden: usize) -> Vec<Vec<String>> {
         match self {
@@ -172,6 +181,7 @@ impl Decoder {
             name: "embed".into(),
             tensors: vec![TensorSpec::new(&config.embed, &[d.vocab, h])],
             experts: Vec::new(),
+            routers: Vec::new(),
         }];
         let mut windows = Vec::new();
         let mut layer_window = Vec::with_capacity(config.layers.len());
@@ -187,6 +197,7 @@ impl Decoder {
                 name: format!("layer.{i:03}"),
                 tensors,
                 experts: layer.ffn.expert_names(h),
+                routers: layer.ffn.router_names(),
             });
             let window = layer.attention.window;
             layer_window.push(match windows.iter().position(|w| *w == window) {
@@ -205,6 +216,7 @@ impl Decoder {
                 TensorSpec::new(&config.lm_head, &[d.vocab, h]),
             ],
             experts: Vec::new(),
+            routers: Vec::new(),
         });
         Decoder {
             config,

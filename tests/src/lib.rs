@@ -9,7 +9,7 @@ use airllm_core::{
     BatchShape, ComputeBackend, ComputeDType, Engine, EngineOptions, PlanInput, ResidencyPlan,
     Result,
 };
-use airllm_formats::split::{split_model, SplitOptions};
+use airllm_formats::split::{split_model, SplitOptions, StorageSettings};
 use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 
@@ -217,6 +217,12 @@ pub fn split_fixture(name: &str, out: &Path) -> PathBuf {
 
 /// Splits the model at `model` into `out` and returns `out`.
 pub fn split_to(model: &Path, out: &Path) -> PathBuf {
+    split_stored(model, out, StorageSettings::default())
+}
+
+/// Splits the model at `model` into `out` with `storage` settings and
+/// returns `out`.
+pub fn split_stored(model: &Path, out: &Path, storage: StorageSettings) -> PathBuf {
     let dir = ModelDir::open(model, &airllm_models::catalog()).expect("model");
     let layout = airllm_models::layout(&dir.config).expect("layout");
     let store = dir.open_store(&layout.units).expect("store");
@@ -227,6 +233,12 @@ pub fn split_to(model: &Path, out: &Path) -> PathBuf {
             architecture: dir.architecture().unwrap_or_default().to_string(),
             config: dir.config.clone(),
             side_files: dir.side_files().expect("side files"),
+            storage,
+            routers: layout
+                .units
+                .iter()
+                .flat_map(|u| u.routers.clone())
+                .collect(),
             free_space: &airllm_formats::split::file_system_free_space,
             progress: &mut |_| true,
         },

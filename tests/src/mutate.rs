@@ -7,12 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
+use airllm_core::BlockKind;
+use airllm_formats::split::{Compression, StorageSettings};
 use airllm_formats::GgufFile;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::{fixture, fixtures_dir, split_to, FIXTURES};
+use crate::{fixture, fixtures_dir, split_stored, split_to, FIXTURES};
 
 /// How a file is mutated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -441,6 +443,17 @@ pub fn bases(scratch: &Path) -> Vec<Base> {
     for name in ["llama-gqa", "mixtral-moe", "llama-mixed.gguf"] {
         let out = scratch.join(format!("{name}.split"));
         bases.push(dir_base(split_to(&fixture(name), &out)));
+    }
+    // Compressed splits: blocks written by the quantizers, and a GGUF's
+    // blocks copied as they are.
+    for (name, compression) in [
+        ("llama-gqa", Compression::Blocks(BlockKind::NF4)),
+        ("mixtral-moe", Compression::Blocks(BlockKind::Q4_K)),
+        ("llama-mixed.gguf", Compression::Blocks(BlockKind::Q8_0)),
+    ] {
+        let out = scratch.join(format!("{name}.{compression}.split"));
+        let storage = StorageSettings::new(compression, None);
+        bases.push(dir_base(split_stored(&fixture(name), &out, storage)));
     }
     // Models with a vocabulary file in place of tokenizer.json.
     for (model, vocabulary) in [

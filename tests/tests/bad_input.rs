@@ -4,9 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use airllm_core::LayerStore;
-use airllm_formats::split::{split_model, SplitOptions, SplitProgress};
-use airllm_formats::{HfStore, ModelDir, SplitStore};
-use airllm_tests::{fixture, split_fixture};
+use airllm_core::{BlockKind, StorageKind};
+use airllm_formats::split::{
+    split_model, Compression, SplitOptions, SplitProgress, StorageSettings,
+};
+use airllm_formats::{GgufFile, HfStore, ModelDir, SplitStore};
+use airllm_tests::{fixture, split_fixture, split_stored};
 
 /// Copies fixture `name` into a temporary directory.
 fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -152,6 +155,8 @@ fn split_with(
             architecture: "LlamaForCausalLM".into(),
             config: dir.config.clone(),
             side_files: dir.side_files().unwrap(),
+            storage: Default::default(),
+            routers: Vec::new(),
             free_space: free,
             progress,
         },
@@ -354,4 +359,106 @@ fn tokenizers_the_library_panics_on_are_named_errors() {
             .expect_err("refused");
         assert!(err.to_string().contains("tokenizer.json"), "{err}");
     }
+}
+
+/// Splits `source` into `out` with `storage`, returning the error text.
+fn split_error(source: &Path, out: &Path, storage: StorageSettings) -> Option<String> {
+    let dir = ModelDir::open(source, &airllm_models::catalog()).unwrap();
+    let layout = airllm_models::layout(&dir.config).unwrap();
+    let store = dir.open_store(&layout.units).unwrap();
+    let options = SplitOptions {
+        architecture: "LlamaForCausalLM".into(),
+        config: dir.config.clone(),
+        side_files: dir.side_files().unwrap(),
+        storage,
+        routers: Vec::new(),
+        free_space: &airllm_formats::split::file_system_free_space,
+        progress: &mut |_| true,
+    };
+    split_model(store.as_ref(), out, options)
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// A NaN weight is refused where it would be quantized (naming the tensor
+/// and the remedy) and copied, with a warning, where it is copied.
+#[test]
+fn non_finite_weights_are_refused_only_when_quantized() {
+    let (tmp, dir) = copy_fixture("llama-gqa");
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let tensor = "model.layers.1.mlp.up_proj.weight";
+    let at = {
+        let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let view = parsed.tensor(tensor).unwrap();
+        view.data().as_ptr() as usize - bytes.as_ptr() as usize
+    };
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    let q8 = StorageSettings::new(Compression::Blocks(BlockKind::Q8_0), None);
+    let err = split_error(&dir, &tmp.path().join("q8"), q8).expect("refused");
+    assert!(
+        err.contains(tensor) && err.contains("NaN") && err.contains("--compress keep"),
+        "{err}"
+    );
+    for copied in [Compression::Keep, Compression::F32, Compression::Bf16] {
+        let out = tmp.path().join(copied.to_string());
+        assert_eq!(
+            split_error(&dir, &out, StorageSettings::new(copied, None)),
+            None
+        );
+    }
+}
+
+/// A GGUF block whose scale is not finite is refused when copied (and by
+/// the quantizers, which decode it to NaN).
+#[test]
+fn non_finite_block_scales_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.gguf");
+    let mut bytes = std::fs::read(fixture("llama-mixed.gguf")).unwrap();
+    let file = GgufFile::open(&fixture("llama-mixed.gguf")).unwrap();
+    let q8 = file
+        .tensors
+        .iter()
+        .find(|t| t.kind == StorageKind::Block(BlockKind::Q8_0))
+        .unwrap();
+    let at = q8.range.start + 34; // the second block's f16 scale
+    bytes[at..at + 2].copy_from_slice(&0x7E00u16.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let keep = split_error(&path, &tmp.path().join("keep"), StorageSettings::default());
+    let err = keep.expect("refused");
+    // Named as the model's own tensor (llama-mixed's first Q8_0 tensor,
+    // `token_embd.weight` in the file, is the embedding).
+    assert!(err.contains("tensor `model.embed_tokens.weight`"), "{err}");
+    assert!(
+        err.contains("block 1 has a scale that is not finite"),
+        "{err}"
+    );
+    let nf4 = StorageSettings::new(Compression::Blocks(BlockKind::NF4), None);
+    assert!(split_error(&path, &tmp.path().join("nf4"), nf4).is_some());
+}
+
+/// A block tensor whose recorded range is not whole blocks is refused when
+/// the split opens.
+#[test]
+fn block_ranges_that_are_not_whole_blocks_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = StorageSettings::new(Compression::Blocks(BlockKind::Q8_0), None);
+    let out = split_stored(&fixture("llama-gqa"), &tmp.path().join("split"), q8);
+    let path = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let tensors = manifest["units"][1]["tensors"].as_array_mut().unwrap();
+    let block = tensors
+        .iter_mut()
+        .find(|t| t["kind"]["block"] == "Q8_0")
+        .unwrap();
+    block["range"][1] = (block["range"][1].as_u64().unwrap() - 2).into();
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = SplitStore::open(&out).err().expect("refused").to_string();
+    assert!(
+        err.contains("Q8_0") && err.contains("does not fit"),
+        "{err}"
+    );
 }

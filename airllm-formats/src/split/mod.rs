@@ -1,11 +1,19 @@
 //! Writes the split layout: one safetensors file per unit, each written under
 //! a temporary name, synced and renamed; a journal after every unit; the
 //! manifest last. A rerun after any interruption keeps the finished units
-//! whose checksums still match and writes the rest.
+//! whose checksums still match, written with the same storage settings, and
+//! writes the rest. Each tensor is stored in the encoding the settings give
+//! it (`encode`): as read, widened to a float dtype, or quantized.
+
+mod encode;
+mod settings;
 
 use std::path::{Path, PathBuf};
 
-use airllm_core::{ByteSize, DType, HostBytes, HostTensor, LayerStore, StorageKind, UnitInfo};
+use airllm_core::{ByteSize, HostTensor, LayerStore, StorageKind, UnitInfo};
+
+pub use encode::Role;
+pub use settings::{Compression, EmbeddingStorage, StorageSettings};
 
 use crate::manifest::{
     rename_synced, write_atomic, Manifest, ManifestTensor, ManifestUnit, FORMAT_NAME,
@@ -60,6 +68,11 @@ pub struct SplitOptions<'a> {
     /// Tokenizer and config files written next to the manifest, as (file
     /// name, contents); [`crate::ModelDir::side_files`] gives them.
     pub side_files: Vec<(String, Vec<u8>)>,
+    /// How the weights are stored.
+    pub storage: StorageSettings,
+    /// Names of the tensors the layout marks as MoE routers, which stay in
+    /// a float dtype whatever the compression.
+    pub routers: Vec<String>,
     /// Reports free bytes at a path (the default asks the file system).
     pub free_space: &'a dyn Fn(&Path) -> std::io::Result<u64>,
     /// Called after each step; returning `false` stops the split (as Ctrl-C would).
@@ -82,12 +95,19 @@ pub fn split_model(
     remove_temporaries(&units_dir)?;
 
     let units = source.units();
-    let mut done = finished_units(out)?;
+    let encoding = Encoding {
+        storage: options.storage,
+        routers: &options.routers,
+    };
+    let mut done = finished_units(out, options.storage)?;
     done.retain(|u| units.iter().any(|s| s.name == u.name && s.kind == u.kind));
     let todo: Vec<usize> = (0..units.len())
         .filter(|&i| !done.iter().any(|u| u.name == units[i].name))
         .collect();
-    let needed: u64 = todo.iter().map(|&i| written_bytes(&units[i])).sum();
+    let needed: u64 = todo
+        .iter()
+        .map(|&i| encoding.written_bytes(&units[i]))
+        .sum();
     let available = (options.free_space)(out).map_err(|e| FormatError::io(out, e))?;
     if !todo.is_empty() && available < needed + DISK_MARGIN {
         return Err(FormatError::DiskFull {
@@ -104,14 +124,15 @@ pub fn split_model(
     if !(options.progress)(&start) {
         return Err(interrupted(out));
     }
+    let mut warned = false;
     for index in todo {
-        let unit = write_unit(source, index, &units_dir)?;
+        let unit = write_unit(source, index, &units_dir, &encoding, &mut warned)?;
         let step = SplitProgress::Unit {
             name: unit.name.clone(),
             bytes: unit.stored_bytes,
         };
         done.push(unit);
-        write_journal(out, &done)?;
+        write_journal(out, options.storage, &done)?;
         if !(options.progress)(&step) {
             return Err(interrupted(out));
         }
@@ -126,6 +147,7 @@ pub fn split_model(
         architecture: options.architecture,
         config: options.config,
         checksum: checksum::ALGORITHM.into(),
+        storage: Some(options.storage),
         units: done,
     };
     write_atomic(&out.join(MANIFEST_FILE), &to_json(&manifest))?;
@@ -150,8 +172,19 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec_pretty(value).expect("manifests serialize")
 }
 
-fn write_journal(out: &Path, done: &[ManifestUnit]) -> Result<()> {
-    write_atomic(&out.join(JOURNAL_FILE), &to_json(&done))
+/// The journal of an unfinished split: its settings and finished units.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    storage: StorageSettings,
+    units: Vec<ManifestUnit>,
+}
+
+fn write_journal(out: &Path, storage: StorageSettings, done: &[ManifestUnit]) -> Result<()> {
+    let journal = Journal {
+        storage,
+        units: done.to_vec(),
+    };
+    write_atomic(&out.join(JOURNAL_FILE), &to_json(&journal))
 }
 
 /// Deletes half-written files left by an interrupted run: nothing written
@@ -167,20 +200,32 @@ fn remove_temporaries(units_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Units recorded by an earlier run (journal or manifest) whose files are
-/// still whole: the recorded size and checksum match.
-fn finished_units(out: &Path) -> Result<Vec<ManifestUnit>> {
+/// Units recorded by an earlier run (journal or manifest) with the same
+/// storage settings whose files are still whole: the recorded size and
+/// checksum match.
+fn finished_units(out: &Path, storage: StorageSettings) -> Result<Vec<ManifestUnit>> {
     let journal = out.join(JOURNAL_FILE);
     let manifest = out.join(MANIFEST_FILE);
-    let recorded: Vec<ManifestUnit> = if journal.is_file() {
-        serde_json::from_slice(&std::fs::read(&journal).map_err(|e| FormatError::io(&journal, e))?)
-            .unwrap_or_default()
+    let recorded: Option<(Option<StorageSettings>, Vec<ManifestUnit>)> = if journal.is_file() {
+        let bytes = std::fs::read(&journal).map_err(|e| FormatError::io(&journal, e))?;
+        serde_json::from_slice::<Journal>(&bytes)
+            .ok()
+            .map(|j| (Some(j.storage), j.units))
     } else if manifest.is_file() {
-        Manifest::read(&manifest)
-            .map(|m| m.units)
-            .unwrap_or_default()
+        Manifest::read(&manifest).ok().map(|m| (m.storage, m.units))
     } else {
-        Vec::new()
+        None
+    };
+    let recorded = match recorded {
+        Some((settings, units)) if settings == Some(storage) => units,
+        Some((_, units)) if !units.is_empty() => {
+            tracing::warn!(
+                "the split in {} was written with other storage settings; rewriting every unit",
+                out.display()
+            );
+            Vec::new()
+        }
+        _ => Vec::new(),
     };
     let mut kept = Vec::new();
     for unit in recorded {
@@ -196,53 +241,99 @@ fn finished_units(out: &Path) -> Result<Vec<ManifestUnit>> {
     Ok(kept)
 }
 
-/// Bytes a unit's tensors take in its unit file: their own size for dense
-/// tensors, f32 for block-quantized ones (which the split widens).
-fn written_bytes(unit: &UnitInfo) -> u64 {
-    unit.tensors
-        .iter()
-        .map(|t| {
-            let elements = t.shape.iter().product::<usize>();
-            match t.kind {
-                StorageKind::Dense(dtype) => (elements * dtype.size()) as u64,
-                StorageKind::Block(_) => (elements * DType::F32.size()) as u64,
-            }
-        })
-        .sum()
+/// The storage settings with what the layout says of each tensor.
+struct Encoding<'a> {
+    storage: StorageSettings,
+    routers: &'a [String],
 }
 
-/// `tensor` as the unit file stores it: block-quantized tensors widened to f32.
-fn dense(tensor: HostTensor) -> airllm_core::Result<HostTensor> {
-    if let StorageKind::Dense(_) = tensor.kind {
-        return Ok(tensor);
+impl Encoding<'_> {
+    /// The encoding each tensor of `unit` is written in.
+    fn targets(&self, unit: &UnitInfo) -> Vec<StorageKind> {
+        unit.tensors
+            .iter()
+            .map(|t| {
+                let role = Role::of(unit.kind, t, self.routers.contains(&t.name));
+                encode::target(self.storage, role, t)
+            })
+            .collect()
     }
-    let values = tensor.to_f32()?;
-    Ok(HostTensor {
-        kind: StorageKind::Dense(DType::F32),
-        bytes: HostBytes::from_vec(bytemuck::cast_slice(&values).to_vec()),
-        ..tensor
-    })
+
+    /// Bytes a unit's tensors take in its unit file, in their encodings.
+    fn written_bytes(&self, unit: &UnitInfo) -> u64 {
+        unit.tensors
+            .iter()
+            .zip(self.targets(unit))
+            .map(|(t, kind)| {
+                let elements = t.shape.iter().product::<usize>();
+                kind.encoded_bytes(elements).unwrap_or(0) as u64
+            })
+            .sum()
+    }
+}
+
+/// Reads unit `index` and encodes each tensor as `encoding` says; warns
+/// once per split (`warned`) of a copied tensor with values that are not
+/// finite.
+fn encoded_unit(
+    source: &dyn LayerStore,
+    index: usize,
+    encoding: &Encoding<'_>,
+    warned: &mut bool,
+) -> Result<Vec<HostTensor>> {
+    let info = &source.units()[index];
+    let not_read = |e: airllm_core::Error| FormatError::NotAModel {
+        path: PathBuf::from(source.describe()),
+        detail: format!("reading unit `{}`: {e}", info.name),
+    };
+    let unit = source.read_unit(index, None).map_err(not_read)?;
+    let targets = encoding.targets(info);
+    let mut tensors = Vec::with_capacity(unit.tensors.len());
+    for tensor in unit.tensors {
+        let at = info.tensors.iter().position(|t| t.name == tensor.name);
+        let target = at.map_or(tensor.kind, |at| targets[at]);
+        let name = tensor.name.clone();
+        let bad = |detail: String| FormatError::Encode {
+            path: PathBuf::from(source.describe()),
+            tensor: name.clone(),
+            detail,
+        };
+        let encoded = encode::encode(tensor, target).map_err(|e| match e {
+            encode::EncodeError::Decode(e) => not_read(e),
+            encode::EncodeError::NonFinite(detail) => bad(format!(
+                "{detail}; the model file is damaged: download it again"
+            )),
+            encode::EncodeError::Quantize(e) => bad(format!(
+                "{e}; fix the model's weights, or split with --compress keep to copy them as they are"
+            )),
+        })?;
+        if let (StorageKind::Dense(_), false) = (encoded.kind, *warned) {
+            if let Some(value) = encoded.kind.first_non_finite(encoded.bytes.as_slice()) {
+                tracing::warn!(tensor = %name, value, "the tensor holds values that are not finite (NaN or infinite); copied as they are");
+                *warned = true;
+            }
+        }
+        tensors.push(encoded);
+    }
+    Ok(tensors)
 }
 
 /// Writes one unit file crash-safely and describes it.
-fn write_unit(source: &dyn LayerStore, index: usize, units_dir: &Path) -> Result<ManifestUnit> {
+fn write_unit(
+    source: &dyn LayerStore,
+    index: usize,
+    units_dir: &Path,
+    encoding: &Encoding<'_>,
+    warned: &mut bool,
+) -> Result<ManifestUnit> {
     let info = &source.units()[index];
-    let host = source
-        .read_unit(index, None)
-        .and_then(|unit| {
-            unit.tensors
-                .into_iter()
-                .map(dense)
-                .collect::<airllm_core::Result<Vec<_>>>()
-        })
-        .map_err(|e| FormatError::NotAModel {
-            path: PathBuf::from(source.describe()),
-            detail: format!("reading unit `{}`: {e}", info.name),
-        })?;
+    let host = encoded_unit(source, index, encoding, warned)?;
     let file_name = format!("{index:03}-{}.safetensors", info.name);
     let path = units_dir.join(&file_name);
     let tmp = path.with_extension("safetensors.tmp");
-    let views = host.iter().map(|t| (t.name.clone(), TensorWriteView(t)));
+    let views = host
+        .iter()
+        .map(|t| (t.name.clone(), TensorWriteView::new(t)));
     let written = safetensors::serialize_to_file(views, None, &tmp)
         .map_err(|e| match e {
             safetensors::SafeTensorError::IoError(io) => FormatError::io(&tmp, io),
@@ -260,19 +351,21 @@ fn write_unit(source: &dyn LayerStore, index: usize, units_dir: &Path) -> Result
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    drop(host);
     rename_synced(&tmp, &path)?;
     let parsed = SafetensorsFile::open(&path)?;
-    let tensors = parsed
-        .tensors
+    let tensors = host
         .iter()
-        .map(|(name, entry)| ManifestTensor {
-            name: name.clone(),
-            kind: entry.kind.expect("unit files hold dense tensors"),
-            shape: entry.shape.clone(),
-            range: [entry.range.start as u64, entry.range.end as u64],
+        .map(|t| {
+            let range = &parsed.tensors[&t.name].range;
+            ManifestTensor {
+                name: t.name.clone(),
+                kind: t.kind,
+                shape: t.shape.clone(),
+                range: [range.start as u64, range.end as u64],
+            }
         })
         .collect();
+    drop(host);
     Ok(ManifestUnit {
         name: info.name.clone(),
         kind: info.kind,
