@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use airllm_backends::{dispatch, BackendJob};
 use airllm_core::{ByteSize, ComputeBackend, Engine, ResidencyPlan, Result};
-use airllm_formats::ModelDir;
+use airllm_formats::{Manifest, ModelDir, ModelKind, MANIFEST_FILE};
 use burn::tensor::backend::Backend;
 use serde_json::json;
 
 use crate::cli::InspectArgs;
 use crate::model;
+use crate::storage_report::StorageSummary;
 
 /// Runs the command.
 pub fn run(args: InspectArgs) -> Result<()> {
@@ -32,10 +33,16 @@ impl BackendJob for InspectJob {
         let context = args.context.unwrap_or(engine.arch().dims().max_positions);
         let chunk = args.engine.prefill_chunk.min(context);
         let plan = engine.plan_for(args.batch, chunk, context)?;
+        let settings = match dir.kind {
+            ModelKind::Split => Manifest::read(&dir.path.join(MANIFEST_FILE))?.storage,
+            _ => None,
+        };
+        let storage = StorageSummary::new(engine.store().units(), engine.arch().units(), settings);
         let report = Report {
             engine: &engine,
             plan: &plan,
             dir: &dir,
+            storage: &storage,
             verified: args.engine.verify,
         };
         match args.json {
@@ -51,6 +58,7 @@ struct Report<'a, B: Backend> {
     engine: &'a Engine<B>,
     plan: &'a ResidencyPlan,
     dir: &'a ModelDir,
+    storage: &'a StorageSummary,
     verified: bool,
 }
 
@@ -78,6 +86,7 @@ impl<B: Backend> Report<'_, B> {
             "path": self.dir.path,
             "layout": format!("{:?}", self.dir.kind),
             "units": units,
+            "storage": self.storage.json(),
             "file_bytes": self.engine.store().units().iter().map(|u| u.bytes).sum::<u64>(),
             "budget_bytes": self.engine.budget(),
             "resident_bytes": self.plan.resident_bytes,
@@ -109,6 +118,9 @@ impl<B: Backend> Report<'_, B> {
                 ByteSize(u.bytes).to_string(),
                 ByteSize(u.device_bytes(layout)).to_string()
             );
+        }
+        for line in self.storage.lines() {
+            println!("{line}");
         }
         println!(
         "total {} on disk; budget {}: {} resident, {} units streamed, KV cache {}, activations {}, predicted peak {}{}",

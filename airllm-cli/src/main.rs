@@ -9,6 +9,7 @@ mod model;
 mod prompts;
 mod run;
 mod split;
+mod storage_report;
 mod text;
 
 use std::process::ExitCode;

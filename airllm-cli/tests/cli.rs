@@ -226,6 +226,63 @@ fn inspect_reports_the_plan() {
     assert!(report["units_streamed"].as_u64().unwrap() >= 1);
 }
 
+/// `split --compress` writes what `inspect` reports: each encoding beside
+/// bf16, and every matrix that fell back (the fixture's rows are 64 and
+/// 128 wide: no whole blocks of 256, so q4_k falls back to q4_1).
+#[test]
+fn compressed_split_lists_its_kinds_and_fallbacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q4_k");
+    let model = fixture("llama-gqa");
+    let split = airllm(&[
+        "split",
+        model.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--compress",
+        "q4_k",
+    ]);
+    assert!(
+        split.status.success(),
+        "{}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    let report = &json_lines(&airllm(&["inspect", out.to_str().unwrap(), "--json"]))[0];
+    let storage = &report["storage"];
+    assert_eq!(storage["settings"]["compression"], "Q4_K");
+    let kinds: Vec<&str> = storage["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"Q4_1") && kinds.contains(&"Q8_0"),
+        "{kinds:?}"
+    );
+    let fallbacks = storage["fallbacks"].as_array().unwrap();
+    // Three layers of seven matrices, and the head.
+    assert_eq!(fallbacks.len(), 22, "{fallbacks:?}");
+    assert!(fallbacks
+        .iter()
+        .all(|f| f["stored"] == "Q4_1" && f["wanted"] == "Q4_K"));
+    let q8 = storage["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "Q8_0")
+        .unwrap();
+    assert!((q8["vs_bf16"].as_f64().unwrap() - 34.0 / 64.0).abs() < 1e-9);
+    let again = airllm(&[
+        "split",
+        out.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--compress",
+        "q8_0",
+    ]);
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("another directory"), "{message}");
+}
+
 #[test]
 fn bench_synthetic_reports_the_contract_fields() {
     let tmp = tempfile::tempdir().unwrap();

@@ -462,3 +462,25 @@ fn block_ranges_that_are_not_whole_blocks_are_errors() {
         "{err}"
     );
 }
+
+/// A version 1 manifest (no storage settings) still reads; a newer layout
+/// names itself and the remedy.
+#[test]
+fn older_layouts_read_and_newer_ones_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = split_fixture("llama-gqa", &tmp.path().join("split"));
+    let path = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["version"] = 1.into();
+    manifest.as_object_mut().unwrap().remove("storage");
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    assert_eq!(SplitStore::open(&out).unwrap().manifest().storage, None);
+    manifest["version"] = 3.into();
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = SplitStore::open(&out).err().expect("refused").to_string();
+    assert!(
+        err.contains("version 3") && err.contains("newer airllm-rs") && err.contains("upgrade"),
+        "{err}"
+    );
+}
