@@ -17,6 +17,7 @@ use burn::tensor::backend::Backend;
 use serde_json::json;
 
 use crate::cli::{BenchArgs, Switch};
+use crate::storage_report::StorageSummary;
 use crate::{model, split};
 
 /// Runs the command.
@@ -203,6 +204,7 @@ impl BackendJob for BenchJob {
             "peak_streamed_units": stats.peak_streamed_units,
             "passes": stats.passes,
             "units": per_unit,
+            "storage": StorageSummary::of(&dir, &engine)?.json(),
         });
         if args.json {
             println!("{report}");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use airllm_backends::{dispatch, BackendJob};
 use airllm_core::{ByteSize, ComputeBackend, Engine, ResidencyPlan, Result};
-use airllm_formats::{Manifest, ModelDir, ModelKind, MANIFEST_FILE};
+use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 use serde_json::json;
 
@@ -33,11 +33,7 @@ impl BackendJob for InspectJob {
         let context = args.context.unwrap_or(engine.arch().dims().max_positions);
         let chunk = args.engine.prefill_chunk.min(context);
         let plan = engine.plan_for(args.batch, chunk, context)?;
-        let settings = match dir.kind {
-            ModelKind::Split => Manifest::read(&dir.path.join(MANIFEST_FILE))?.storage,
-            _ => None,
-        };
-        let storage = StorageSummary::new(engine.store().units(), engine.arch().units(), settings);
+        let storage = StorageSummary::of(&dir, &engine)?;
         let report = Report {
             engine: &engine,
             plan: &plan,

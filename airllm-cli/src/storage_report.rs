@@ -2,8 +2,10 @@
 //! bytes beside bf16, and, for a compressed split, every matrix that fell
 //! back from the kind asked for (rows that are not whole blocks).
 
-use airllm_core::{BlockKind, StorageKind, UnitInfo, UnitSpec};
+use airllm_core::{BlockKind, Engine, Result, StorageKind, UnitInfo, UnitSpec};
 use airllm_formats::split::{Compression, EmbeddingStorage, Role, StorageSettings};
+use airllm_formats::{Manifest, ModelDir, ModelKind, MANIFEST_FILE};
+use burn::tensor::backend::Backend;
 use serde_json::{json, Value};
 
 /// One encoding's share of the model.
@@ -30,6 +32,20 @@ pub struct StorageSummary {
 }
 
 impl StorageSummary {
+    /// The storage of the model `engine` runs from `dir` (a split's settings
+    /// from its manifest).
+    pub fn of<B: Backend>(dir: &ModelDir, engine: &Engine<B>) -> Result<Self> {
+        let settings = match dir.kind {
+            ModelKind::Split => Manifest::read(&dir.path.join(MANIFEST_FILE))?.storage,
+            _ => None,
+        };
+        Ok(StorageSummary::new(
+            engine.store().units(),
+            engine.arch().units(),
+            settings,
+        ))
+    }
+
     /// Sums `units` by encoding; with a split's `settings`, lists the
     /// fallbacks (the routers `specs` mark are kept in floats by design).
     pub fn new(units: &[UnitInfo], specs: &[UnitSpec], settings: Option<StorageSettings>) -> Self {

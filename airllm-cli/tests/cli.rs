@@ -333,6 +333,8 @@ fn bench_synthetic_reports_the_contract_fields() {
             assert!(report[key].is_number(), "{key} missing from {report}");
         }
         assert_eq!(report["units_streamed"], 2);
+        let kinds = report["storage"]["kinds"].as_array().unwrap();
+        assert!(kinds.iter().any(|k| k["kind"] == "BF16"), "{kinds:?}");
     }
 }
 

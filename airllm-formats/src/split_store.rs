@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use airllm_core::store::element_count;
-use airllm_core::{HostUnit, LayerStore, UnitInfo};
+use airllm_core::{HostUnit, LayerStore, StorageKind, UnitInfo};
 
 use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
 use crate::placed::{tensor_info, Placed, PlacedUnits};
@@ -153,6 +153,17 @@ impl LayerStore for SplitStore {
                     format!("has checksum {found}, the manifest records {expected}: it is damaged"),
                 )
                 .into());
+        }
+        for t in self.read_unit(index, None)?.tensors {
+            if let (StorageKind::Block(_), Some(block)) =
+                (t.kind, t.kind.first_non_finite(t.bytes.as_slice()))
+            {
+                let detail = format!(
+                    "has tensor `{}` ({}) whose block {block} has a scale that is not finite",
+                    t.name, t.kind
+                );
+                return Err(self.bad_unit(index, detail).into());
+            }
         }
         Ok(())
     }

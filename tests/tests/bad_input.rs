@@ -222,6 +222,55 @@ fn flipped_byte_is_named_by_verify() {
     );
 }
 
+/// In a compressed split, a flipped byte in a block is named by its
+/// checksum; a non-finite scale in a unit whose checksum was recomputed
+/// (a faulty writer) is named by the scale check.
+#[test]
+fn damaged_blocks_are_named_by_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = StorageSettings::new(Compression::Blocks(BlockKind::Q8_0), None);
+    let out = split_stored(&fixture("llama-gqa"), &tmp.path().join("split"), q8);
+    let manifest_path = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let unit = manifest["units"][2].clone();
+    let file = out.join(unit["file"].as_str().unwrap());
+    let tensor = unit["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"]["block"] == "Q8_0")
+        .unwrap();
+    let scale = tensor["range"][0].as_u64().unwrap() as usize + 34;
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[scale + 5] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let err = SplitStore::open(&out)
+        .unwrap()
+        .verify_unit(2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("002-layer.001.safetensors") && err.contains("checksum"),
+        "{err}"
+    );
+    bytes[scale + 5] ^= 0x01;
+    bytes[scale..scale + 2].copy_from_slice(&0x7C00u16.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    manifest["units"][2]["checksum"] = airllm_formats::checksum::of_bytes(&bytes).into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = SplitStore::open(&out)
+        .unwrap()
+        .verify_unit(2)
+        .unwrap_err()
+        .to_string();
+    let name = tensor["name"].as_str().unwrap();
+    assert!(
+        err.contains(name) && err.contains("block 1 has a scale that is not finite"),
+        "{err}"
+    );
+}
+
 #[test]
 fn too_little_disk_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
