@@ -1,10 +1,12 @@
 //! Compression of weights for layer files: quantizers that write the block
 //! kinds of `airllm_core::storage` (q8_0, q4_0 and q4_1 exactly as the
 //! `gguf` package's `quants.py`, q4_k as llama.cpp's
-//! `quantize_row_q4_K_ref`, nf4 as bitsandbytes' `quantize_4bit`).
-//! Depends on core only: the split writer calls it, and the kernels read
-//! what it writes.
+//! `quantize_row_q4_K_ref`, nf4 as bitsandbytes' `quantize_4bit`), and a
+//! lossless zstd codec for a tensor's stored bytes ([`codec`]). Depends on
+//! core only: the split writer calls it, and the kernels read what it
+//! writes.
 
+pub mod codec;
 mod k_quant;
 mod legacy;
 mod nf4;
