@@ -6,9 +6,14 @@
 
 use super::f16_bytes;
 
-/// GGML's `nearest_int`: round half to even.
+/// GGML's `nearest_int`, round half to even by its own trick: adding
+/// 1.5·2²³ leaves the integer in the low mantissa bits (plain adds; the
+/// library's rounding is a function call on CPUs without SSE4.1). Exact
+/// for magnitudes up to 2²² − 1, to which the value is clamped first.
 fn nearest_int(value: f32) -> i32 {
-    value.round_ties_even() as i32
+    const LIMIT: f32 = 4_194_303.0;
+    let shifted = value.clamp(-LIMIT, LIMIT) + 12_582_912.0;
+    (shifted.to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000
 }
 
 /// A sub-block's best scale and minimum (returned as `−min`, the amount
@@ -134,5 +139,27 @@ pub fn q4_k(values: &[f32], out: &mut [u8]) {
         for l in 0..32 {
             q[l] = low[l] | (high[l] << 4);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest_int;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for (value, want) in [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (14.49, 14),
+            (-3.7, -4),
+        ] {
+            assert_eq!(nearest_int(value), want, "{value}");
+        }
+        assert_eq!(nearest_int(1e9), 4_194_303);
+        assert_eq!(nearest_int(-1e9), -4_194_303);
     }
 }
