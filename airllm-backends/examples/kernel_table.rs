@@ -66,16 +66,14 @@ fn matrix(kind: StorageKind, outputs: usize, columns: usize) -> HostTensor {
         StorageKind::Block(block) => {
             let count = outputs * columns / block.block_len() * block.block_bytes();
             let mut bytes: Vec<u8> = (0..count).map(|i| (i * 7919 % 251) as u8).collect();
-            let f16_scale = half::f16::from_f32(0.01).to_le_bytes().to_vec();
-            let (scale, at): (Vec<u8>, &[usize]) = match block {
-                BlockKind::NF4 => (0.05f32.to_le_bytes().to_vec(), &[0]),
-                BlockKind::Q6_K => (f16_scale, &[208]),
-                BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => (f16_scale, &[0]),
-                _ => (f16_scale, &[0, 2]),
+            let (offsets, width) = block.float_factors();
+            let scale = match width {
+                4 => 0.05f32.to_le_bytes().to_vec(),
+                _ => half::f16::from_f32(0.01).to_le_bytes().to_vec(),
             };
             for chunk in bytes.chunks_exact_mut(block.block_bytes()) {
-                for &a in at {
-                    chunk[a..a + scale.len()].copy_from_slice(&scale);
+                for &a in offsets {
+                    chunk[a..a + width].copy_from_slice(&scale);
                 }
             }
             bytes

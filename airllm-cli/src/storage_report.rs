@@ -3,7 +3,7 @@
 //! back from the kind asked for (rows that are not whole blocks).
 
 use airllm_core::{BlockKind, Engine, Result, StorageKind, UnitInfo, UnitSpec};
-use airllm_formats::split::{Compression, EmbeddingStorage, Role, StorageSettings};
+use airllm_formats::split::{wanted, Role, StorageSettings};
 use airllm_formats::{Manifest, ModelDir, ModelKind, MANIFEST_FILE};
 use burn::tensor::backend::Backend;
 use serde_json::{json, Value};
@@ -70,7 +70,7 @@ impl StorageSummary {
                 row.bytes += t.kind.encoded_bytes(elements).unwrap_or(0) as u64;
                 row.bf16_bytes += 2 * elements as u64;
                 let role = Role::of(unit.kind, t, spec.routers.contains(&t.name));
-                if let Some(wanted) = settings.and_then(|s| wanted_block(s, role)) {
+                if let Some(StorageKind::Block(wanted)) = settings.map(|s| wanted(s, role, t)) {
                     if t.kind != StorageKind::Block(wanted) {
                         fallbacks.push(Fallback {
                             unit: unit.name.clone(),
@@ -154,15 +154,5 @@ impl StorageSummary {
             }
         }
         lines
-    }
-}
-
-/// The block kind `settings` ask for a tensor of `role`, if any.
-fn wanted_block(settings: StorageSettings, role: Role) -> Option<BlockKind> {
-    match (role, settings.compression, settings.embedding) {
-        (Role::Embedding, _, EmbeddingStorage::Q8_0) => Some(BlockKind::Q8_0),
-        (Role::Embedding, Compression::Blocks(kind), EmbeddingStorage::Same) => Some(kind),
-        (Role::Matrix, Compression::Blocks(kind), _) => Some(kind),
-        _ => None,
     }
 }

@@ -132,9 +132,10 @@ impl BlockKind {
 }
 
 impl BlockKind {
-    /// Where each block keeps its floating-point factors: byte offsets of
-    /// its f16 scales (and minimum scales), or of NF4's f32 maximum.
-    fn float_factors(self) -> (&'static [usize], usize) {
+    /// Where each block keeps its floating-point factors: the byte offsets
+    /// of its f16 scales (and minimum scales), or of NF4's f32 maximum, and
+    /// their width in bytes (2 or 4).
+    pub fn float_factors(self) -> (&'static [usize], usize) {
         match self {
             BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => (&[0], 2),
             BlockKind::Q4_1 | BlockKind::Q5_1 | BlockKind::Q4_K | BlockKind::Q5_K => (&[0, 2], 2),

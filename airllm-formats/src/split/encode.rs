@@ -41,13 +41,11 @@ fn own_float(kind: StorageKind) -> DType {
     }
 }
 
-/// The encoding `settings` give a tensor of `role` stored as `tensor`.
-/// A block kind applies only where each row is whole blocks (the product
-/// and the embedding gather take whole blocks per row); otherwise Q4_K and
-/// NF4 fall back to Q4_1, and then every kind to a float dtype.
-pub fn target(settings: StorageSettings, role: Role, tensor: &TensorInfo) -> StorageKind {
+/// The encoding `settings` ask for a tensor of `role` stored as `tensor`,
+/// before any fallback ([`target`] applies those).
+pub fn wanted(settings: StorageSettings, role: Role, tensor: &TensorInfo) -> StorageKind {
     let float = float_target(settings.compression).unwrap_or(own_float(tensor.kind));
-    let wanted = match (role, settings.compression) {
+    match (role, settings.compression) {
         (_, Compression::F32) => StorageKind::Dense(DType::F32),
         (Role::Vector, Compression::Keep) => tensor.kind,
         (Role::Vector, _) => StorageKind::Dense(own_float(tensor.kind)),
@@ -61,9 +59,17 @@ pub fn target(settings: StorageSettings, role: Role, tensor: &TensorInfo) -> Sto
         (_, Compression::Keep) => tensor.kind,
         (_, Compression::Bf16) => StorageKind::Dense(DType::BF16),
         (_, Compression::Blocks(kind)) => StorageKind::Block(kind),
-    };
+    }
+}
+
+/// The encoding a tensor is written in: [`wanted`], where each row is whole
+/// blocks of it (the product and the embedding gather take whole blocks per
+/// row); otherwise Q4_K and NF4 fall back to Q4_1, and then every kind to a
+/// float dtype.
+pub fn target(settings: StorageSettings, role: Role, tensor: &TensorInfo) -> StorageKind {
+    let float = float_target(settings.compression).unwrap_or(own_float(tensor.kind));
     let columns = tensor.shape.last().copied().unwrap_or(0);
-    let mut kind = wanted;
+    let mut kind = wanted(settings, role, tensor);
     while let StorageKind::Block(block) = kind {
         if columns.is_multiple_of(block.block_len()) {
             break;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use airllm_core::{ByteSize, HostTensor, LayerStore, StorageKind, UnitInfo};
 
-pub use encode::Role;
+pub use encode::{wanted, Role};
 pub use settings::{Compression, EmbeddingStorage, StorageSettings};
 
 use crate::manifest::{

@@ -486,30 +486,22 @@ pub(crate) mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    /// Where each kind keeps its f16 scale (and minimum scale) in a block.
-    fn scale_offsets(kind: BlockKind) -> &'static [usize] {
-        match kind {
-            BlockKind::Q8_0 | BlockKind::Q4_0 | BlockKind::Q5_0 => &[0],
-            BlockKind::Q6_K => &[208],
-            _ => &[0, 2],
-        }
-    }
-
-    /// `count` blocks of `kind` with random quants and moderate scales.
+    /// `count` blocks of `kind` with random quants and moderate scales
+    /// (NF4's maximums ten times larger, as its values span ±1).
     pub fn random_blocks(kind: BlockKind, count: usize, seed: u64) -> Vec<u8> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut bytes: Vec<u8> = (0..count * kind.block_bytes())
             .map(|_| rng.random())
             .collect();
+        let (offsets, width) = kind.float_factors();
         for block in bytes.chunks_exact_mut(kind.block_bytes()) {
-            if kind == BlockKind::NF4 {
-                let absmax: f32 = rng.random_range(0.02..0.2);
-                block[..4].copy_from_slice(&absmax.to_le_bytes());
-                continue;
-            }
-            for &at in scale_offsets(kind) {
-                let scale = half::f16::from_f32(rng.random_range(0.002..0.02));
-                block[at..at + 2].copy_from_slice(&scale.to_bits().to_le_bytes());
+            for &at in offsets {
+                let scale: f32 = rng.random_range(0.002..0.02);
+                let stored = match width {
+                    4 => (10.0 * scale).to_le_bytes().to_vec(),
+                    _ => half::f16::from_f32(scale).to_le_bytes().to_vec(),
+                };
+                block[at..at + width].copy_from_slice(&stored);
             }
         }
         bytes
