@@ -60,13 +60,13 @@ fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
         }
     }
     let config = shape.config(&args.family)?;
-    let storage = StorageSettings::new(args.compress, args.embedding);
+    let storage = StorageSettings::new(args.compress, args.embedding).with_zstd(args.zstd);
     if out.join(MANIFEST_FILE).is_file() {
         let existing = model::open_dir(&out)?;
         let manifest = Manifest::read(&out.join(MANIFEST_FILE))?;
         if existing.config != config || manifest.storage != Some(storage) {
             return Err(Error::Request(format!(
-                "{} holds a different model or one stored otherwise (--compress, --embedding); choose another --out or delete it",
+                "{} holds a different model or one stored otherwise (--compress, --embedding, --zstd); choose another --out or delete it",
                 out.display()
             )));
         }
@@ -172,6 +172,7 @@ impl BackendJob for BenchJob {
                     "reads": u.reads,
                     "bytes_read": u.bytes_read,
                     "read_ms": u.read.as_secs_f64() * 1e3 / (u.reads.max(1) as f64),
+                    "decompress_ms": u.decompress.as_secs_f64() * 1e3 / (u.reads.max(1) as f64),
                     "upload_ms": u.upload.as_secs_f64() * 1e3 / (u.reads.max(1) as f64),
                     "compute_ms": u.compute.as_secs_f64() * 1e3 / passes,
                 })

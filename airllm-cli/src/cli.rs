@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use airllm_backends::{Activations, DeviceChoice, DeviceOptions};
 use airllm_core::{ByteSize, ComputeDType};
-use airllm_formats::split::{Compression, EmbeddingStorage};
+use airllm_formats::split::{parse_zstd_level, Compression, EmbeddingStorage};
 use clap::{Args, Parser, Subcommand};
 
 /// Run language models larger than memory, one layer at a time.
@@ -31,6 +31,10 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Measure prefill and decode speed, read rate and memory.
     Bench(BenchArgs),
+    /// Score a text: perplexity, and beside a reference model (the one a
+    /// compressed split was made from) the perplexity ratio, mean KL
+    /// divergence and top-1 agreement.
+    Eval(EvalArgs),
 }
 
 /// `airllm split`.
@@ -53,6 +57,13 @@ pub struct SplitArgs {
     /// the block kinds.
     #[arg(long)]
     pub embedding: Option<EmbeddingStorage>,
+    /// Compress each tensor losslessly with zstd at LEVEL (1 to 22; 1 when
+    /// no level is given), decoded as each layer is read. Saves disk, and
+    /// time only where reading is slower than decoding (cold reads from a
+    /// slow disk); see docs/compression.md.
+    #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "1", value_parser = parse_zstd_level)]
+    pub zstd: Option<i32>,
 }
 
 /// Where and how to compute.
@@ -141,6 +152,33 @@ pub struct SamplingArgs {
     pub stop: Vec<String>,
 }
 
+/// `airllm eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model: a GGUF file, a Hugging Face directory, a split directory, or a
+    /// Hugging Face hub id (org/name).
+    pub model: PathBuf,
+    /// The text to score (UTF-8; tests/fixtures/eval/python-reference.txt
+    /// is one).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// A model to compare with (same tokenizer), such as the model split
+    /// with `--compress f32`. The two share --max-memory, half each.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Tokens per scored window (each window starts without context; capped
+    /// at the model's context).
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// Print JSON: tokens, perplexity, reference_perplexity,
+    /// perplexity_ratio, mean_kl, top1_agreement.
+    #[arg(long)]
+    pub json: bool,
+    /// Where and how to compute.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
 /// `airllm run`.
 #[derive(Args)]
 pub struct RunArgs {
@@ -220,6 +258,10 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// List every tensor: its encoding, shape, bytes beside bf16, and the
+    /// kind it fell back from (JSON always lists them).
+    #[arg(long)]
+    pub tensors: bool,
     /// The engine to plan for: its device (which sets what weights cost
     /// there: the cpu keeps matrices in their file encoding, other devices
     /// widen them to f32) and that device's budget unless --max-memory.
@@ -251,6 +293,10 @@ pub struct BenchArgs {
     /// How its embedding is stored, as `split --embedding`.
     #[arg(long, requires = "synthetic")]
     pub embedding: Option<EmbeddingStorage>,
+    /// Compress its tensors with zstd, as `split --zstd`.
+    #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "1", value_parser = parse_zstd_level, requires = "synthetic")]
+    pub zstd: Option<i32>,
     /// Override the preset's layer count.
     #[arg(long)]
     pub layers: Option<usize>,

@@ -40,6 +40,7 @@ impl BackendJob for InspectJob {
             dir: &dir,
             storage: &storage,
             verified: args.engine.verify,
+            each_tensor: args.tensors,
         };
         match args.json {
             true => report.print_json(),
@@ -56,6 +57,7 @@ struct Report<'a, B: Backend> {
     dir: &'a ModelDir,
     storage: &'a StorageSummary,
     verified: bool,
+    each_tensor: bool,
 }
 
 impl<B: Backend> Report<'_, B> {
@@ -115,7 +117,7 @@ impl<B: Backend> Report<'_, B> {
                 ByteSize(u.device_bytes(layout)).to_string()
             );
         }
-        for line in self.storage.lines() {
+        for line in self.storage.lines(self.each_tensor) {
             println!("{line}");
         }
         println!(

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod cli;
+mod eval;
 mod generation;
 mod inspect;
 mod model;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         cli::Command::Chat(args) => chat::run(args),
         cli::Command::Inspect(args) => inspect::run(args),
         cli::Command::Bench(args) => bench::run(args),
+        cli::Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
-//! What `inspect` says of a model's storage: each encoding's tensors and
-//! bytes beside bf16, and, for a compressed split, every matrix that fell
-//! back from the kind asked for (rows that are not whole blocks).
+//! What `inspect` says of a model's storage: each tensor's encoding and
+//! bytes beside bf16, their sums per encoding, the bytes on disk (fewer
+//! than the encodings' under zstd), and, for a compressed split, every
+//! matrix that fell back from the kind asked for (rows that are not whole
+//! blocks).
 
 use airllm_core::{BlockKind, Engine, Result, StorageKind, UnitInfo, UnitSpec};
 use airllm_formats::split::{wanted, Role, StorageSettings};
@@ -16,19 +18,31 @@ struct KindRow {
     bf16_bytes: u64,
 }
 
-/// A matrix stored otherwise than its split's settings asked.
-struct Fallback {
+/// One tensor's storage.
+struct TensorRow {
     unit: String,
     tensor: String,
-    wanted: BlockKind,
-    stored: StorageKind,
+    kind: StorageKind,
+    shape: Vec<usize>,
+    bytes: u64,
+    /// The block kind its split asked for, where it fell back from it.
+    fell_back_from: Option<BlockKind>,
+}
+
+impl TensorRow {
+    fn vs_bf16(&self) -> f64 {
+        self.bytes as f64 / (2 * self.shape.iter().product::<usize>()).max(1) as f64
+    }
 }
 
 /// The storage of a model's units.
 pub struct StorageSummary {
     settings: Option<StorageSettings>,
     kinds: Vec<KindRow>,
-    fallbacks: Vec<Fallback>,
+    tensors: Vec<TensorRow>,
+    /// Bytes of the units' files (their tensors' encodings, or less when
+    /// compressed with zstd).
+    file_bytes: u64,
 }
 
 impl StorageSummary {
@@ -50,7 +64,7 @@ impl StorageSummary {
     /// fallbacks (the routers `specs` mark are kept in floats by design).
     pub fn new(units: &[UnitInfo], specs: &[UnitSpec], settings: Option<StorageSettings>) -> Self {
         let mut kinds: Vec<KindRow> = Vec::new();
-        let mut fallbacks = Vec::new();
+        let mut tensors = Vec::new();
         for (unit, spec) in units.iter().zip(specs) {
             for t in &unit.tensors {
                 let elements: usize = t.shape.iter().product();
@@ -66,30 +80,44 @@ impl StorageSummary {
                         kinds.last_mut().expect("just pushed")
                     }
                 };
+                let bytes = t.kind.encoded_bytes(elements).unwrap_or(0) as u64;
                 row.tensors += 1;
-                row.bytes += t.kind.encoded_bytes(elements).unwrap_or(0) as u64;
+                row.bytes += bytes;
                 row.bf16_bytes += 2 * elements as u64;
                 let role = Role::of(unit.kind, t, spec.routers.contains(&t.name));
-                if let Some(StorageKind::Block(wanted)) = settings.map(|s| wanted(s, role, t)) {
-                    if t.kind != StorageKind::Block(wanted) {
-                        fallbacks.push(Fallback {
-                            unit: unit.name.clone(),
-                            tensor: t.name.clone(),
-                            wanted,
-                            stored: t.kind,
-                        });
+                let fell_back_from = match settings.map(|s| wanted(s, role, t)) {
+                    Some(StorageKind::Block(wanted)) if t.kind != StorageKind::Block(wanted) => {
+                        Some(wanted)
                     }
-                }
+                    _ => None,
+                };
+                tensors.push(TensorRow {
+                    unit: unit.name.clone(),
+                    tensor: t.name.clone(),
+                    kind: t.kind,
+                    shape: t.shape.clone(),
+                    bytes,
+                    fell_back_from,
+                });
             }
         }
         StorageSummary {
             settings,
             kinds,
-            fallbacks,
+            tensors,
+            file_bytes: units.iter().map(|u| u.bytes).sum(),
         }
     }
 
-    /// As JSON: the settings, each encoding, each fallback.
+    fn fallbacks(&self) -> impl Iterator<Item = &TensorRow> {
+        self.tensors.iter().filter(|t| t.fell_back_from.is_some())
+    }
+
+    fn encoded_bytes(&self) -> u64 {
+        self.kinds.iter().map(|r| r.bytes).sum()
+    }
+
+    /// As JSON: the settings, each encoding, each fallback, each tensor.
     pub fn json(&self) -> Value {
         let kinds: Vec<Value> = self
             .kinds
@@ -104,32 +132,58 @@ impl StorageSummary {
             })
             .collect();
         let fallbacks: Vec<Value> = self
-            .fallbacks
-            .iter()
+            .fallbacks()
             .map(|f| {
                 json!({
                     "unit": f.unit,
                     "tensor": f.tensor,
-                    "wanted": format!("{:?}", f.wanted),
-                    "stored": f.stored.to_string(),
+                    "wanted": f.fell_back_from.map(|k| format!("{k:?}")),
+                    "stored": f.kind.to_string(),
+                })
+            })
+            .collect();
+        let tensors: Vec<Value> = self
+            .tensors
+            .iter()
+            .map(|t| {
+                json!({
+                    "unit": t.unit,
+                    "tensor": t.tensor,
+                    "kind": t.kind.to_string(),
+                    "shape": t.shape,
+                    "bytes": t.bytes,
+                    "vs_bf16": t.vs_bf16(),
+                    "fell_back_from": t.fell_back_from.map(|k| format!("{k:?}")),
                 })
             })
             .collect();
         json!({
             "settings": self.settings,
             "kinds": kinds,
+            "encoded_bytes": self.encoded_bytes(),
+            "file_bytes": self.file_bytes,
             "fallbacks": fallbacks,
+            "tensors": tensors,
         })
     }
 
-    /// As lines of text.
-    pub fn lines(&self) -> Vec<String> {
+    /// As lines of text; `each_tensor` adds a line per tensor.
+    pub fn lines(&self, each_tensor: bool) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(s) = self.settings {
+            let zstd = s.zstd.map(|l| format!(" --zstd={l}")).unwrap_or_default();
             lines.push(format!(
-                "stored with --compress {} --embedding {}",
+                "stored with --compress {} --embedding {}{zstd}",
                 s.compression,
                 format!("{:?}", s.embedding).to_lowercase()
+            ));
+        }
+        if self.file_bytes < self.encoded_bytes() {
+            lines.push(format!(
+                "  zstd: {} on disk for {} of tensors ({:.3}x)",
+                airllm_core::ByteSize(self.file_bytes),
+                airllm_core::ByteSize(self.encoded_bytes()),
+                self.file_bytes as f64 / self.encoded_bytes().max(1) as f64
             ));
         }
         for r in &self.kinds {
@@ -141,15 +195,40 @@ impl StorageSummary {
                 r.bytes as f64 / r.bf16_bytes.max(1) as f64
             ));
         }
-        if !self.fallbacks.is_empty() {
+        let fallbacks: Vec<&TensorRow> = self.fallbacks().collect();
+        if !fallbacks.is_empty() && !each_tensor {
             lines.push(format!(
                 "{} matrices fell back (rows that are not whole blocks):",
-                self.fallbacks.len()
+                fallbacks.len()
             ));
-            for f in &self.fallbacks {
+            for f in fallbacks {
                 lines.push(format!(
                     "  {} {}: {} instead of {:?}",
-                    f.unit, f.tensor, f.stored, f.wanted
+                    f.unit,
+                    f.tensor,
+                    f.kind,
+                    f.fell_back_from.expect("a fallback")
+                ));
+            }
+        }
+        if each_tensor {
+            lines.push(format!(
+                "  {:<10} {:<40} {:<6} {:>14} {:>12} {:>8}",
+                "unit", "tensor", "kind", "shape", "bytes", "vs bf16"
+            ));
+            for t in &self.tensors {
+                let fallback = t
+                    .fell_back_from
+                    .map(|k| format!("  (fell back from {k:?})"))
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "  {:<10} {:<40} {:<6} {:>14} {:>12} {:>7.3}x{fallback}",
+                    t.unit,
+                    t.tensor,
+                    t.kind.to_string(),
+                    format!("{:?}", t.shape),
+                    airllm_core::ByteSize(t.bytes).to_string(),
+                    t.vs_bf16()
                 ));
             }
         }

@@ -373,3 +373,175 @@ fn smollm2_gguf_end_to_end_says_paris() {
     let text = answer["text"].as_str().unwrap();
     assert!(text.contains("Paris"), "{text:?}");
 }
+
+/// `eval` scores a text: a model against itself agrees at every position
+/// (ratio 1, KL 0), a 4-bit split of it does not; a reference that
+/// tokenizes the text otherwise is refused, naming both.
+#[test]
+fn eval_scores_a_split_against_its_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/eval/python-reference.txt");
+    let q4 = tmp.path().join("q4_0");
+    let (model, text, q4s) = (
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+        q4.to_str().unwrap(),
+    );
+    assert!(airllm(&["split", model, q4s, "--compress", "q4_0"])
+        .status
+        .success());
+    let eval = |subject: &str, reference: &str| {
+        let args = [
+            "eval",
+            subject,
+            "--text",
+            text,
+            "--reference",
+            reference,
+            "--window",
+            "128",
+            "--json",
+        ];
+        json_lines(&airllm(&args)).remove(0)
+    };
+    let itself = eval(model, model);
+    let tokens = itself["tokens"].as_u64().unwrap();
+    assert!(tokens > 4000, "{itself}");
+    assert_eq!(itself["perplexity_ratio"], 1.0);
+    assert_eq!(itself["mean_kl"], 0.0);
+    assert_eq!(itself["top1_agreement"], 1.0);
+    assert_eq!(itself["perplexity"], itself["reference_perplexity"]);
+    let quantized = eval(q4s, model);
+    assert_eq!(quantized["tokens"], tokens);
+    assert_eq!(quantized["reference_perplexity"], itself["perplexity"]);
+    let kl = quantized["mean_kl"].as_f64().unwrap();
+    let agreement = quantized["top1_agreement"].as_f64().unwrap();
+    assert!(kl > 0.0 && agreement < 1.0, "{quantized}");
+    let ratio = quantized["perplexity_ratio"].as_f64().unwrap();
+    assert!(
+        ratio.is_finite() && ratio > 0.5 && ratio < 2.0,
+        "{quantized}"
+    );
+
+    let unigram = tmp.path().join("unigram");
+    std::fs::create_dir(&unigram).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(PathBuf::from(model).join(file), unigram.join(file)).unwrap();
+    }
+    let vocabulary = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/tokenizers/unigram/tokenizer.model");
+    std::fs::copy(vocabulary, unigram.join("tokenizer.model")).unwrap();
+    let refused = airllm(&[
+        "eval",
+        model,
+        "--text",
+        text,
+        "--reference",
+        unigram.to_str().unwrap(),
+    ]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && message.contains("tokenize the text differently")
+            && message.contains("unigram"),
+        "{message}"
+    );
+}
+
+/// A `--zstd` split answers as its source does, says what it saves on
+/// disk, and `bench` reports the time spent decompressing each unit.
+#[test]
+fn zstd_split_answers_as_its_source_and_reports_decompression() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("zstd");
+    let (model, outs) = (fixture("llama-gqa"), out.to_str().unwrap());
+    let split = airllm(&[
+        "split",
+        model.to_str().unwrap(),
+        outs,
+        "--compress",
+        "bf16",
+        "--zstd",
+    ]);
+    assert!(
+        split.status.success(),
+        "{}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    let storage = &json_lines(&airllm(&["inspect", outs, "--json"]))[0]["storage"];
+    assert_eq!(storage["settings"]["zstd"], 1);
+    let (file, encoded) = (
+        storage["file_bytes"].as_u64().unwrap(),
+        storage["encoded_bytes"].as_u64().unwrap(),
+    );
+    assert!(file < encoded, "{storage}");
+    let tensors = storage["tensors"].as_array().unwrap();
+    assert!(
+        tensors
+            .iter()
+            .any(|t| t["kind"] == "BF16" && t["vs_bf16"] == 1.0),
+        "{tensors:?}"
+    );
+
+    let prompt = &reference("llama-gqa")["prompts"][0];
+    let prompt_ids = ids(&prompt["ids"])
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let answer = |dir: &str| {
+        let args = [
+            "run",
+            dir,
+            "--prompt-ids",
+            &prompt_ids,
+            "--max-new-tokens",
+            "6",
+            "--max-memory",
+            "450KiB",
+            "--json",
+        ];
+        json_lines(&airllm(&args)).remove(0)["tokens"].clone()
+    };
+    let plain = tmp.path().join("plain");
+    let plains = plain.to_str().unwrap();
+    assert!(airllm(&[
+        "split",
+        model.to_str().unwrap(),
+        plains,
+        "--compress",
+        "bf16"
+    ])
+    .status
+    .success());
+    assert_eq!(answer(outs), answer(plains));
+
+    let bench = &json_lines(&airllm(&[
+        "bench",
+        outs,
+        "--prompt-len",
+        "4",
+        "--new-tokens",
+        "2",
+        // Above the 319 KiB minimum, below what holds every unit.
+        "--max-memory",
+        "340KiB",
+        "--json",
+    ]))[0];
+    assert!(bench["units_streamed"].as_u64().unwrap() > 0, "{bench}");
+    let streamed: Vec<&Value> = bench["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["reads"].as_u64() > Some(0))
+        .collect();
+    assert!(
+        !streamed.is_empty()
+            && streamed
+                .iter()
+                .all(|u| u["decompress_ms"].as_f64() > Some(0.0)),
+        "{bench}"
+    );
+}

@@ -61,6 +61,7 @@ struct LoadedUnit {
     index: usize,
     tensors: Vec<StagedTensor>,
     bytes: u64,
+    decompress: Duration,
     read: Duration,
 }
 
@@ -303,6 +304,7 @@ impl<B: Backend> Engine<B> {
         stats.reads += 1;
         stats.bytes_read += loaded.bytes;
         stats.read += loaded.read;
+        stats.decompress += loaded.decompress;
         stats.upload += started.elapsed();
         Ok(unit)
     }
@@ -588,28 +590,43 @@ fn load_unit<B: Backend>(
     only: Option<&[&str]>,
 ) -> Result<LoadedUnit> {
     let started = Instant::now();
-    let (tensors, bytes) = read_staged(store, backend, index, only)?;
+    let staged = read_staged(store, backend, index, only)?;
     Ok(LoadedUnit {
         index,
-        tensors,
-        bytes,
+        tensors: staged.tensors,
+        bytes: staged.stored_bytes,
+        decompress: staged.decompress,
         read: started.elapsed(),
     })
 }
 
+/// A unit's tensors staged for upload, with what reading them cost.
+pub(crate) struct StagedUnit {
+    /// The staged tensors.
+    pub tensors: Vec<StagedTensor>,
+    /// Bytes read from storage (compressed ones counted as stored).
+    pub stored_bytes: u64,
+    /// Time the store spent decompressing.
+    pub decompress: Duration,
+}
+
 /// Reads unit `index` (or its tensors named in `only`) and stages each
-/// tensor for upload; returns them with the stored bytes read.
+/// tensor for upload.
 pub(crate) fn read_staged<B: Backend>(
     store: &dyn LayerStore,
     backend: &dyn ComputeBackend<B>,
     index: usize,
     only: Option<&[&str]>,
-) -> Result<(Vec<StagedTensor>, u64)> {
+) -> Result<StagedUnit> {
     let host = store.read_unit(index, only)?;
     let tensors = host
         .tensors
         .iter()
         .map(|t| backend.stage(t))
         .collect::<Result<Vec<_>>>()?;
-    Ok((tensors, host.bytes()))
+    Ok(StagedUnit {
+        tensors,
+        stored_bytes: host.stored_bytes,
+        decompress: host.decompress,
+    })
 }

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::Backend;
 
 use crate::arch::ExpertLoader;
-use crate::backend::StagedTensor;
-use crate::engine::read_staged;
+use crate::engine::{read_staged, StagedUnit};
 use crate::{ComputeBackend, DeviceUnit, Error, LayerStore, Result, RunStats, UnitSpec};
 
 /// What the compute thread asks of the reader thread.
@@ -29,8 +28,8 @@ pub(crate) enum ReaderRequest {
 
 /// Experts read and staged by the reader thread, in the order asked.
 pub(crate) struct LoadedExperts {
-    /// Per expert: its staged tensors and the stored bytes read.
-    experts: Vec<(Vec<StagedTensor>, u64)>,
+    /// Per expert: its staged tensors and what reading them cost.
+    experts: Vec<StagedUnit>,
     /// Time spent reading.
     read: Duration,
 }
@@ -211,10 +210,11 @@ impl<B: Backend> ExpertLoader<B> for ExpertFetcher<'_, B> {
             let loaded = self.replies.recv().map_err(|_| stopped())??;
             let unit_stats = &mut self.stats.units[self.index];
             unit_stats.read += loaded.read;
-            for ((slot, expert), (staged, bytes)) in missing.into_iter().zip(loaded.experts) {
-                unit_stats.bytes_read += bytes;
+            for ((slot, expert), staged) in missing.into_iter().zip(loaded.experts) {
+                unit_stats.bytes_read += staged.stored_bytes;
+                unit_stats.decompress += staged.decompress;
                 let name = format!("{}.expert.{expert}", self.spec.name);
-                let unit = Arc::new(DeviceUnit::upload(&name, staged, self.backend)?);
+                let unit = Arc::new(DeviceUnit::upload(&name, staged.tensors, self.backend)?);
                 self.cache.insert(
                     (self.index, expert),
                     unit.clone(),

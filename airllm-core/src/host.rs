@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{DType, Error, Result, StorageKind};
 
@@ -151,9 +152,23 @@ fn decode_dense(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 pub struct HostUnit {
     /// The unit's tensors, in the order the store listed them.
     pub tensors: Vec<HostTensor>,
+    /// Bytes read from storage for them: their bytes, or fewer when the
+    /// store keeps them compressed.
+    pub stored_bytes: u64,
+    /// Time spent decompressing them (zero when read in place).
+    pub decompress: Duration,
 }
 
 impl HostUnit {
+    /// Tensors read in place: the bytes stored are their bytes.
+    pub fn in_place(tensors: Vec<HostTensor>) -> Self {
+        HostUnit {
+            stored_bytes: tensors.iter().map(|t| t.bytes.len() as u64).sum(),
+            tensors,
+            decompress: Duration::ZERO,
+        }
+    }
+
     /// Total encoded bytes.
     pub fn bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.bytes.len() as u64).sum()

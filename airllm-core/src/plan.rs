@@ -32,6 +32,10 @@ pub struct PlanInput {
     pub kv_bytes: u64,
     /// Activation bytes of the largest pass.
     pub activation_bytes: u64,
+    /// Host bytes held while one unit is decoded, besides the unit (the
+    /// largest of [`UnitInfo::decode_bytes`]; the reader decodes one at a
+    /// time).
+    pub decode_bytes: u64,
     /// Units the reader may run ahead of the compute thread.
     pub prefetch: usize,
     /// The memory budget.
@@ -45,7 +49,9 @@ pub struct ResidencyPlan {
     pub placements: Vec<UnitPlacement>,
     /// Bytes of the resident units.
     pub resident_bytes: u64,
-    /// Bytes of the buffers for streamed units in flight (prefetch + 1 of the largest).
+    /// Bytes of the buffers for units being read: prefetch + 1 streamed
+    /// units of the largest size, and the compressed frames and scratch of
+    /// the one being decoded.
     pub stream_buffer_bytes: u64,
     /// KV-cache bytes.
     pub kv_bytes: u64,
@@ -117,6 +123,7 @@ impl PlanInput {
                 .collect(),
             kv_bytes: dims.kv_bytes_per_token() * (shape.batch * shape.context) as u64,
             activation_bytes: dims.activation_bytes(shape.batch * shape.chunk, shape.context),
+            decode_bytes: units.iter().map(|u| u.decode_bytes).max().unwrap_or(0),
             prefetch,
             budget,
         }
@@ -137,7 +144,8 @@ impl PlanInput {
             .sum()
     }
 
-    /// Buffers for prefetch + 1 streamed layers of the largest size.
+    /// Buffers for prefetch + 1 streamed layers of the largest size, and
+    /// for decoding one.
     fn stream_buffer_bytes(&self) -> u64 {
         let largest = self
             .units
@@ -146,7 +154,7 @@ impl PlanInput {
             .filter(|(u, _)| is_layer(u.0))
             .map(|(_, streamed)| *streamed)
             .max();
-        (self.prefetch as u64 + 1) * largest.unwrap_or(0)
+        (self.prefetch as u64 + 1) * largest.unwrap_or(0) + self.decode_bytes
     }
 }
 
@@ -176,12 +184,12 @@ impl ResidencyPlan {
     /// is left holds the cache of routed experts.
     pub fn new(input: &PlanInput) -> Result<Self> {
         let everything: u64 = input.units.iter().map(|u| u.1).sum();
-        let fixed = input.kv_bytes + input.activation_bytes;
+        let fixed = input.kv_bytes + input.activation_bytes + input.decode_bytes;
         if everything + fixed <= input.budget {
             return Ok(ResidencyPlan {
                 placements: vec![UnitPlacement::Resident; input.units.len()],
                 resident_bytes: everything,
-                stream_buffer_bytes: 0,
+                stream_buffer_bytes: input.decode_bytes,
                 kv_bytes: input.kv_bytes,
                 activation_bytes: input.activation_bytes,
                 expert_cache_bytes: 0,
@@ -196,10 +204,14 @@ impl ResidencyPlan {
                 budget: ByteSize(input.budget),
                 minimum: ByteSize(minimum),
                 detail: format!(
-                    "embedding + head {}, {} streamed layer buffers {}, KV cache {}, activations {}",
+                    "embedding + head {}, {} streamed layer buffers {}{}, KV cache {}, activations {}",
                     ByteSize(ends),
                     input.prefetch + 1,
                     ByteSize(buffers),
+                    match input.decode_bytes {
+                        0 => String::new(),
+                        bytes => format!(" (of which {} to decode one)", ByteSize(bytes)),
+                    },
                     ByteSize(input.kv_bytes),
                     ByteSize(input.activation_bytes)
                 ),
@@ -285,6 +297,7 @@ mod tests {
             shared_bytes: vec![None; 6],
             kv_bytes: 10,
             activation_bytes: 10,
+            decode_bytes: 0,
             prefetch,
             budget,
         }
@@ -295,6 +308,19 @@ mod tests {
         let plan = ResidencyPlan::new(&input(420, 1)).unwrap();
         assert_eq!(plan.streamed(), 0);
         assert_eq!(plan.predicted_peak(), 420);
+    }
+
+    #[test]
+    fn decoding_a_compressed_unit_is_planned_once() {
+        let mut compressed = input(420, 1);
+        let minimum = ResidencyPlan::minimum_budget(&compressed);
+        compressed.decode_bytes = 30;
+        assert_eq!(ResidencyPlan::minimum_budget(&compressed), minimum + 30);
+        // 420 holds every unit read in place, not with 30 more to decode.
+        assert_eq!(ResidencyPlan::new(&input(420, 1)).unwrap().streamed(), 0);
+        let plan = ResidencyPlan::new(&compressed).unwrap();
+        assert!(plan.streamed() > 0);
+        assert!(plan.stream_buffer_bytes >= 30 && plan.predicted_peak() <= 420);
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct UnitInfo {
     pub tensors: Vec<TensorInfo>,
     /// Bytes read to load it.
     pub bytes: u64,
+    /// Host bytes held while it is decoded, besides its tensors: its
+    /// compressed frames and the decoder's scratch (0 for a unit read in
+    /// place).
+    pub decode_bytes: u64,
 }
 
 /// How a backend holds weights once uploaded, which sets what a unit costs

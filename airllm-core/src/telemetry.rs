@@ -16,6 +16,8 @@ pub struct UnitStats {
     pub bytes_read: u64,
     /// Time reading and decoding on the reader thread.
     pub read: Duration,
+    /// Of `read`, the time decompressing (zstd) unit files.
+    pub decompress: Duration,
     /// Time copying to the device.
     pub upload: Duration,
     /// Time computing.

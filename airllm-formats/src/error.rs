@@ -68,8 +68,9 @@ pub enum FormatError {
         /// What is missing and what to do.
         detail: String,
     },
-    /// A JSON file could not be parsed.
-    #[error("{} is not valid JSON: {source}", path.display())]
+    /// A JSON file could not be parsed, or holds what this crate does not
+    /// know (an unknown variant lists the known ones).
+    #[error("{} cannot be read as {}: {source}", path.display(), if source.is_data() { "expected" } else { "JSON" })]
     Json {
         /// The file.
         path: PathBuf,

@@ -55,6 +55,7 @@ impl HfStore {
                 kind,
                 shape: entry.shape.clone(),
                 range: entry.range.clone(),
+                frame: None,
             }))
         })?;
         Ok(HfStore {

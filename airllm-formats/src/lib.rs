@@ -14,6 +14,7 @@
 pub mod chat;
 pub mod checksum;
 pub mod error;
+pub mod frames;
 pub mod gguf;
 pub mod hf;
 pub mod hub;

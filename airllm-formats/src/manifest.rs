@@ -5,6 +5,7 @@ use std::path::Path;
 
 use airllm_core::{StorageKind, UnitKind};
 
+use crate::frames::{Frame, CODECS, CODEC_ZSTD};
 use crate::split::StorageSettings;
 
 use crate::error::read_json;
@@ -16,8 +17,9 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const JOURNAL_FILE: &str = "manifest.partial.json";
 /// Format name recorded in every manifest.
 pub const FORMAT_NAME: &str = "airllm-split";
-/// Version of the layout this crate writes (2: block-quantized tensors and
-/// the storage settings). It reads this one and every earlier one.
+/// Version of the layout this crate writes (2: block-quantized tensors,
+/// zstd frames and the storage settings). It reads this one and every
+/// earlier one.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// A tensor inside a unit file.
@@ -29,8 +31,12 @@ pub struct ManifestTensor {
     pub kind: StorageKind,
     /// Logical shape.
     pub shape: Vec<usize>,
-    /// Byte range `[start, end)` in the unit file.
+    /// Byte range `[start, end)` in the unit file: the tensor's bytes, or
+    /// its zstd frame.
     pub range: [u64; 2],
+    /// The zstd frame the range holds, in a unit of codec `zstd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<Frame>,
 }
 
 /// One unit file.
@@ -42,7 +48,8 @@ pub struct ManifestUnit {
     pub kind: UnitKind,
     /// File path relative to the split directory.
     pub file: String,
-    /// Codec of the file (`none`).
+    /// Codec of the tensors in the file: `none` (stored as they are) or
+    /// `zstd` (each tensor one zstd frame).
     pub codec: String,
     /// Bytes once decoded.
     pub raw_bytes: u64,
@@ -98,11 +105,23 @@ impl Manifest {
         if manifest.checksum != crate::checksum::ALGORITHM {
             return Err(bad(format!("unknown checksum `{}`", manifest.checksum)));
         }
-        if let Some(unit) = manifest.units.iter().find(|u| u.codec != "none") {
-            return Err(bad(format!(
-                "unit `{}` uses unknown codec `{}`",
-                unit.name, unit.codec
-            )));
+        for unit in &manifest.units {
+            if !CODECS.contains(&unit.codec.as_str()) {
+                return Err(bad(format!(
+                    "unit `{}` uses unknown codec `{}`; the known codecs are {}",
+                    unit.name,
+                    unit.codec,
+                    CODECS.join(", ")
+                )));
+            }
+            let framed = unit.codec == CODEC_ZSTD;
+            if let Some(t) = unit.tensors.iter().find(|t| t.frame.is_some() != framed) {
+                let needs = if framed { "needs" } else { "cannot have" };
+                return Err(bad(format!(
+                    "tensor `{}` of unit `{}` (codec `{}`) {needs} a zstd frame",
+                    t.name, unit.name, unit.codec
+                )));
+            }
         }
         Ok(manifest)
     }

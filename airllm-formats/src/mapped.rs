@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use airllm_core::store::element_count;
 use airllm_core::{HostBytes, HostTensor, StorageKind};
 
+use crate::frames::Frame;
 use crate::{FormatError, Result};
 
 /// The step between the bytes touched to read a span in by hand (the
@@ -36,6 +37,9 @@ pub struct TensorPlacement<'a> {
     pub shape: &'a [usize],
     /// Absolute byte range in the file.
     pub range: Range<usize>,
+    /// The zstd frame the range holds, if the tensor is stored as one (its
+    /// host tensor then holds the frame, for [`crate::frames`] to decode).
+    pub frame: Option<Frame>,
 }
 
 /// Maps the tensors of `wanted` and returns them in the same order. Runs of
@@ -88,7 +92,7 @@ pub fn map_tensors(files: &FileMaps, wanted: &[TensorPlacement<'_>]) -> Result<V
                         t.name, t.range
                     ),
                 })?;
-            view(lease, t.name, t.kind, t.shape, t.range.clone())
+            view(lease, t)
         })
         .collect()
 }
@@ -289,25 +293,29 @@ impl Drop for SpanLease {
 
 /// A host tensor viewing file bytes `range` of the file `lease` holds
 /// (which must lie in the lease's span).
-fn view(
-    lease: &Arc<SpanLease>,
-    name: &str,
-    kind: StorageKind,
-    shape: &[usize],
-    range: Range<usize>,
-) -> Result<HostTensor> {
+fn view(lease: &Arc<SpanLease>, placement: &TensorPlacement<'_>) -> Result<HostTensor> {
+    let TensorPlacement {
+        name,
+        kind,
+        shape,
+        range,
+        frame,
+        ..
+    } = placement.clone();
     let expected = element_count(shape).and_then(|n| kind.encoded_bytes(n));
-    if expected != Some(range.len()) {
+    let holds = match frame {
+        Some(frame) => format!("its zstd frame decodes to {}", frame.raw_bytes),
+        None => format!("its range {range:?} holds {}", range.len()),
+    };
+    let found = frame.map_or(range.len() as u64, |f| f.raw_bytes);
+    if expected.map(|e| e as u64) != Some(found) {
         let needs = match expected {
             Some(bytes) => format!("needs {bytes} bytes"),
             None => "is too large or not a whole number of blocks".into(),
         };
         return Err(FormatError::Truncated {
             path: lease.file.path.clone(),
-            detail: format!(
-                "tensor `{name}` ({kind}, shape {shape:?}) {needs}, its range {range:?} holds {}",
-                range.len()
-            ),
+            detail: format!("tensor `{name}` ({kind}, shape {shape:?}) {needs}, {holds}"),
         });
     }
     let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = lease.clone();
@@ -350,6 +358,7 @@ mod tests {
             kind: StorageKind::Dense(DType::F32),
             shape,
             range: start..start + shape[0] * 4,
+            frame: None,
         }
     }
 

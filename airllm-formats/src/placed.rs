@@ -5,9 +5,11 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use airllm_core::{HostUnit, StorageKind, TensorInfo, UnitInfo, UnitSpec};
 
+use crate::frames::{DecodeBuffers, Frame};
 use crate::mapped::{map_tensors, FileMaps, TensorPlacement};
 use crate::Result;
 
@@ -24,6 +26,8 @@ pub struct Placed {
     pub shape: Vec<usize>,
     /// Its absolute byte range in the file.
     pub range: Range<usize>,
+    /// The zstd frame the range holds, if it is stored as one.
+    pub frame: Option<Frame>,
 }
 
 /// Units of tensors placed in weight files, read through shared maps.
@@ -32,6 +36,7 @@ pub struct PlacedUnits {
     units: Vec<UnitInfo>,
     placements: Vec<Vec<Placed>>,
     maps: FileMaps,
+    buffers: DecodeBuffers,
 }
 
 impl PlacedUnits {
@@ -58,6 +63,7 @@ impl PlacedUnits {
                 location: location.to_string(),
                 tensors: placed.iter().map(tensor_info).collect(),
                 bytes: placed.iter().map(|p| p.range.len() as u64).sum(),
+                decode_bytes: 0,
             });
             placements.push(placed);
         }
@@ -75,6 +81,7 @@ impl PlacedUnits {
     ) -> Self {
         PlacedUnits {
             maps: FileMaps::new(weight_bytes),
+            buffers: DecodeBuffers::default(),
             files,
             units,
             placements,
@@ -94,7 +101,8 @@ impl PlacedUnits {
         files
     }
 
-    /// Reads unit `index`, or only its tensors named in `only`.
+    /// Reads unit `index`, or only its tensors named in `only`; tensors
+    /// stored as zstd frames are decoded.
     pub fn read(&self, index: usize, only: Option<&[&str]>) -> Result<HostUnit> {
         let wanted: Vec<TensorPlacement<'_>> = self.placements[index]
             .iter()
@@ -105,10 +113,21 @@ impl PlacedUnits {
                 kind: p.kind,
                 shape: &p.shape,
                 range: p.range.clone(),
+                frame: p.frame,
             })
             .collect();
+        let mapped = map_tensors(&self.maps, &wanted)?;
+        let Some(framed) = wanted.iter().find(|p| p.frame.is_some()) else {
+            return Ok(HostUnit::in_place(mapped));
+        };
+        let started = Instant::now();
+        let stored_bytes = mapped.iter().map(|t| t.bytes.len() as u64).sum();
+        let frames = mapped.into_iter().zip(wanted.iter().map(|p| p.frame));
+        let tensors = self.buffers.decode(framed.path, frames.collect())?;
         Ok(HostUnit {
-            tensors: map_tensors(&self.maps, &wanted)?,
+            tensors,
+            stored_bytes,
+            decompress: started.elapsed(),
         })
     }
 }

@@ -109,41 +109,52 @@ impl SafetensorsFile {
     }
 }
 
-/// Adapts a host tensor to safetensors' writer: dense tensors under their
-/// dtype and shape, block-quantized ones as a 1-D U8 tensor of their bytes
-/// (the kind and logical shape are the manifest's).
+/// Adapts bytes to safetensors' writer: a dense tensor under its dtype
+/// and shape, or any bytes (blocks, a zstd frame) as a 1-D U8 tensor (their
+/// kind and logical shape are the manifest's).
 pub struct TensorWriteView<'a> {
-    tensor: &'a HostTensor,
-    bytes_shape: [usize; 1],
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: &'a [u8],
 }
 
 impl<'a> TensorWriteView<'a> {
-    /// A view of `tensor` for writing.
+    /// A view of `tensor` for writing, in its own encoding.
     pub fn new(tensor: &'a HostTensor) -> Self {
+        match safetensors_dtype(tensor.kind) {
+            Some(dtype) => TensorWriteView {
+                dtype,
+                shape: tensor.shape.clone(),
+                data: tensor.bytes.as_slice(),
+            },
+            None => TensorWriteView::bytes(tensor.bytes.as_slice()),
+        }
+    }
+
+    /// A view of `data` as a U8 tensor of its length.
+    pub fn bytes(data: &'a [u8]) -> Self {
         TensorWriteView {
-            tensor,
-            bytes_shape: [tensor.bytes.len()],
+            dtype: Dtype::U8,
+            shape: vec![data.len()],
+            data,
         }
     }
 }
 
 impl safetensors::View for TensorWriteView<'_> {
     fn dtype(&self) -> Dtype {
-        safetensors_dtype(self.tensor.kind).unwrap_or(Dtype::U8)
+        self.dtype
     }
 
     fn shape(&self) -> &[usize] {
-        match self.tensor.kind {
-            StorageKind::Dense(_) => &self.tensor.shape,
-            StorageKind::Block(_) => &self.bytes_shape,
-        }
+        &self.shape
     }
 
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(self.tensor.bytes.as_slice())
+        std::borrow::Cow::Borrowed(self.data)
     }
 
     fn data_len(&self) -> usize {
-        self.tensor.bytes.len()
+        self.data.len()
     }
 }

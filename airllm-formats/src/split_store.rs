@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use airllm_compress::codec::PLANE_RUN;
 use airllm_core::store::element_count;
 use airllm_core::{HostUnit, LayerStore, StorageKind, UnitInfo};
 
-use crate::manifest::{Manifest, JOURNAL_FILE, MANIFEST_FILE};
+use crate::manifest::{Manifest, ManifestUnit, JOURNAL_FILE, MANIFEST_FILE};
 use crate::placed::{tensor_info, Placed, PlacedUnits};
 use crate::{checksum, FormatError, Result};
 
@@ -47,6 +48,7 @@ impl SplitStore {
                         kind: t.kind,
                         shape: t.shape.clone(),
                         range: t.range[0] as usize..t.range[1] as usize,
+                        frame: t.frame,
                     })
                     .collect()
             })
@@ -62,6 +64,7 @@ impl SplitStore {
                 location: path.display().to_string(),
                 tensors: placed.iter().map(tensor_info).collect(),
                 bytes: u.stored_bytes,
+                decode_bytes: decode_bytes(u),
             })
             .collect();
         let stored = manifest.units.iter().map(|u| u.stored_bytes).sum();
@@ -101,7 +104,8 @@ impl SplitStore {
         for t in &unit.tensors {
             let [start, end] = t.range;
             let expected = element_count(&t.shape).and_then(|n| t.kind.encoded_bytes(n));
-            if start > end || end > unit.stored_bytes || expected != Some((end - start) as usize) {
+            let holds = t.frame.map_or(end.wrapping_sub(start), |f| f.raw_bytes);
+            if start > end || end > unit.stored_bytes || expected.map(|e| e as u64) != Some(holds) {
                 return Err(self.bad_unit(
                     index,
                     format!(
@@ -126,6 +130,23 @@ impl SplitStore {
             Err(e) => Err(self.bad_unit(index, format!("cannot be read ({e})"))),
         }
     }
+}
+
+/// Host bytes a unit holds while it is decoded, besides its tensors: its
+/// frames, mapped, and the staging buffer of byte planes (one run, or the
+/// largest planar tensor when that is smaller).
+fn decode_bytes(unit: &ManifestUnit) -> u64 {
+    let frames = unit
+        .tensors
+        .iter()
+        .filter_map(|t| Some((t.frame?, t.range)));
+    let staging = frames
+        .clone()
+        .filter(|(frame, _)| frame.planes)
+        .map(|(frame, _)| frame.raw_bytes.min(2 * PLANE_RUN as u64))
+        .max();
+    let stored: u64 = frames.map(|(_, [start, end])| end - start).sum();
+    stored + staging.unwrap_or(0)
 }
 
 impl LayerStore for SplitStore {

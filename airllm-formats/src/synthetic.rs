@@ -38,6 +38,7 @@ impl SyntheticStore {
                     location: format!("synthetic unit `{}`", spec.name),
                     tensors,
                     bytes,
+                    decode_bytes: 0,
                 }
             })
             .collect();
@@ -94,7 +95,7 @@ impl LayerStore for SyntheticStore {
                 }
             })
             .collect();
-        Ok(HostUnit { tensors })
+        Ok(HostUnit::in_place(tensors))
     }
 
     fn verify_unit(&self, _index: usize) -> airllm_core::Result<()> {

@@ -455,6 +455,15 @@ pub fn bases(scratch: &Path) -> Vec<Base> {
         let storage = StorageSettings::new(compression, None);
         bases.push(dir_base(split_stored(&fixture(name), &out, storage)));
     }
+    // zstd splits: frames of dense tensors (byte planes) and of blocks.
+    for (name, compression) in [
+        ("mixtral-moe", Compression::Keep),
+        ("llama-gqa", Compression::Blocks(BlockKind::Q8_0)),
+    ] {
+        let out = scratch.join(format!("{name}.{compression}.zstd.split"));
+        let storage = StorageSettings::new(compression, None).with_zstd(Some(3));
+        bases.push(dir_base(split_stored(&fixture(name), &out, storage)));
+    }
     // Models with a vocabulary file in place of tokenizer.json.
     for (model, vocabulary) in [
         ("chatglm3", "chatglm3/tokenizer.model"),

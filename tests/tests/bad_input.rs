@@ -533,3 +533,97 @@ fn older_layouts_read_and_newer_ones_are_named() {
         "{err}"
     );
 }
+
+/// An unknown storage kind or codec in a manifest is refused, listing the
+/// known ones.
+#[test]
+fn unknown_storage_kinds_and_codecs_list_the_known_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = StorageSettings::new(Compression::Blocks(BlockKind::Q8_0), None);
+    let out = split_stored(&fixture("llama-gqa"), &tmp.path().join("split"), q8);
+    let path = out.join("manifest.json");
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut manifest = original.clone();
+    manifest["units"][1]["tensors"][0]["kind"] = serde_json::json!({"block": "Q3_K"});
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = SplitStore::open(&out).err().expect("refused").to_string();
+    assert!(
+        err.contains("manifest.json") && err.contains("Q3_K") && err.contains("NF4"),
+        "{err}"
+    );
+    let mut manifest = original;
+    manifest["units"][1]["codec"] = "lz4".into();
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = SplitStore::open(&out).err().expect("refused").to_string();
+    assert!(
+        err.contains("`lz4`") && err.contains("none, zstd") && err.contains("layer.000"),
+        "{err}"
+    );
+}
+
+/// In a zstd split, a flipped byte in a frame is named by `--verify`'s
+/// checksum; written so by a faulty writer (checksum recomputed), by the
+/// frame's own check when read; and a frame that holds another length
+/// than the manifest records is named with both lengths.
+#[test]
+fn damaged_zstd_frames_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let zstd = StorageSettings::default().with_zstd(Some(3));
+    let out = split_stored(&fixture("llama-gqa"), &tmp.path().join("split"), zstd);
+    let manifest_path = out.join("manifest.json");
+    let original = std::fs::read(&manifest_path).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let unit = manifest["units"][2].clone();
+    let file = out.join(unit["file"].as_str().unwrap());
+    let tensor = unit["tensors"][3].clone();
+    let name = tensor["name"].as_str().unwrap();
+    let [start, end] = [0, 1].map(|i| tensor["range"][i].as_u64().unwrap() as usize);
+    let pristine = std::fs::read(&file).unwrap();
+    let mut bytes = pristine.clone();
+    bytes[(start + end) / 2] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let store = SplitStore::open(&out).unwrap();
+    let err = store.verify_unit(2).unwrap_err().to_string();
+    assert!(
+        err.contains("002-layer.001.safetensors") && err.contains("checksum"),
+        "{err}"
+    );
+    manifest["units"][2]["checksum"] = airllm_formats::checksum::of_bytes(&bytes).into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let store = SplitStore::open(&out).unwrap();
+    for err in [
+        store.read_unit(2, None).unwrap_err().to_string(),
+        store.verify_unit(2).unwrap_err().to_string(),
+    ] {
+        assert!(
+            err.contains("002-layer.001.safetensors")
+                && err.contains(&format!("`{name}`"))
+                && err.contains("zstd frame is damaged"),
+            "{err}"
+        );
+    }
+    // The frame whole again, but the manifest says the tensor is one row
+    // shorter (its frame and shape agree with each other, not the frame).
+    std::fs::write(&file, &pristine).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let edited = &mut manifest["units"][2]["tensors"][3];
+    let shape: Vec<u64> = serde_json::from_value(edited["shape"].clone()).unwrap();
+    let raw = edited["frame"]["raw_bytes"].as_u64().unwrap();
+    edited["shape"][0] = (shape[0] - 1).into();
+    edited["frame"]["raw_bytes"] = (raw - raw / shape[0]).into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = SplitStore::open(&out)
+        .unwrap()
+        .read_unit(2, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("`{name}`"))
+            && err.contains(&format!(
+                "holds {raw} bytes, the manifest records {}",
+                raw - raw / shape[0]
+            )),
+        "{err}"
+    );
+}

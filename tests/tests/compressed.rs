@@ -2,7 +2,7 @@
 //! blocks the compressor writes as it would on the same values widened to
 //! f32; a 256-wide model takes q4_k with no fallback; the writer resumes
 //! only with the same settings, re-splits a split, and copies blocks as
-//! they are under `keep`.
+//! they are under `keep`; `--zstd` reads back byte for byte.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ impl LayerStore for Widened {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(HostUnit { tensors })
+        Ok(HostUnit::in_place(tensors))
     }
 
     fn verify_unit(&self, index: usize) -> Result<()> {
@@ -302,4 +302,65 @@ fn other_settings_rewrite_and_splits_split_again() {
     }
     let again = split_stored(&out, &tmp.path().join("again"), q8);
     check_layout(&again, BlockKind::Q8_0, "nf4 split as q8_0");
+}
+
+/// `--zstd` is lossless: every unit of a zstd split reads back byte for
+/// byte as the same split without it (dense 16-bit tensors as byte planes,
+/// f32 vectors, blocks; a MoE layer's experts read alone), and counts the
+/// fewer bytes it read from disk.
+#[test]
+fn zstd_splits_read_back_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = StorageSettings::new(Compression::Blocks(BlockKind::Q8_0), None);
+    for (name, storage) in [
+        ("llama-tied-bf16", StorageSettings::default()),
+        ("mixtral-moe", StorageSettings::default()),
+        ("llama-gqa", q8),
+    ] {
+        let plain = split_stored(
+            &fixture(name),
+            &tmp.path().join(format!("{name}.plain")),
+            storage,
+        );
+        let zstd = storage.with_zstd(Some(3));
+        let packed = split_stored(
+            &fixture(name),
+            &tmp.path().join(format!("{name}.zstd")),
+            zstd,
+        );
+        assert_eq!(manifest(&packed).storage, Some(zstd));
+        let plain = airllm_formats::SplitStore::open(&plain).unwrap();
+        let packed = airllm_formats::SplitStore::open(&packed).unwrap();
+        let mut planar = 0;
+        for (index, unit) in packed.manifest().units.iter().enumerate() {
+            assert_eq!(unit.codec, "zstd");
+            planar += unit
+                .tensors
+                .iter()
+                .filter(|t| t.frame.unwrap().planes)
+                .count();
+            let names: Vec<&str> = unit.tensors.iter().map(|t| t.name.as_str()).collect();
+            for only in [None, Some(&names[names.len() / 2..])] {
+                let want = plain.read_unit(index, only).unwrap();
+                let got = packed.read_unit(index, only).unwrap();
+                assert_eq!(got.tensors.len(), want.tensors.len());
+                for (g, w) in got.tensors.iter().zip(&want.tensors) {
+                    assert_eq!((&g.name, g.kind, &g.shape), (&w.name, w.kind, &w.shape));
+                    assert!(
+                        g.bytes.as_slice() == w.bytes.as_slice(),
+                        "{name}: {}",
+                        g.name
+                    );
+                }
+                assert_eq!(want.stored_bytes, want.bytes());
+                assert_eq!(got.bytes(), want.bytes());
+                let frames: u64 = got.stored_bytes;
+                assert!(frames > 0 && frames != got.bytes(), "{name} {}", unit.name);
+            }
+            packed.verify_unit(index).unwrap();
+        }
+        if name == "llama-tied-bf16" {
+            assert!(planar > 0, "its bf16 tensors go as byte planes");
+        }
+    }
 }

@@ -54,6 +54,7 @@ impl GgufStore {
                 kind: file.tensors[located.tensor].kind,
                 shape,
                 range,
+                frame: None,
             }))
         })?;
         Ok(GgufStore { file, placed })

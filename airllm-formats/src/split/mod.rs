@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use airllm_core::{ByteSize, HostTensor, LayerStore, StorageKind, UnitInfo};
 
 pub use encode::{wanted, Role};
-pub use settings::{Compression, EmbeddingStorage, StorageSettings};
+pub use settings::{parse_zstd_level, Compression, EmbeddingStorage, StorageSettings};
 
+use crate::frames::{Frame, CODEC_NONE, CODEC_ZSTD};
 use crate::manifest::{
     rename_synced, write_atomic, Manifest, ManifestTensor, ManifestUnit, FORMAT_NAME,
     FORMAT_VERSION, JOURNAL_FILE, MANIFEST_FILE,
@@ -259,14 +260,19 @@ impl Encoding<'_> {
             .collect()
     }
 
-    /// Bytes a unit's tensors take in its unit file, in their encodings.
+    /// Bytes a unit's tensors take in its unit file at most, in their
+    /// encodings (as zstd frames: zstd's bound for incompressible bytes).
     fn written_bytes(&self, unit: &UnitInfo) -> u64 {
         unit.tensors
             .iter()
             .zip(self.targets(unit))
             .map(|(t, kind)| {
                 let elements = t.shape.iter().product::<usize>();
-                kind.encoded_bytes(elements).unwrap_or(0) as u64
+                let bytes = kind.encoded_bytes(elements).unwrap_or(0);
+                match self.storage.zstd {
+                    Some(_) => airllm_compress::codec::bound(bytes) as u64,
+                    None => bytes as u64,
+                }
             })
             .sum()
     }
@@ -318,6 +324,28 @@ fn encoded_unit(
     Ok(tensors)
 }
 
+/// Each tensor as one zstd frame at `level`: 16-bit dense tensors split
+/// into byte planes first.
+fn compressed(tensors: &[HostTensor], level: i32) -> Vec<(Vec<u8>, Frame)> {
+    let planar = |t: &HostTensor| matches!(t.kind, StorageKind::Dense(dtype) if dtype.size() == 2);
+    let inputs: Vec<(&[u8], bool)> = tensors
+        .iter()
+        .map(|t| (t.bytes.as_slice(), planar(t)))
+        .collect();
+    let frames = airllm_compress::codec::compress_each(&inputs, level);
+    frames
+        .into_iter()
+        .zip(tensors)
+        .map(|(bytes, t)| {
+            let frame = Frame {
+                raw_bytes: t.bytes.len() as u64,
+                planes: planar(t),
+            };
+            (bytes, frame)
+        })
+        .collect()
+}
+
 /// Writes one unit file crash-safely and describes it.
 fn write_unit(
     source: &dyn LayerStore,
@@ -331,9 +359,18 @@ fn write_unit(
     let file_name = format!("{index:03}-{}.safetensors", info.name);
     let path = units_dir.join(&file_name);
     let tmp = path.with_extension("safetensors.tmp");
-    let views = host
-        .iter()
-        .map(|t| (t.name.clone(), TensorWriteView::new(t)));
+    let frames = encoding.storage.zstd.map(|level| compressed(&host, level));
+    let views: Vec<(String, TensorWriteView<'_>)> = match &frames {
+        Some(frames) => host
+            .iter()
+            .zip(frames)
+            .map(|(t, (bytes, _))| (t.name.clone(), TensorWriteView::bytes(bytes)))
+            .collect(),
+        None => host
+            .iter()
+            .map(|t| (t.name.clone(), TensorWriteView::new(t)))
+            .collect(),
+    };
     let written = safetensors::serialize_to_file(views, None, &tmp)
         .map_err(|e| match e {
             safetensors::SafeTensorError::IoError(io) => FormatError::io(&tmp, io),
@@ -353,25 +390,35 @@ fn write_unit(
     }
     rename_synced(&tmp, &path)?;
     let parsed = SafetensorsFile::open(&path)?;
-    let tensors = host
+    let tensors: Vec<ManifestTensor> = host
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
             let range = &parsed.tensors[&t.name].range;
             ManifestTensor {
                 name: t.name.clone(),
                 kind: t.kind,
                 shape: t.shape.clone(),
                 range: [range.start as u64, range.end as u64],
+                frame: frames.as_ref().map(|f| f[i].1),
             }
         })
         .collect();
     drop(host);
+    let framed = tensors.iter().filter_map(|t| Some((t.frame?, t.range)));
+    let frame_bytes: u64 = framed.clone().map(|(_, [start, end])| end - start).sum();
+    let decoded_bytes: u64 = framed.map(|(frame, _)| frame.raw_bytes).sum();
     Ok(ManifestUnit {
         name: info.name.clone(),
         kind: info.kind,
         file: format!("{UNITS_DIR}/{file_name}"),
-        codec: "none".into(),
-        raw_bytes: parsed.len,
+        codec: if frames.is_some() {
+            CODEC_ZSTD
+        } else {
+            CODEC_NONE
+        }
+        .into(),
+        raw_bytes: parsed.len - frame_bytes + decoded_bytes,
         stored_bytes: parsed.len,
         checksum: checksum::of_file(&path)?,
         tensors,

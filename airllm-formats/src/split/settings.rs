@@ -104,6 +104,10 @@ pub struct StorageSettings {
     pub compression: Compression,
     /// The embedding table's.
     pub embedding: EmbeddingStorage,
+    /// The zstd level each tensor is compressed at (`--zstd`); `None`
+    /// stores tensors as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd: Option<i32>,
 }
 
 impl StorageSettings {
@@ -117,8 +121,32 @@ impl StorageSettings {
         StorageSettings {
             compression,
             embedding: embedding.unwrap_or(default),
+            zstd: None,
         }
     }
+
+    /// These settings with each tensor compressed at zstd `level`.
+    pub fn with_zstd(self, level: Option<i32>) -> Self {
+        StorageSettings {
+            zstd: level,
+            ..self
+        }
+    }
+}
+
+/// Parses a `--zstd` level: an integer in zstd's range.
+pub fn parse_zstd_level(s: &str) -> Result<i32, String> {
+    let range = airllm_compress::codec::LEVELS;
+    s.parse::<i32>()
+        .ok()
+        .filter(|level| range.contains(level))
+        .ok_or_else(|| {
+            format!(
+                "zstd level `{s}` is not a whole number from {} to {} (1, the default, writes weights smallest and decodes them fastest)",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 impl Default for StorageSettings {
@@ -169,5 +197,18 @@ mod tests {
         );
         let keep = serde_json::to_string(&StorageSettings::default()).unwrap();
         assert_eq!(keep, r#"{"compression":"keep","embedding":"same"}"#);
+        let zstd = StorageSettings::default().with_zstd(Some(5));
+        let json = serde_json::to_string(&zstd).unwrap();
+        assert_eq!(
+            json,
+            r#"{"compression":"keep","embedding":"same","zstd":5}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<StorageSettings>(&json).unwrap(),
+            zstd
+        );
+        assert_eq!(parse_zstd_level("19"), Ok(19));
+        assert!(parse_zstd_level("23").unwrap_err().contains("from 1 to 22"));
+        assert!(parse_zstd_level("fast").is_err());
     }
 }
