@@ -60,13 +60,15 @@ fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
         }
     }
     let config = shape.config(&args.family)?;
-    let storage = StorageSettings::new(args.compress, args.embedding).with_zstd(args.zstd);
+    let storage = StorageSettings::new(args.compress, args.embedding)
+        .with_head(args.head)
+        .with_zstd(args.zstd);
     if out.join(MANIFEST_FILE).is_file() {
         let existing = model::open_dir(&out)?;
         let manifest = Manifest::read(&out.join(MANIFEST_FILE))?;
         if existing.config != config || manifest.storage != Some(storage) {
             return Err(Error::Request(format!(
-                "{} holds a different model or one stored otherwise (--compress, --embedding, --zstd); choose another --out or delete it",
+                "{} holds a different model or one stored otherwise (--compress, --embedding, --head, --zstd); choose another --out or delete it",
                 out.display()
             )));
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use airllm_backends::{Activations, DeviceChoice, DeviceOptions};
 use airllm_core::{ByteSize, ComputeDType};
-use airllm_formats::split::{parse_zstd_level, Compression, EmbeddingStorage};
+use airllm_formats::split::{parse_zstd_level, Compression, EndStorage};
 use clap::{Args, Parser, Subcommand};
 
 /// Run language models larger than memory, one layer at a time.
@@ -56,7 +56,12 @@ pub struct SplitArgs {
     /// dense (floats). Default: same under keep, f32 and bf16, q8_0 under
     /// the block kinds.
     #[arg(long)]
-    pub embedding: Option<EmbeddingStorage>,
+    pub embedding: Option<EndStorage>,
+    /// How the output head is stored: q8_0, same (as the matrices) or dense.
+    /// Default: as --embedding's default (q8_0 under the block kinds: a
+    /// 4-bit head costs a small model a tenth of its perplexity).
+    #[arg(long)]
+    pub head: Option<EndStorage>,
     /// Compress each tensor losslessly with zstd at LEVEL (1 to 22; 1 when
     /// no level is given), decoded as each layer is read. Saves disk, and
     /// time only where reading is slower than decoding (cold reads from a
@@ -292,7 +297,10 @@ pub struct BenchArgs {
     pub compress: Compression,
     /// How its embedding is stored, as `split --embedding`.
     #[arg(long, requires = "synthetic")]
-    pub embedding: Option<EmbeddingStorage>,
+    pub embedding: Option<EndStorage>,
+    /// How its head is stored, as `split --head`.
+    #[arg(long, requires = "synthetic")]
+    pub head: Option<EndStorage>,
     /// Compress its tensors with zstd, as `split --zstd`.
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
           default_missing_value = "1", value_parser = parse_zstd_level, requires = "synthetic")]

@@ -24,7 +24,9 @@ pub fn run(args: SplitArgs) -> Result<()> {
     let specs = airllm_models::layout(&dir.config)?.units;
     let store = dir.open_store(&specs)?;
     airllm_core::check_units(store.units(), &specs)?;
-    let storage = StorageSettings::new(args.compress, args.embedding).with_zstd(args.zstd);
+    let storage = StorageSettings::new(args.compress, args.embedding)
+        .with_head(args.head)
+        .with_zstd(args.zstd);
     let target = SplitTarget {
         out: &args.out,
         config: &dir.config,

@@ -12,7 +12,7 @@ use airllm_core::{
     BlockKind, ComputeBackend, DType, Engine, EngineOptions, HostTensor, HostUnit, LayerStore,
     Result, StorageKind, UnitInfo,
 };
-use airllm_formats::split::EmbeddingStorage;
+use airllm_formats::split::EndStorage;
 use airllm_formats::split::{Compression, StorageSettings};
 use airllm_formats::{Manifest, ModelDir, SyntheticStore, MANIFEST_FILE};
 use airllm_tests::*;
@@ -186,7 +186,7 @@ fn check_layout(dir: &Path, kind: BlockKind, label: &str) {
             let expected = match (t.shape.len(), unit.name.as_str()) {
                 (1, _) => None,
                 (_, _) if t.name.ends_with(".gate.weight") => None,
-                (_, "embed") => Some(BlockKind::Q8_0),
+                (_, "embed" | "head") => Some(BlockKind::Q8_0),
                 _ if columns % kind.block_len() == 0 => Some(kind),
                 _ => Some(BlockKind::Q4_1),
             };
@@ -289,10 +289,8 @@ fn other_settings_rewrite_and_splits_split_again() {
     let out = tmp.path().join("split");
     let q8 = StorageSettings::new(Compression::Blocks(BlockKind::Q8_0), None);
     split_stored(&fixture("llama-gqa"), &out, q8);
-    let nf4 = StorageSettings::new(
-        Compression::Blocks(BlockKind::NF4),
-        Some(EmbeddingStorage::Same),
-    );
+    let nf4 = StorageSettings::new(Compression::Blocks(BlockKind::NF4), Some(EndStorage::Same))
+        .with_head(Some(EndStorage::Same));
     split_stored(&fixture("llama-gqa"), &out, nf4);
     assert_eq!(manifest(&out).storage, Some(nf4));
     for unit in manifest(&out).units {

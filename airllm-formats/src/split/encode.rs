@@ -4,13 +4,15 @@
 
 use airllm_core::{BlockKind, DType, HostBytes, HostTensor, StorageKind, TensorInfo, UnitKind};
 
-use super::settings::{float_target, Compression, EmbeddingStorage, StorageSettings};
+use super::settings::{float_target, Compression, EndStorage, StorageSettings};
 
 /// Where a tensor sits, as far as its encoding goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// The token embedding table.
     Embedding,
+    /// The output head's matrix.
+    Head,
     /// A matrix that is multiplied (attention, MLP, experts, head).
     Matrix,
     /// A matrix kept in a float dtype whatever the compression (a MoE
@@ -26,6 +28,7 @@ impl Role {
     pub fn of(unit: UnitKind, tensor: &TensorInfo, router: bool) -> Role {
         match (tensor.shape.len(), unit) {
             (2, UnitKind::Embedding) => Role::Embedding,
+            (2, UnitKind::Head) => Role::Head,
             (2, _) if router => Role::Router,
             (2, _) => Role::Matrix,
             _ => Role::Vector,
@@ -50,15 +53,30 @@ pub fn wanted(settings: StorageSettings, role: Role, tensor: &TensorInfo) -> Sto
         (Role::Vector, Compression::Keep) => tensor.kind,
         (Role::Vector, _) => StorageKind::Dense(own_float(tensor.kind)),
         (Role::Router, Compression::Blocks(_)) => StorageKind::Dense(own_float(tensor.kind)),
-        (Role::Embedding, _) if settings.embedding == EmbeddingStorage::Q8_0 => {
-            StorageKind::Block(BlockKind::Q8_0)
-        }
-        (Role::Embedding, _) if settings.embedding == EmbeddingStorage::Dense => {
-            StorageKind::Dense(float)
-        }
-        (_, Compression::Keep) => tensor.kind,
-        (_, Compression::Bf16) => StorageKind::Dense(DType::BF16),
-        (_, Compression::Blocks(kind)) => StorageKind::Block(kind),
+        (Role::Embedding | Role::Head, _) => match end_storage(settings, role) {
+            EndStorage::Q8_0 => StorageKind::Block(BlockKind::Q8_0),
+            EndStorage::Dense => StorageKind::Dense(float),
+            EndStorage::Same => matrix_kind(settings.compression, tensor),
+        },
+        (Role::Router | Role::Matrix, _) => matrix_kind(settings.compression, tensor),
+    }
+}
+
+/// The settings of the end `role` is (the embedding or the head).
+fn end_storage(settings: StorageSettings, role: Role) -> EndStorage {
+    match role {
+        Role::Head => settings.head,
+        _ => settings.embedding,
+    }
+}
+
+/// The encoding `compression` gives a multiplied matrix stored as `tensor`.
+fn matrix_kind(compression: Compression, tensor: &TensorInfo) -> StorageKind {
+    match compression {
+        Compression::Keep => tensor.kind,
+        Compression::F32 => StorageKind::Dense(DType::F32),
+        Compression::Bf16 => StorageKind::Dense(DType::BF16),
+        Compression::Blocks(kind) => StorageKind::Block(kind),
     }
 }
 
@@ -156,6 +174,14 @@ mod tests {
             blocks(BlockKind::Q8_0)
         );
         assert_eq!(target(q4k, Role::Router, &matrix), BF16);
+        assert_eq!(target(q4k, Role::Head, &matrix), blocks(BlockKind::Q8_0));
+        let same_head = q4k.with_head(Some(EndStorage::Same));
+        assert_eq!(
+            target(same_head, Role::Head, &matrix),
+            blocks(BlockKind::Q4_K)
+        );
+        let dense_head = q4k.with_head(Some(EndStorage::Dense));
+        assert_eq!(target(dense_head, Role::Head, &matrix), BF16);
         assert_eq!(target(q4k, Role::Vector, &info(BF16, &[512])), BF16);
         let keep = StorageSettings::default();
         let gguf = info(blocks(BlockKind::Q4_1), &[64, 512]);
@@ -164,7 +190,7 @@ mod tests {
         let f32 = StorageSettings::new(Compression::F32, None);
         assert_eq!(target(f32, Role::Matrix, &gguf), F32);
         assert_eq!(target(f32, Role::Vector, &info(BF16, &[512])), F32);
-        let bf16 = StorageSettings::new(Compression::Bf16, Some(EmbeddingStorage::Dense));
+        let bf16 = StorageSettings::new(Compression::Bf16, Some(EndStorage::Dense));
         assert_eq!(target(bf16, Role::Matrix, &gguf), BF16);
         assert_eq!(target(bf16, Role::Embedding, &gguf), BF16);
         assert_eq!(target(bf16, Role::Vector, &info(F32, &[512])), F32);

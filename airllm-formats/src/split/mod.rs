@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use airllm_core::{ByteSize, HostTensor, LayerStore, StorageKind, UnitInfo};
 
 pub use encode::{wanted, Role};
-pub use settings::{parse_zstd_level, Compression, EmbeddingStorage, StorageSettings};
+pub use settings::{parse_zstd_level, Compression, EndStorage, StorageSettings};
 
 use crate::frames::{Frame, CODEC_NONE, CODEC_ZSTD};
 use crate::manifest::{

@@ -1,6 +1,7 @@
-//! How a split stores the weights it writes: the `--compress` and
-//! `--embedding` settings, recorded in the journal and the manifest so that
-//! a rerun with other settings rewrites every unit.
+//! How a split stores the weights it writes: the `--compress`,
+//! `--embedding`, `--head` and `--zstd` settings, recorded in the journal
+//! and the manifest so that a rerun with other settings rewrites every
+//! unit.
 
 use std::fmt;
 use std::str::FromStr;
@@ -70,11 +71,14 @@ impl fmt::Display for Compression {
     }
 }
 
-/// How a split stores the token embedding table (`--embedding`).
+/// How a split stores one of the model's ends: the token embedding table
+/// (`--embedding`) or the output head (`--head`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EmbeddingStorage {
-    /// 8-bit blocks (a row gathered per token reads a fifth of f32).
+pub enum EndStorage {
+    /// 8-bit blocks (an embedding row gathered per token reads a fifth of
+    /// f32; a head in 8 bits keeps the next-token ranking that 4 bits
+    /// blur, as llama.cpp's Q6_K head and bitsandbytes' unquantized one do).
     Q8_0,
     /// As the other matrices.
     Same,
@@ -82,14 +86,21 @@ pub enum EmbeddingStorage {
     Dense,
 }
 
-impl FromStr for EmbeddingStorage {
+impl EndStorage {
+    /// As the matrices (the head's storage in older manifests).
+    fn same() -> Self {
+        EndStorage::Same
+    }
+}
+
+impl FromStr for EndStorage {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
-            "q8_0" => Ok(EmbeddingStorage::Q8_0),
-            "same" => Ok(EmbeddingStorage::Same),
-            "dense" => Ok(EmbeddingStorage::Dense),
+            "q8_0" => Ok(EndStorage::Q8_0),
+            "same" => Ok(EndStorage::Same),
+            "dense" => Ok(EndStorage::Dense),
             _ => Err(format!(
                 "unknown embedding storage `{s}`; use q8_0, same or dense"
             )),
@@ -103,7 +114,11 @@ pub struct StorageSettings {
     /// The matrices' encoding.
     pub compression: Compression,
     /// The embedding table's.
-    pub embedding: EmbeddingStorage,
+    pub embedding: EndStorage,
+    /// The output head's (`same` in manifests written before the setting
+    /// existed, which stored it as the matrices).
+    #[serde(default = "EndStorage::same")]
+    pub head: EndStorage,
     /// The zstd level each tensor is compressed at (`--zstd`); `None`
     /// stores tensors as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,17 +126,28 @@ pub struct StorageSettings {
 }
 
 impl StorageSettings {
-    /// `compression` with `embedding`, or its default embedding storage:
-    /// `same` under `keep`, `f32` and `bf16`, q8_0 under the block kinds.
-    pub fn new(compression: Compression, embedding: Option<EmbeddingStorage>) -> Self {
+    /// `compression` with `embedding`, or the default storage of the ends
+    /// (embedding and head): `same` under `keep`, `f32` and `bf16`, q8_0
+    /// under the block kinds.
+    pub fn new(compression: Compression, embedding: Option<EndStorage>) -> Self {
         let default = match compression {
-            Compression::Blocks(_) => EmbeddingStorage::Q8_0,
-            _ => EmbeddingStorage::Same,
+            Compression::Blocks(_) => EndStorage::Q8_0,
+            _ => EndStorage::Same,
         };
         StorageSettings {
             compression,
             embedding: embedding.unwrap_or(default),
+            head: default,
             zstd: None,
+        }
+    }
+
+    /// These settings with the head stored as `head` (`None` keeps the
+    /// default).
+    pub fn with_head(self, head: Option<EndStorage>) -> Self {
+        StorageSettings {
+            head: head.unwrap_or(self.head),
+            ..self
         }
     }
 
@@ -181,7 +207,7 @@ mod tests {
             "{err}"
         );
         assert!("f8"
-            .parse::<EmbeddingStorage>()
+            .parse::<EndStorage>()
             .unwrap_err()
             .contains("q8_0, same or dense"));
     }
@@ -190,18 +216,27 @@ mod tests {
     fn settings_serialize_as_their_names() {
         let settings = StorageSettings::new(Compression::Blocks(BlockKind::Q4_K), None);
         let json = serde_json::to_string(&settings).unwrap();
-        assert_eq!(json, r#"{"compression":"Q4_K","embedding":"q8_0"}"#);
+        assert_eq!(
+            json,
+            r#"{"compression":"Q4_K","embedding":"q8_0","head":"q8_0"}"#
+        );
         assert_eq!(
             serde_json::from_str::<StorageSettings>(&json).unwrap(),
             settings
         );
         let keep = serde_json::to_string(&StorageSettings::default()).unwrap();
-        assert_eq!(keep, r#"{"compression":"keep","embedding":"same"}"#);
+        assert_eq!(
+            keep,
+            r#"{"compression":"keep","embedding":"same","head":"same"}"#
+        );
+        let older = r#"{"compression":"Q4_K","embedding":"q8_0"}"#;
+        let older: StorageSettings = serde_json::from_str(older).unwrap();
+        assert_eq!(older.head, EndStorage::Same);
         let zstd = StorageSettings::default().with_zstd(Some(5));
         let json = serde_json::to_string(&zstd).unwrap();
         assert_eq!(
             json,
-            r#"{"compression":"keep","embedding":"same","zstd":5}"#
+            r#"{"compression":"keep","embedding":"same","head":"same","zstd":5}"#
         );
         assert_eq!(
             serde_json::from_str::<StorageSettings>(&json).unwrap(),
