@@ -31,6 +31,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Measure prefill and decode speed, read rate and memory.
     Bench(BenchArgs),
+    /// Serve the model over HTTP with OpenAI's API (chat and text
+    /// completions, streamed or not).
+    Serve(ServeArgs),
     /// Score a text: perplexity, and beside a reference model (the one a
     /// compressed split was made from) the perplexity ratio, mean KL
     /// divergence and top-1 agreement.
@@ -155,6 +158,48 @@ pub struct SamplingArgs {
     /// Stop a sequence when its text contains this string (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+}
+
+/// `airllm serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Model: a GGUF file, a Hugging Face directory, a split directory, or a
+    /// Hugging Face hub id (org/name).
+    pub model: PathBuf,
+    /// Address to listen on (only this machine by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The model id `/v1/models` lists (default: the model's file or folder
+    /// name without its extension); requests may name any model.
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "AIRLLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Most positions a request may take: its prompt plus max_tokens (a
+    /// request without max_tokens generates up to it).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Most requests waiting for the engine; past it, 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Largest request body.
+    #[arg(long, default_value = "1MiB")]
+    pub max_body: ByteSize,
+    /// Longest a request may take, in seconds, waiting included; past it,
+    /// 504 (and its generation stops).
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout: u64,
+    /// A variable for the chat template, `KEY=VALUE` (a JSON value, else a
+    /// string), such as `enable_thinking=false`; repeatable.
+    #[arg(long = "chat-option", value_parser = parse_chat_option)]
+    pub chat_options: Vec<(String, serde_json::Value)>,
+    /// Where and how to compute.
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 /// `airllm eval`.

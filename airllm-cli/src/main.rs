@@ -9,6 +9,7 @@ mod inspect;
 mod model;
 mod prompts;
 mod run;
+mod serve;
 mod split;
 mod storage_report;
 mod text;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         cli::Command::Inspect(args) => inspect::run(args),
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Eval(args) => eval::run(args),
+        cli::Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,575 @@
+//! The OpenAI request bodies this server takes, checked into a
+//! [`Request`], and the response bodies it writes. A field that would
+//! change what comes back and is not supported is a 400 naming it, never
+//! ignored; fields that change nothing here (`user`, `model`) are taken and
+//! other unknown fields are ignored, as OpenAI's own server does.
+
+use airllm_core::SamplingConfig;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+
+/// One message of a chat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, ...
+    pub role: String,
+    /// Its text.
+    pub content: String,
+}
+
+/// What the model continues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// Raw text (`/v1/completions`).
+    Text(String),
+    /// Messages through the model's chat template (`/v1/chat/completions`).
+    Chat(Vec<ChatMessage>),
+}
+
+/// A checked request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Most tokens to generate (`None`: up to the context limit).
+    pub max_tokens: Option<usize>,
+    /// How tokens are chosen.
+    pub sampling: SamplingConfig,
+    /// Strings that end the answer (not included in it).
+    pub stop: Vec<String>,
+    /// Whether the answer streams as Server-Sent Events.
+    pub stream: bool,
+    /// Whether a streamed answer ends with a usage chunk.
+    pub include_usage: bool,
+}
+
+/// Limits on what a request may ask.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Most stop strings.
+    pub max_stops: usize,
+    /// Longest stop string, in bytes.
+    pub max_stop_len: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_stops: 16,
+            max_stop_len: 256,
+        }
+    }
+}
+
+/// Fields that would change the answer and are not supported.
+const UNSUPPORTED: [&str; 9] = [
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logit_bias",
+    "echo",
+    "suffix",
+    "best_of",
+];
+
+/// OpenAI's default temperature (a request that names none samples).
+const DEFAULT_TEMPERATURE: f32 = 1.0;
+
+fn number(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(ApiError::bad_field(
+            field,
+            format!("`{field}` must be a number"),
+        )),
+    }
+}
+
+fn in_range(
+    body: &Map<String, Value>,
+    field: &str,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Option<f64>, ApiError> {
+    match number(body, field)? {
+        Some(v) if !range.contains(&v) => Err(ApiError::bad_field(
+            field,
+            format!(
+                "`{field}` is {v}; it must lie in {}..={}",
+                range.start(),
+                range.end()
+            ),
+        )),
+        v => Ok(v),
+    }
+}
+
+fn whole(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_field(field, format!("`{field}` must be a whole number"))),
+    }
+}
+
+fn flag(body: &Map<String, Value>, field: &str) -> Result<bool, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::bad_field(
+            field,
+            format!("`{field}` must be true or false"),
+        )),
+    }
+}
+
+/// A string or a list of strings (`stop`, `prompt`).
+fn strings(value: &Value, field: &str) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ApiError::bad_field(
+            field,
+            format!("`{field}` must be a string or a list of strings"),
+        )
+    };
+    match value {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
+/// A message's content: a string, or a list of text parts.
+fn content(value: &Value) -> Result<String, ApiError> {
+    let bad = |what: &str| ApiError::bad_field("messages", what.to_string());
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(
+                |part| match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(text))) => Ok(text.as_str()),
+                    (Some(kind), _) => Err(bad(&format!(
+                        "message content parts of type `{kind}` are not supported; send text"
+                    ))),
+                    _ => Err(bad("a message content part needs `type` and `text`")),
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.concat()),
+        _ => Err(bad(
+            "a message's `content` must be a string or a list of text parts",
+        )),
+    }
+}
+
+fn messages(body: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
+    let list = match body.get("messages") {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::bad_field("messages", "`messages` is empty"))
+        }
+        _ => {
+            return Err(ApiError::bad_field(
+                "messages",
+                "`messages` must be a list of {\"role\", \"content\"}",
+            ))
+        }
+    };
+    list.iter()
+        .map(|m| {
+            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::bad_field("messages", "every message needs a string `role`")
+            })?;
+            if m.get("tool_calls").is_some() || role == "tool" {
+                return Err(ApiError::bad_field(
+                    "messages",
+                    "tool calls are not supported",
+                ));
+            }
+            Ok(ChatMessage {
+                role: role.to_string(),
+                content: content(m.get("content").unwrap_or(&Value::Null))?,
+            })
+        })
+        .collect()
+}
+
+fn prompt_text(body: &Map<String, Value>) -> Result<String, ApiError> {
+    let value = body
+        .get("prompt")
+        .ok_or_else(|| ApiError::bad_field("prompt", "`prompt` is required"))?;
+    match strings(value, "prompt")?.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(ApiError::bad_field(
+            "prompt",
+            "give one prompt per request (a list of several would need n > 1 choices)",
+        )),
+    }
+}
+
+/// Parses and checks a body of `/v1/chat/completions` (`chat`) or
+/// `/v1/completions`; `seed` is used when the request names none.
+pub fn parse(
+    bytes: &[u8],
+    chat: bool,
+    limits: &RequestLimits,
+    seed: u64,
+) -> Result<Request, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(field) = UNSUPPORTED
+        .iter()
+        .find(|f| !matches!(body.get(**f), None | Some(Value::Null)))
+    {
+        return Err(ApiError::bad_field(
+            field,
+            format!("`{field}` is not supported by this server"),
+        ));
+    }
+    if let Some(n) = whole(&body, "n")? {
+        if n != 1 {
+            return Err(ApiError::bad_field("n", "only n = 1 is supported"));
+        }
+    }
+    for field in ["logprobs", "top_logprobs"] {
+        let asked = match body.get(field) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Number(n)) => n.as_u64() != Some(0),
+            Some(_) => true,
+        };
+        if asked {
+            return Err(ApiError::bad_field(
+                field,
+                format!("`{field}` is not supported yet"),
+            ));
+        }
+    }
+    for field in ["presence_penalty", "frequency_penalty"] {
+        if in_range(&body, field, -2.0..=2.0)?.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::bad_field(
+                field,
+                format!("`{field}` is not supported yet; use repetition_penalty"),
+            ));
+        }
+    }
+    let prompt = match chat {
+        true => Prompt::Chat(messages(&body)?),
+        false => Prompt::Text(prompt_text(&body)?),
+    };
+    let max_tokens = match whole(&body, "max_completion_tokens")? {
+        Some(n) => Some(n),
+        None => whole(&body, "max_tokens")?,
+    };
+    let stop = match body.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => strings(v, "stop")?,
+    };
+    if stop.len() > limits.max_stops
+        || stop
+            .iter()
+            .any(|s| s.len() > limits.max_stop_len || s.is_empty())
+    {
+        return Err(ApiError::bad_field(
+            "stop",
+            format!(
+                "give at most {} stop strings, each 1 to {} bytes",
+                limits.max_stops, limits.max_stop_len
+            ),
+        ));
+    }
+    let sampling = SamplingConfig {
+        temperature: in_range(&body, "temperature", 0.0..=2.0)?
+            .map_or(DEFAULT_TEMPERATURE, |t| t as f32),
+        top_p: in_range(&body, "top_p", 0.0..=1.0)?.map_or(1.0, |p| p as f32),
+        top_k: whole(&body, "top_k")?.map_or(0, |k| k as usize),
+        repetition_penalty: in_range(&body, "repetition_penalty", 0.0..=10.0)?
+            .map_or(1.0, |r| r as f32),
+        seed: match body.get("seed") {
+            None | Some(Value::Null) => seed,
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| ApiError::bad_field("seed", "`seed` must be an integer"))?
+                as u64,
+        },
+    };
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => flag(o, "include_usage")?,
+        Some(_) => {
+            return Err(ApiError::bad_field(
+                "stream_options",
+                "`stream_options` must be an object",
+            ))
+        }
+    };
+    Ok(Request {
+        prompt,
+        max_tokens: max_tokens.map(|n| n as usize),
+        sampling,
+        stop,
+        stream: flag(&body, "stream")?,
+        include_usage,
+    })
+}
+
+/// Why an answer ended, as OpenAI names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// The token limit.
+    Length,
+}
+
+impl FinishReason {
+    /// OpenAI's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of an answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    fn json(self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+}
+
+/// What identifies one answer in its bodies.
+#[derive(Clone, Debug)]
+pub struct AnswerId {
+    /// `chatcmpl-…` or `cmpl-…`.
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// The served model's id.
+    pub model: String,
+    /// Chat or text completion.
+    pub chat: bool,
+}
+
+impl AnswerId {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, false) => "chat.completion",
+            (true, true) => "chat.completion.chunk",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn wrap(&self, chunk: bool, choices: Value, usage: Option<Usage>) -> Value {
+        let mut body = json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if let Some(usage) = usage {
+            body["usage"] = usage.json();
+        }
+        body
+    }
+
+    /// The whole answer of a request that does not stream.
+    pub fn complete(&self, text: &str, finish: FinishReason, usage: Usage) -> Value {
+        let choice = match self.chat {
+            true => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish.name(),
+            }),
+            false => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": finish.name(),
+            }),
+        };
+        self.wrap(false, json!([choice]), Some(usage))
+    }
+
+    /// A streamed chunk: new text, or (with `finish`) the last one.
+    pub fn chunk(&self, text: &str, first: bool, finish: Option<FinishReason>) -> Value {
+        let finish = finish.map(FinishReason::name);
+        let choice = match self.chat {
+            true => {
+                let delta = match (first, text.is_empty()) {
+                    (true, _) => json!({"role": "assistant", "content": text}),
+                    (false, true) => json!({}),
+                    (false, false) => json!({"content": text}),
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            false => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+        };
+        self.wrap(true, json!([choice]), None)
+    }
+
+    /// The usage chunk that ends a stream asked with `include_usage`.
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        self.wrap(true, json!([]), Some(usage))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> Result<Request, ApiError> {
+        parse(
+            body.to_string().as_bytes(),
+            true,
+            &RequestLimits::default(),
+            7,
+        )
+    }
+
+    #[test]
+    fn a_chat_request_takes_the_fields_people_use() {
+        let request = chat(json!({
+            "model": "anything",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]}
+            ],
+            "max_completion_tokens": 12,
+            "temperature": 0,
+            "top_p": 0.9,
+            "top_k": 40,
+            "stop": "\n",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "user": "someone",
+            "frequency_penalty": 0,
+            "logprobs": false,
+            "unknown_field": {"ignored": true}
+        }))
+        .unwrap();
+        assert_eq!(
+            request.prompt,
+            Prompt::Chat(vec![
+                ChatMessage {
+                    role: "system".into(),
+                    content: "Be brief.".into()
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: "Hi".into()
+                },
+            ])
+        );
+        assert_eq!(request.max_tokens, Some(12));
+        assert_eq!(request.sampling.temperature, 0.0);
+        assert_eq!((request.sampling.top_k, request.sampling.seed), (40, 7));
+        assert_eq!(request.stop, vec!["\n".to_string()]);
+        assert!(request.stream && request.include_usage);
+    }
+
+    #[test]
+    fn fields_that_would_change_the_answer_are_named() {
+        let base = json!({"messages": [{"role": "user", "content": "Hi"}]});
+        for (field, value) in [
+            ("tools", json!([{"type": "function"}])),
+            ("response_format", json!({"type": "json_object"})),
+            ("logit_bias", json!({"1": 5})),
+            ("n", json!(2)),
+            ("logprobs", json!(true)),
+            ("presence_penalty", json!(0.5)),
+            ("temperature", json!(3.5)),
+            ("max_tokens", json!(-1)),
+            ("stop", json!(["a", ""])),
+        ] {
+            let mut body = base.clone();
+            body[field] = value;
+            let err = chat(body).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(field), "{err:?}");
+            assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+        let err = parse(b"{not json", true, &RequestLimits::default(), 0).unwrap_err();
+        assert!(err.message.contains("not valid JSON"), "{err:?}");
+        let err = chat(json!({"messages": []})).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
+        let text = |prompt: Value| {
+            parse(
+                json!({"prompt": prompt}).to_string().as_bytes(),
+                false,
+                &RequestLimits::default(),
+                0,
+            )
+        };
+        assert_eq!(
+            text(json!(["one"])).unwrap().prompt,
+            Prompt::Text("one".into())
+        );
+        assert_eq!(
+            text(json!(["a", "b"])).unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
+    }
+
+    #[test]
+    fn answers_have_openais_shape() {
+        let id = AnswerId {
+            id: "chatcmpl-1".into(),
+            created: 5,
+            model: "m".into(),
+            chat: true,
+        };
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+        };
+        let whole = id.complete("Hi", FinishReason::Length, usage);
+        assert_eq!(whole["object"], "chat.completion");
+        assert_eq!(whole["choices"][0]["message"]["content"], "Hi");
+        assert_eq!(whole["choices"][0]["finish_reason"], "length");
+        assert_eq!(whole["usage"]["total_tokens"], 5);
+        let first = id.chunk("H", true, None);
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(first["choices"][0]["finish_reason"], Value::Null);
+        let last = id.chunk("", false, Some(FinishReason::Stop));
+        assert_eq!(last["choices"][0]["delta"], json!({}));
+        assert_eq!(id.usage_chunk(usage)["choices"], json!([]));
+        let text = AnswerId { chat: false, ..id };
+        assert_eq!(
+            text.complete("x", FinishReason::Stop, usage)["choices"][0]["text"],
+            "x"
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! The HTTP routes: OpenAI's completions, chat completions and models,
+//! `/health` and `/metrics`, the API key check and OpenAI-shaped errors
+//! for everything else.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::error::ApiError;
+use crate::jobs::{Event, Health, Job, Status};
+use crate::openai::{self, AnswerId, Usage};
+use crate::ServeOptions;
+
+/// What every handler shares.
+pub(crate) struct App {
+    pub options: ServeOptions,
+    pub jobs: mpsc::SyncSender<Job>,
+    pub status: Arc<Status>,
+    pub answers: AtomicU64,
+}
+
+/// The router over `app`.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), check_key))
+        .layer(axum::extract::DefaultBodyLimit::max(app.options.max_body))
+        .with_state(app)
+}
+
+async fn check_key(State(app): State<Arc<App>>, request: HttpRequest, next: Next) -> Response {
+    let Some(key) = &app.options.api_key else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if given == key => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "the API key is wrong").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this server needs an API key: send `Authorization: Bearer KEY`",
+        )
+        .into_response(),
+    }
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    match app.status.health() {
+        Health::Ready => Json(json!({"status": "ok"})).into_response(),
+        Health::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+        Health::Failed(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "message": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> String {
+    let status = &app.status;
+    let lines = [
+        (
+            "airllm_requests_total",
+            "counter",
+            "Completion requests received.",
+            status.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "airllm_queue_length",
+            "gauge",
+            "Requests waiting for the engine.",
+            status.queued.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "airllm_running_sequences",
+            "gauge",
+            "Requests the engine is answering.",
+            status.running.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "airllm_prompt_tokens_total",
+            "counter",
+            "Prompt tokens read.",
+            status.prompt_tokens.load(Ordering::Relaxed),
+        ),
+        (
+            "airllm_completion_tokens_total",
+            "counter",
+            "Tokens generated.",
+            status.completion_tokens.load(Ordering::Relaxed),
+        ),
+    ];
+    lines
+        .iter()
+        .map(|(name, kind, help, value)| {
+            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+        })
+        .collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": app.options.model_name,
+            "object": "model",
+            "created": now(),
+            "owned_by": "airllm-rs",
+        }]
+    }))
+}
+
+async fn not_found(request: HttpRequest) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route {} {}; this server serves /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    answer(app, body, true)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    answer(app, body, false)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Checks, queues and answers one request.
+async fn answer(
+    app: Arc<App>,
+    body: Result<Bytes, BytesRejection>,
+    chat: bool,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is larger than {} bytes (--max-body)",
+                app.options.max_body
+            ),
+        ),
+        status => ApiError::new(status, e.body_text()),
+    })?;
+    match app.status.health() {
+        Health::Ready => {}
+        Health::Loading => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model is still loading; retry when /health says ok",
+            ))
+        }
+        Health::Failed(reason) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the model failed to load: {reason}"),
+            ))
+        }
+    }
+    let number = app.answers.fetch_add(1, Ordering::Relaxed);
+    let seed = now() ^ number.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let request = openai::parse(&body, chat, &app.options.limits, seed)?;
+    app.status.requests.fetch_add(1, Ordering::Relaxed);
+    let (events, mut receiver) = unbounded_channel();
+    let stream = request.stream;
+    let include_usage = request.include_usage;
+    app.status.queued.fetch_add(1, Ordering::AcqRel);
+    if let Err(e) = app.jobs.try_send(Job { request, events }) {
+        app.status.queued.fetch_sub(1, Ordering::AcqRel);
+        return Err(match e {
+            mpsc::TrySendError::Full(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} requests are waiting already (--max-queue); retry shortly",
+                    app.options.max_queue
+                ),
+            ),
+            mpsc::TrySendError::Disconnected(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            ),
+        });
+    }
+    let id = AnswerId {
+        id: format!("{}-{number}", if chat { "chatcmpl" } else { "cmpl" }),
+        created: now(),
+        model: app.options.model_name.clone(),
+        chat,
+    };
+    let deadline = started + app.options.request_timeout;
+    let prompt_tokens = match next_event(&mut receiver, deadline).await? {
+        Event::Started { prompt_tokens } => prompt_tokens,
+        other => return Err(unexpected(other)),
+    };
+    if stream {
+        let chunks = stream_chunks(receiver, id, prompt_tokens, include_usage, deadline);
+        return Ok(Sse::new(chunks).into_response());
+    }
+    let mut text = String::new();
+    loop {
+        match next_event(&mut receiver, deadline).await? {
+            Event::Text(more) => text.push_str(&more),
+            Event::Done {
+                finish,
+                completion_tokens,
+            } => {
+                let usage = Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                };
+                tracing::info!(id = %id.id, prompt_tokens, completion_tokens, seconds = started.elapsed().as_secs_f64(), "answered");
+                return Ok(Json(id.complete(&text, finish, usage)).into_response());
+            }
+            other => return Err(unexpected(other)),
+        }
+    }
+}
+
+/// The engine thread's next word on a request, or the error that ends it.
+async fn next_event(
+    receiver: &mut UnboundedReceiver<Event>,
+    deadline: Instant,
+) -> Result<Event, ApiError> {
+    let timeout = ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "the request took longer than --request-timeout",
+    );
+    match tokio::time::timeout_at(deadline.into(), receiver.recv()).await {
+        Err(_) => Err(timeout),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine stopped before answering",
+        )),
+        Ok(Some(Event::Failed(error))) => Err(error),
+        Ok(Some(event)) => Ok(event),
+    }
+}
+
+fn unexpected(event: Event) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the engine sent {event:?} out of order"),
+    )
+}
+
+/// A streamed answer as Server-Sent Events: chunks of text, the last one
+/// with its finish reason, the usage if asked, then `[DONE]`. An error
+/// midway ends the stream with an error object.
+fn stream_chunks(
+    receiver: UnboundedReceiver<Event>,
+    id: AnswerId,
+    prompt_tokens: usize,
+    include_usage: bool,
+    deadline: Instant,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let data = |value: serde_json::Value| SseEvent::default().data(value.to_string());
+    stream::unfold(
+        (receiver, true, false),
+        move |(mut receiver, first, done)| {
+            let id = id.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let (events, done) = match next_event(&mut receiver, deadline).await {
+                    Ok(Event::Text(text)) => (vec![data(id.chunk(&text, first, None))], false),
+                    Ok(Event::Done {
+                        finish,
+                        completion_tokens,
+                    }) => {
+                        let mut last = vec![data(id.chunk("", first, Some(finish)))];
+                        if include_usage {
+                            let usage = Usage {
+                                prompt_tokens,
+                                completion_tokens,
+                            };
+                            last.push(data(id.usage_chunk(usage)));
+                        }
+                        last.push(SseEvent::default().data("[DONE]"));
+                        (last, true)
+                    }
+                    Ok(other) => (vec![data(unexpected(other).body())], true),
+                    Err(error) => (vec![data(error.body())], true),
+                };
+                Some((events, (receiver, false, done)))
+            }
+        },
+    )
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok)))
+}
