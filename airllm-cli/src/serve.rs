@@ -9,7 +9,7 @@ use airllm_backends::{dispatch, BackendJob};
 use airllm_core::{ComputeBackend, Engine, Error, Finish, GenerationConfig, Result, TokenControl};
 use airllm_formats::{ChatTemplate, Message, ModelDir};
 use airllm_server::{
-    ApiError, Event, FinishReason, Model, Prompt, Request, ServeOptions, StatusCode,
+    ApiError, Event, FinishReason, Model, PassReport, Prompt, Request, ServeOptions, StatusCode,
 };
 use burn::tensor::backend::Backend;
 use tokenizers::Tokenizer;
@@ -55,7 +55,7 @@ impl BackendJob for ServeJob {
             request_timeout: Duration::from_secs(args.request_timeout),
             ..Default::default()
         };
-        let (server, jobs) =
+        let (mut server, jobs) =
             airllm_server::start(listener, options).map_err(|e| Error::io(&address, e))?;
         eprintln!(
             "listening on http://{} (loading the model)",
@@ -67,8 +67,10 @@ impl BackendJob for ServeJob {
                 jobs.serve(&mut model);
             }
             Err(e) => {
-                eprintln!("error: {e}");
                 jobs.failed(e.to_string());
+                server.stop();
+                let _ = server.wait();
+                return Err(e);
             }
         }
         server.wait().map_err(|e| Error::io(&address, e))
@@ -97,8 +99,12 @@ impl<B: Backend> EngineModel<B> {
             .chat_template()?
             .map(|t| t.with_variables(args.chat_options.clone()));
         let defaults = generation::config(&dir, &Default::default(), args.engine.prefill_chunk)?;
-        let engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
         let ctx = args.ctx.min(engine.arch().dims().max_positions);
+        // Loads the resident units now (while /health says loading), and
+        // refuses a budget that cannot hold a request of --ctx positions.
+        engine.prepare(1, args.engine.prefill_chunk.clamp(1, ctx), ctx)?;
+        engine.reset_stats();
         Ok(EngineModel {
             engine,
             tokenizer,
@@ -154,6 +160,22 @@ impl<B: Backend> EngineModel<B> {
 }
 
 impl<B: Backend> Model for EngineModel<B> {
+    fn take_passes(&mut self) -> PassReport {
+        let stats = self.engine.stats();
+        let busy = stats
+            .units
+            .iter()
+            .map(|u| u.upload + u.compute)
+            .sum::<Duration>();
+        let report = PassReport {
+            passes: stats.passes,
+            bytes_read: stats.bytes_read(),
+            seconds: (busy + stats.read_wait + stats.expert_wait).as_secs_f64(),
+        };
+        self.engine.reset_stats();
+        report
+    }
+
     fn answer(&mut self, request: &Request, emit: &mut dyn FnMut(Event) -> bool) {
         let checked = self
             .tokens(&request.prompt)

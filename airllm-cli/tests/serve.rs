@@ -75,6 +75,21 @@ fn serve_answers_as_run_does_and_stops_on_sigterm() {
     assert_eq!(answer["choices"][0]["text"], ran["text"], "{answer}");
     assert_eq!(answer["usage"]["completion_tokens"], 8);
     assert_eq!(answer["model"], "tiny");
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    assert!(value("airllm_passes_total") >= 8.0, "{metrics}");
+    assert!(value("airllm_pass_seconds_total") > 0.0, "{metrics}");
+    assert_eq!(value("airllm_completion_tokens_total"), 8.0, "{metrics}");
 
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
@@ -83,6 +98,27 @@ fn serve_answers_as_run_does_and_stops_on_sigterm() {
     assert!(status.success());
     let exit = server.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// A budget that cannot hold one request of `--ctx` positions is refused
+/// at start-up, naming the minimum.
+#[test]
+fn too_small_a_budget_is_refused_at_start_up() {
+    let model = fixture("llama-gqa");
+    let output = Command::new(env!("CARGO_BIN_EXE_airllm"))
+        .args([
+            "serve",
+            model.to_str().unwrap(),
+            "--port",
+            "0",
+            "--max-memory",
+            "1KiB",
+        ])
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{message}");
+    assert!(message.contains("minimum working set"), "{message}");
 }
 
 /// The test command sets `AIRLLM_OPENAI_PYTHON` to a python with the

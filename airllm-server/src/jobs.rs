@@ -33,12 +33,28 @@ pub enum Event {
     Failed(ApiError),
 }
 
+/// What the engine's forward passes cost since the last report.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PassReport {
+    /// Forward passes run.
+    pub passes: u64,
+    /// Bytes read from the weight store.
+    pub bytes_read: u64,
+    /// Seconds the passes took.
+    pub seconds: f64,
+}
+
 /// A model the engine thread answers requests with.
 pub trait Model {
     /// Answers `request`, telling `emit` what happens in order: `Started`,
     /// `Text`s, then `Done`, or `Failed` at any point. `emit` returns
     /// `false` once the client has gone; generation should then stop.
     fn answer(&mut self, request: &Request, emit: &mut dyn FnMut(Event) -> bool);
+
+    /// The passes run since the last call (for `/metrics`).
+    fn take_passes(&mut self) -> PassReport {
+        PassReport::default()
+    }
 }
 
 /// One request on its way to the engine thread.
@@ -57,6 +73,9 @@ pub struct Status {
     pub(crate) requests: AtomicU64,
     pub(crate) prompt_tokens: AtomicU64,
     pub(crate) completion_tokens: AtomicU64,
+    pub(crate) passes: AtomicU64,
+    pub(crate) bytes_read: AtomicU64,
+    pub(crate) pass_microseconds: AtomicU64,
 }
 
 /// The engine thread's state, as `/health` reports it.
@@ -134,6 +153,17 @@ impl Jobs {
                 );
                 let _ = job.events.send(Event::Failed(error));
             }
+            let passes = model.take_passes();
+            self.status
+                .passes
+                .fetch_add(passes.passes, Ordering::Relaxed);
+            self.status
+                .bytes_read
+                .fetch_add(passes.bytes_read, Ordering::Relaxed);
+            let micros = (passes.seconds * 1e6) as u64;
+            self.status
+                .pass_microseconds
+                .fetch_add(micros, Ordering::Relaxed);
             self.status.running.fetch_sub(1, Ordering::AcqRel);
         }
     }

@@ -60,7 +60,7 @@ async fn check_key(State(app): State<Arc<App>>, request: HttpRequest, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(given) if given == key => next.run(request).await,
+        Some(given) if same_key(given, key) => next.run(request).await,
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "the API key is wrong").into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -68,6 +68,17 @@ async fn check_key(State(app): State<Arc<App>>, request: HttpRequest, next: Next
         )
         .into_response(),
     }
+}
+
+/// Whether `given` is `key`, in time that does not depend on where they
+/// differ (a timing attack learns nothing but the length).
+fn same_key(given: &str, key: &str) -> bool {
+    given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
@@ -88,36 +99,68 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> String {
     let status = &app.status;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed) as f64;
+    let memory = airllm_core::memory::Rss::now();
     let lines = [
         (
             "airllm_requests_total",
             "counter",
             "Completion requests received.",
-            status.requests.load(Ordering::Relaxed),
+            load(&status.requests),
         ),
         (
             "airllm_queue_length",
             "gauge",
             "Requests waiting for the engine.",
-            status.queued.load(Ordering::Relaxed) as u64,
+            status.queued.load(Ordering::Relaxed) as f64,
         ),
         (
             "airllm_running_sequences",
             "gauge",
             "Requests the engine is answering.",
-            status.running.load(Ordering::Relaxed) as u64,
+            status.running.load(Ordering::Relaxed) as f64,
         ),
         (
             "airllm_prompt_tokens_total",
             "counter",
             "Prompt tokens read.",
-            status.prompt_tokens.load(Ordering::Relaxed),
+            load(&status.prompt_tokens),
         ),
         (
             "airllm_completion_tokens_total",
             "counter",
             "Tokens generated.",
-            status.completion_tokens.load(Ordering::Relaxed),
+            load(&status.completion_tokens),
+        ),
+        (
+            "airllm_passes_total",
+            "counter",
+            "Forward passes run.",
+            load(&status.passes),
+        ),
+        (
+            "airllm_pass_seconds_total",
+            "counter",
+            "Seconds the forward passes took.",
+            load(&status.pass_microseconds) / 1e6,
+        ),
+        (
+            "airllm_read_bytes_total",
+            "counter",
+            "Bytes the passes read from the weight store.",
+            load(&status.bytes_read),
+        ),
+        (
+            "airllm_memory_anon_bytes",
+            "gauge",
+            "Anonymous resident memory of the process.",
+            memory.anon as f64,
+        ),
+        (
+            "airllm_memory_file_bytes",
+            "gauge",
+            "File-backed resident memory (mapped weights).",
+            memory.file as f64,
         ),
     ];
     lines
@@ -236,8 +279,13 @@ async fn answer(
         Event::Started { prompt_tokens } => prompt_tokens,
         other => return Err(unexpected(other)),
     };
+    let timing = Timing {
+        started,
+        waited: started.elapsed().as_secs_f64(),
+        deadline,
+    };
     if stream {
-        let chunks = stream_chunks(receiver, id, prompt_tokens, include_usage, deadline);
+        let chunks = stream_chunks(receiver, id, prompt_tokens, include_usage, timing);
         return Ok(Sse::new(chunks).into_response());
     }
     let mut text = String::new();
@@ -252,11 +300,35 @@ async fn answer(
                     prompt_tokens,
                     completion_tokens,
                 };
-                tracing::info!(id = %id.id, prompt_tokens, completion_tokens, seconds = started.elapsed().as_secs_f64(), "answered");
+                timing.log(&id, usage);
                 return Ok(Json(id.complete(&text, finish, usage)).into_response());
             }
             other => return Err(unexpected(other)),
         }
+    }
+}
+
+/// When a request arrived, how long it waited for the engine, and when it
+/// must be answered by.
+#[derive(Clone, Copy)]
+struct Timing {
+    started: Instant,
+    waited: f64,
+    deadline: Instant,
+}
+
+impl Timing {
+    /// The request's log line (`-v`): id, tokens in and out, seconds queued
+    /// and in all.
+    fn log(&self, id: &AnswerId, usage: Usage) {
+        tracing::info!(
+            id = %id.id,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            queued_s = self.waited,
+            total_s = self.started.elapsed().as_secs_f64(),
+            "answered"
+        );
     }
 }
 
@@ -295,40 +367,39 @@ fn stream_chunks(
     id: AnswerId,
     prompt_tokens: usize,
     include_usage: bool,
-    deadline: Instant,
+    timing: Timing,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |value: serde_json::Value| SseEvent::default().data(value.to_string());
-    stream::unfold(
-        (receiver, true, false),
-        move |(mut receiver, first, done)| {
-            let id = id.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                let (events, done) = match next_event(&mut receiver, deadline).await {
-                    Ok(Event::Text(text)) => (vec![data(id.chunk(&text, first, None))], false),
-                    Ok(Event::Done {
-                        finish,
-                        completion_tokens,
-                    }) => {
-                        let mut last = vec![data(id.chunk("", first, Some(finish)))];
-                        if include_usage {
-                            let usage = Usage {
-                                prompt_tokens,
-                                completion_tokens,
-                            };
-                            last.push(data(id.usage_chunk(usage)));
-                        }
-                        last.push(SseEvent::default().data("[DONE]"));
-                        (last, true)
-                    }
-                    Ok(other) => (vec![data(unexpected(other).body())], true),
-                    Err(error) => (vec![data(error.body())], true),
-                };
-                Some((events, (receiver, false, done)))
+    let next = move |(mut receiver, first, done): (UnboundedReceiver<Event>, bool, bool)| {
+        let id = id.clone();
+        async move {
+            if done {
+                return None;
             }
-        },
-    )
-    .flat_map(|events| stream::iter(events.into_iter().map(Ok)))
+            let (events, done) = match next_event(&mut receiver, timing.deadline).await {
+                Ok(Event::Text(text)) => (vec![data(id.chunk(&text, first, None))], false),
+                Ok(Event::Done {
+                    finish,
+                    completion_tokens,
+                }) => {
+                    let usage = Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                    };
+                    timing.log(&id, usage);
+                    let mut last = vec![data(id.chunk("", first, Some(finish)))];
+                    if include_usage {
+                        last.push(data(id.usage_chunk(usage)));
+                    }
+                    last.push(SseEvent::default().data("[DONE]"));
+                    (last, true)
+                }
+                Ok(other) => (vec![data(unexpected(other).body())], true),
+                Err(error) => (vec![data(error.body())], true),
+            };
+            Some((events, (receiver, false, done)))
+        }
+    };
+    stream::unfold((receiver, true, false), next)
+        .flat_map(|events| stream::iter(events.into_iter().map(Ok)))
 }
