@@ -30,15 +30,18 @@ struct TensorRow {
 }
 
 impl TensorRow {
+    fn bf16_bytes(&self) -> u64 {
+        2 * self.shape.iter().product::<usize>() as u64
+    }
+
     fn vs_bf16(&self) -> f64 {
-        self.bytes as f64 / (2 * self.shape.iter().product::<usize>()).max(1) as f64
+        self.bytes as f64 / self.bf16_bytes().max(1) as f64
     }
 }
 
 /// The storage of a model's units.
 pub struct StorageSummary {
     settings: Option<StorageSettings>,
-    kinds: Vec<KindRow>,
     tensors: Vec<TensorRow>,
     /// Bytes of the units' files (their tensors' encodings, or less when
     /// compressed with zstd).
@@ -63,27 +66,11 @@ impl StorageSummary {
     /// Sums `units` by encoding; with a split's `settings`, lists the
     /// fallbacks (the routers `specs` mark are kept in floats by design).
     pub fn new(units: &[UnitInfo], specs: &[UnitSpec], settings: Option<StorageSettings>) -> Self {
-        let mut kinds: Vec<KindRow> = Vec::new();
         let mut tensors = Vec::new();
         for (unit, spec) in units.iter().zip(specs) {
             for t in &unit.tensors {
                 let elements: usize = t.shape.iter().product();
-                let row = match kinds.iter_mut().find(|r| r.kind == t.kind) {
-                    Some(row) => row,
-                    None => {
-                        kinds.push(KindRow {
-                            kind: t.kind,
-                            tensors: 0,
-                            bytes: 0,
-                            bf16_bytes: 0,
-                        });
-                        kinds.last_mut().expect("just pushed")
-                    }
-                };
                 let bytes = t.kind.encoded_bytes(elements).unwrap_or(0) as u64;
-                row.tensors += 1;
-                row.bytes += bytes;
-                row.bf16_bytes += 2 * elements as u64;
                 let role = Role::of(unit.kind, t, spec.routers.contains(&t.name));
                 let fell_back_from = match settings.map(|s| wanted(s, role, t)) {
                     Some(StorageKind::Block(wanted)) if t.kind != StorageKind::Block(wanted) => {
@@ -103,7 +90,6 @@ impl StorageSummary {
         }
         StorageSummary {
             settings,
-            kinds,
             tensors,
             file_bytes: units.iter().map(|u| u.bytes).sum(),
         }
@@ -114,13 +100,36 @@ impl StorageSummary {
     }
 
     fn encoded_bytes(&self) -> u64 {
-        self.kinds.iter().map(|r| r.bytes).sum()
+        self.tensors.iter().map(|t| t.bytes).sum()
+    }
+
+    /// The tensors summed per encoding, in the order each first appears.
+    fn kinds(&self) -> Vec<KindRow> {
+        let mut kinds: Vec<KindRow> = Vec::new();
+        for t in &self.tensors {
+            let at = match kinds.iter().position(|r| r.kind == t.kind) {
+                Some(at) => at,
+                None => {
+                    kinds.push(KindRow {
+                        kind: t.kind,
+                        tensors: 0,
+                        bytes: 0,
+                        bf16_bytes: 0,
+                    });
+                    kinds.len() - 1
+                }
+            };
+            kinds[at].tensors += 1;
+            kinds[at].bytes += t.bytes;
+            kinds[at].bf16_bytes += t.bf16_bytes();
+        }
+        kinds
     }
 
     /// As JSON: the settings, each encoding, each fallback, each tensor.
     pub fn json(&self) -> Value {
         let kinds: Vec<Value> = self
-            .kinds
+            .kinds()
             .iter()
             .map(|r| {
                 json!({
@@ -186,7 +195,7 @@ impl StorageSummary {
                 self.file_bytes as f64 / self.encoded_bytes().max(1) as f64
             ));
         }
-        for r in &self.kinds {
+        for r in &self.kinds() {
             lines.push(format!(
                 "  {:<6} {:>4} tensors {:>12}  {:.3}x bf16",
                 r.kind.to_string(),

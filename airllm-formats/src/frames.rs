@@ -101,24 +101,16 @@ impl DecodeBuffers {
         file: &Path,
         tensors: Vec<(HostTensor, Option<Frame>)>,
     ) -> Result<Vec<HostTensor>> {
-        let offsets: Vec<Option<usize>> = tensors
-            .iter()
-            .scan(0usize, |end, (_, frame)| {
-                Some(frame.map(|f| {
-                    let start = end.next_multiple_of(ALIGN);
-                    *end = start + f.raw_bytes as usize;
-                    start
-                }))
-            })
-            .collect();
-        let total = tensors
-            .iter()
-            .zip(&offsets)
-            .filter_map(|((_, frame), start)| {
-                Some(start.as_ref()? + frame.as_ref()?.raw_bytes as usize)
-            })
-            .max()
-            .unwrap_or(0);
+        // Where each framed tensor starts in the buffer, and its end.
+        let mut total = 0usize;
+        let mut offsets = Vec::with_capacity(tensors.len());
+        for (_, frame) in &tensors {
+            offsets.push(frame.map(|f| {
+                let start = total.next_multiple_of(ALIGN);
+                total = start + f.raw_bytes as usize;
+                start
+            }));
+        }
         let mut buffer = self.take(total + ALIGN);
         let pad = buffer.as_ptr().align_offset(ALIGN);
         let mut decoder = self.decoder().map_err(|e| FormatError::Truncated {
