@@ -70,10 +70,10 @@ impl BackendJob for ChatJob {
                 _ => history.push(Message::new("user", line)),
             }
             let ids = text::encode_chat(&tokenizer, &template, &history)?;
-            let mut stream = TextStream::new(&tokenizer, &args.sampling.stop);
+            let mut stream = TextStream::new(args.sampling.stop.clone());
             let mut stdout = std::io::stdout().lock();
             let answers = engine.generate(&[ids], &config, &mut |_, token| {
-                match stream.push(token) {
+                match stream.push(&tokenizer, token) {
                     Ok((fresh, stop)) => {
                         let _ = write!(stdout, "{fresh}");
                         let _ = stdout.flush();

@@ -181,8 +181,13 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// Most positions a request may take: its prompt plus max_tokens (a
     /// request without max_tokens generates up to it).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
+    /// Most requests generated together, in shared passes; later ones wait
+    /// in the queue. The memory budget must hold the KV cache of this many
+    /// requests of --ctx positions.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
     /// Most requests waiting for the engine; past it, 429.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,

@@ -69,6 +69,7 @@ pub fn config(
                 .or(number("repetition_penalty").map(|p| p as f32))
                 .unwrap_or(1.0),
             seed: args.seed,
+            ..SamplingConfig::default()
         },
         eos,
         prefill_chunk,

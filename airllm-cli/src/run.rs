@@ -87,15 +87,16 @@ impl BackendJob for RunJob {
         let stops = &args.sampling.stop;
         let mut streams: Vec<Option<TextStream>> = ids
             .iter()
-            .map(|_| tokenizer.as_ref().map(|t| TextStream::new(t, stops)))
+            .map(|_| tokenizer.as_ref().map(|_| TextStream::new(stops.clone())))
             .collect();
         let echo = !args.json && ids.len() == 1;
         let mut stdout = std::io::stdout().lock();
         let mut on_token = |index: usize, token: u32| -> TokenControl {
-            let Some(stream) = streams[index].as_mut() else {
+            let (Some(stream), Some(tokenizer)) = (streams[index].as_mut(), tokenizer.as_ref())
+            else {
                 return TokenControl::Continue;
             };
-            match stream.push(token) {
+            match stream.push(tokenizer, token) {
                 Ok((fresh, stop)) => {
                     if echo {
                         let _ = write!(stdout, "{fresh}");

@@ -1,12 +1,16 @@
 //! `airllm serve`: the model behind OpenAI's HTTP API. The server runs on
 //! its own thread; this one loads the model and answers the queued
-//! requests, one at a time.
+//! requests together, in the scheduler's shared passes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use airllm_backends::{dispatch, BackendJob};
-use airllm_core::{ComputeBackend, Engine, Error, Finish, GenerationConfig, Result, TokenControl};
+use airllm_core::{
+    ComputeBackend, Engine, Error, Finish, GenerationConfig, Result, Scheduler, SchedulerLimits,
+    TokenControl,
+};
 use airllm_formats::{ChatTemplate, Message, ModelDir};
 use airllm_server::{
     ApiError, Event, FinishReason, Model, PassReport, Prompt, Request, ServeOptions, StatusCode,
@@ -77,13 +81,18 @@ impl BackendJob for ServeJob {
     }
 }
 
-/// The engine with what it needs to answer requests.
+/// The engine with what it needs to answer requests, and the scheduler
+/// that runs them together.
 struct EngineModel<B: Backend> {
     engine: Engine<B>,
+    scheduler: Scheduler<B>,
+    /// Each running request's text so far (for stop strings and streaming).
+    streams: HashMap<u64, TextStream>,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     defaults: GenerationConfig,
     ctx: usize,
+    max_batch: usize,
 }
 
 impl<B: Backend> EngineModel<B> {
@@ -101,16 +110,23 @@ impl<B: Backend> EngineModel<B> {
         let defaults = generation::config(&dir, &Default::default(), args.engine.prefill_chunk)?;
         let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
         let ctx = args.ctx.min(engine.arch().dims().max_positions);
+        let limits = SchedulerLimits {
+            max_batch: args.max_batch.max(1),
+            prefill_chunk: args.engine.prefill_chunk.clamp(1, ctx),
+        };
         // Loads the resident units now (while /health says loading), and
-        // refuses a budget that cannot hold a request of --ctx positions.
-        engine.prepare(1, args.engine.prefill_chunk.clamp(1, ctx), ctx)?;
+        // refuses a budget that cannot hold --max-batch requests of --ctx.
+        engine.prepare(limits.max_batch, limits.prefill_chunk, ctx)?;
         engine.reset_stats();
         Ok(EngineModel {
+            scheduler: Scheduler::new(limits, engine.arch().dims()),
             engine,
+            streams: HashMap::new(),
             tokenizer,
             template,
             defaults,
             ctx,
+            max_batch: limits.max_batch,
         })
     }
 
@@ -160,6 +176,91 @@ impl<B: Backend> EngineModel<B> {
 }
 
 impl<B: Backend> Model for EngineModel<B> {
+    fn room(&self) -> usize {
+        let held = self.scheduler.running() + self.scheduler.waiting();
+        self.max_batch.saturating_sub(held)
+    }
+
+    fn submit(&mut self, id: u64, request: &Request) -> std::result::Result<usize, ApiError> {
+        let ids = self.tokens(&request.prompt)?;
+        let limit = self.limit(request, ids.len())?;
+        let prompt_tokens = ids.len();
+        let config = GenerationConfig {
+            max_new_tokens: limit,
+            sampling: request.sampling.clone(),
+            eos: match request.ignore_eos {
+                true => Vec::new(),
+                false => self.defaults.eos.clone(),
+            },
+            ..self.defaults.clone()
+        };
+        self.scheduler
+            .submit(id, ids, &config)
+            .map_err(|e| ApiError::bad_field("messages", e.to_string()))?;
+        self.streams
+            .insert(id, TextStream::new(request.stop.clone()));
+        Ok(prompt_tokens)
+    }
+
+    fn cancel(&mut self, id: u64) {
+        self.scheduler.cancel(id);
+        self.streams.remove(&id);
+    }
+
+    fn running(&self) -> usize {
+        self.scheduler.running()
+    }
+
+    fn step(&mut self, emit: &mut dyn FnMut(u64, Event)) {
+        let (tokenizer, streams) = (&self.tokenizer, &mut self.streams);
+        let stepped = self.scheduler.step(&mut self.engine, &mut |id, token| {
+            let Some(stream) = streams.get_mut(&id) else {
+                return TokenControl::Continue;
+            };
+            match stream.push(tokenizer, token) {
+                Ok((fresh, stop)) => {
+                    if !fresh.is_empty() {
+                        emit(id, Event::Text(fresh));
+                    }
+                    match stop {
+                        true => TokenControl::Stop,
+                        false => TokenControl::Continue,
+                    }
+                }
+                Err(_) => TokenControl::Continue,
+            }
+        });
+        match stepped {
+            Ok(ended) => {
+                for (id, answer) in ended {
+                    self.streams.remove(&id);
+                    let finish = match answer.finish {
+                        Finish::Length => FinishReason::Length,
+                        _ => FinishReason::Stop,
+                    };
+                    let completion_tokens = answer.tokens.len();
+                    emit(
+                        id,
+                        Event::Done {
+                            finish,
+                            completion_tokens,
+                        },
+                    );
+                }
+            }
+            Err(failed) => {
+                for id in failed.failed {
+                    self.streams.remove(&id);
+                    let error = ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the engine failed: {}", failed.error),
+                    );
+                    emit(id, Event::Failed(error));
+                }
+            }
+        }
+    }
+
     fn take_passes(&mut self) -> PassReport {
         let stats = self.engine.stats();
         let busy = stats
@@ -176,56 +277,7 @@ impl<B: Backend> Model for EngineModel<B> {
         report
     }
 
-    fn answer(&mut self, request: &Request, emit: &mut dyn FnMut(Event) -> bool) {
-        let checked = self
-            .tokens(&request.prompt)
-            .and_then(|ids| self.limit(request, ids.len()).map(|limit| (ids, limit)));
-        let (ids, limit) = match checked {
-            Ok(checked) => checked,
-            Err(error) => {
-                emit(Event::Failed(error));
-                return;
-            }
-        };
-        if !emit(Event::Started {
-            prompt_tokens: ids.len(),
-        }) {
-            return;
-        }
-        let config = GenerationConfig {
-            max_new_tokens: limit,
-            sampling: request.sampling.clone(),
-            ..self.defaults.clone()
-        };
-        let mut stream = TextStream::new(&self.tokenizer, &request.stop);
-        let mut generated = 0;
-        let mut on_token = |_: usize, token: u32| {
-            generated += 1;
-            match stream.push(token) {
-                Ok((fresh, stop)) => {
-                    let delivered = fresh.is_empty() || emit(Event::Text(fresh));
-                    match delivered && !stop {
-                        true => TokenControl::Continue,
-                        false => TokenControl::Stop,
-                    }
-                }
-                Err(_) => TokenControl::Continue,
-            }
-        };
-        let outcome = self.engine.generate(&[ids], &config, &mut on_token);
-        let event = match outcome {
-            Ok(answers) => Event::Done {
-                finish: match answers[0].finish {
-                    Finish::Length => FinishReason::Length,
-                    _ => FinishReason::Stop,
-                },
-                completion_tokens: generated,
-            },
-            Err(e) => Event::Failed(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the engine failed: {e}"),
-            )),
-        };
-        emit(event);
+    fn planned_bytes(&self) -> u64 {
+        self.engine.plan().map_or(0, |plan| plan.predicted_peak())
     }
 }

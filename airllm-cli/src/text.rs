@@ -36,18 +36,16 @@ pub fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
 
 /// Follows one sequence's tokens, yielding text as it becomes whole and
 /// noticing stop strings.
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
-    stops: &'a [String],
+pub struct TextStream {
+    stops: Vec<String>,
     tokens: Vec<u32>,
     emitted: usize,
 }
 
-impl<'a> TextStream<'a> {
+impl TextStream {
     /// A stream that stops at any of `stops`.
-    pub fn new(tokenizer: &'a Tokenizer, stops: &'a [String]) -> Self {
+    pub fn new(stops: Vec<String>) -> Self {
         TextStream {
-            tokenizer,
             stops,
             tokens: Vec::new(),
             emitted: 0,
@@ -55,10 +53,10 @@ impl<'a> TextStream<'a> {
     }
 
     /// Adds a token; returns new printable text and whether a stop string appeared.
-    pub fn push(&mut self, token: u32) -> Result<(String, bool)> {
+    pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> Result<(String, bool)> {
         self.tokens.push(token);
-        let text = decode(self.tokenizer, &self.tokens)?;
-        if let Some(cut) = first_stop(&text, self.stops) {
+        let text = decode(tokenizer, &self.tokens)?;
+        if let Some(cut) = first_stop(&text, &self.stops) {
             let fresh = text[self.emitted.min(cut)..cut].to_string();
             self.emitted = cut;
             return Ok((fresh, true));

@@ -1,6 +1,8 @@
 //! `airllm serve` as a process on a free localhost port: on a fixture
-//! model it answers as `airllm run` does and SIGTERM stops it with status
-//! 0; on SmolLM2 the official `openai` Python client accepts what it sends.
+//! model it answers as `airllm run` does, concurrent requests get their
+//! solo answers, a bounded load test passes, and SIGTERM stops it with
+//! status 0; on SmolLM2 the official `openai` Python client accepts what
+//! it sends.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -98,6 +100,93 @@ fn serve_answers_as_run_does_and_stops_on_sigterm() {
     assert!(status.success());
     let exit = server.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// The greedy answer to `prompt` (`max_tokens` new tokens, EOS ignored).
+fn complete(base: &str, prompt: &str, max_tokens: usize) -> String {
+    let body =
+        json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true});
+    let answer: Value = ureq::post(&format!("{base}/v1/completions"))
+        .send_json(body)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], max_tokens, "{answer}");
+    answer["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+/// 16 requests of different lengths at once, 6 at most in a pass (so the
+/// rest join as others finish), each get the answer they get alone (f32
+/// activations: exact whatever the rows of a pass).
+#[test]
+fn concurrent_greedy_requests_get_their_solo_answers() {
+    let model = fixture("llama-gqa");
+    let (mut server, base) = serve(
+        model.to_str().unwrap(),
+        &["--max-batch", "6", "--activations", "f32"],
+    );
+    let words = "the quick brown fox jumps over a lazy dog while it rains on the river bank";
+    let requests: Vec<(String, usize)> = (0..16)
+        .map(|i| {
+            let prompt: Vec<&str> = words.split(' ').cycle().skip(i).take(3 + i % 7).collect();
+            (prompt.join(" "), 4 + (i * 5) % 19)
+        })
+        .collect();
+    let solo: Vec<String> = requests
+        .iter()
+        .map(|(prompt, limit)| complete(&base, prompt, *limit))
+        .collect();
+    let together: Vec<_> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, (prompt, limit))| {
+            let (base, prompt, limit) = (base.clone(), prompt.clone(), *limit);
+            std::thread::spawn(move || {
+                // Some arrive while others are running.
+                std::thread::sleep(Duration::from_millis(15 * (i % 4) as u64));
+                complete(&base, &prompt, limit)
+            })
+        })
+        .collect();
+    for (i, (answer, solo)) in together.into_iter().zip(&solo).enumerate() {
+        assert_eq!(&answer.join().unwrap(), solo, "request {i}");
+    }
+    server.kill().unwrap();
+    let _ = server.wait();
+}
+
+/// `scripts/bench-serve --check`, bounded: 16 clients, 64 requests of
+/// random lengths, a tenth disconnecting after their first token; every
+/// completed answer well formed, none lost, memory within the plan, and
+/// the server answers normally afterwards.
+#[test]
+fn a_bounded_load_test_passes() {
+    let model = fixture("llama-gqa");
+    let (mut server, base) = serve(model.to_str().unwrap(), &["--max-batch", "8"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench-serve");
+    let run = Command::new("python3")
+        .arg(script)
+        .arg(&base)
+        .args(["--clients", "16", "--requests", "64", "--disconnect", "0.1"])
+        .args([
+            "--prompt-tokens",
+            "2-24",
+            "--max-tokens",
+            "24",
+            "--timeout",
+            "60",
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 /// A budget that cannot hold one request of `--ctx` positions is refused

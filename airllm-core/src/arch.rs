@@ -123,42 +123,59 @@ impl<B: Backend> DeviceUnit<B> {
     }
 }
 
-/// Where the tokens of one forward pass sit. Every row of the batch has the
-/// same columns: the pass computes columns `start..total` and its queries
-/// attend over keys in columns `0..total` (the KV cache, then this pass).
-/// Left padding has no position; a family builds its own causal, window or
-/// ALiBi bias from these positions.
+/// Where the tokens of one forward pass sit. A pass runs several
+/// sequences (rows), each over its own KV cache: its new tokens are packed
+/// one row after another into one sequence of [`PassInfo::tokens`] (hidden
+/// states `[1, tokens, hidden]`), with no padding, and each row's queries
+/// attend over its own cached positions and its new ones. Positions count
+/// from 0 at each row's first token, so a row's new tokens sit at
+/// `cached..cached + new`; a family builds its own causal, window or ALiBi
+/// bias from them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassInfo {
-    /// First column this pass computes.
-    pub start: usize,
-    /// Per row, the position of every column `0..total` (`None`: padding).
-    pub columns: Vec<Vec<Option<usize>>>,
+    /// The rows, in packing order.
+    pub rows: Vec<RowSpan>,
+}
+
+/// One row of a pass: what its cache holds and what the pass adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowSpan {
+    /// Positions already in the row's KV cache.
+    pub cached: usize,
+    /// New tokens this pass computes for the row.
+    pub new: usize,
+}
+
+impl RowSpan {
+    /// Positions the row's keys cover after this pass (cached plus new).
+    pub fn total(&self) -> usize {
+        self.cached + self.new
+    }
 }
 
 impl PassInfo {
-    /// Rows in the batch.
+    /// Rows in the pass.
     pub fn batch(&self) -> usize {
-        self.columns.len()
+        self.rows.len()
     }
 
-    /// Columns the keys cover (cached plus new).
-    pub fn total(&self) -> usize {
-        self.columns.first().map_or(0, Vec::len)
+    /// New tokens of every row together.
+    pub fn tokens(&self) -> usize {
+        self.rows.iter().map(|r| r.new).sum()
     }
 
-    /// New tokens per row in this pass.
-    pub fn seq(&self) -> usize {
-        self.total().saturating_sub(self.start)
+    /// Each row with the index of its first new token in the packed sequence.
+    pub fn offsets(&self) -> impl Iterator<Item = (usize, &RowSpan)> {
+        self.rows.iter().scan(0, |offset, row| {
+            let at = *offset;
+            *offset += row.new;
+            Some((at, row))
+        })
     }
 
-    /// Position of each new token, `[batch][seq]`, padding counted as 0
-    /// (for rotary tables: a padding row's value is never seen).
-    pub fn query_positions(&self) -> Vec<Vec<usize>> {
-        self.columns
-            .iter()
-            .map(|row| row[self.start..].iter().map(|p| p.unwrap_or(0)).collect())
-            .collect()
+    /// Position of each new token, in packing order (for rotary tables).
+    pub fn query_positions(&self) -> Vec<usize> {
+        self.rows.iter().flat_map(|r| r.cached..r.total()).collect()
     }
 }
 
@@ -182,8 +199,8 @@ pub enum Experts<'a, B: Backend> {
 pub struct LayerContext<'a, B: Backend> {
     /// This pass's positions.
     pub pass: &'a PassInfo,
-    /// This layer's KV cache.
-    pub kv: &'a mut KvSlot<B>,
+    /// This layer's KV cache of each row, in packing order.
+    pub kv: Vec<&'a mut KvSlot<B>>,
     /// The backend, for its linear op.
     pub backend: &'a dyn ComputeBackend<B>,
     /// Where routed experts come from.
@@ -207,15 +224,15 @@ pub trait Architecture<B: Backend>: Send + Sync {
     /// chooses, so that type is erased here, but never downcast.
     fn begin_pass<'a>(&'a self, pass: &PassInfo, device: &B::Device) -> Box<dyn LayerPass<B> + 'a>;
 
-    /// Token ids `[batch][seq]` to hidden states `[batch, seq, hidden]`.
+    /// The packed token ids of a pass to hidden states `[1, tokens, hidden]`.
     fn embed(
         &self,
         unit: &DeviceUnit<B>,
-        tokens: &[Vec<u32>],
+        tokens: &[u32],
         backend: &dyn ComputeBackend<B>,
     ) -> Result<Tensor<B, 3>>;
 
-    /// Final norm and LM head: hidden `[batch, seq, hidden]` to logits `[batch, seq, vocab]`.
+    /// Final norm and LM head: hidden `[1, positions, hidden]` to logits `[1, positions, vocab]`.
     fn head(
         &self,
         unit: &DeviceUnit<B>,
@@ -227,7 +244,7 @@ pub trait Architecture<B: Backend>: Send + Sync {
 /// One forward pass of an [`Architecture`], holding what it prepared for
 /// all layers.
 pub trait LayerPass<B: Backend> {
-    /// Decoder layer `index` on hidden states `[batch, seq, hidden]`.
+    /// Decoder layer `index` on the packed hidden states `[1, tokens, hidden]`.
     fn layer(
         &self,
         index: usize,

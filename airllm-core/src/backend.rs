@@ -174,6 +174,18 @@ fn decode_rows(table: &HostTensor, ids: &[u32]) -> Result<(Vec<f32>, usize)> {
     Ok((out, columns))
 }
 
+/// One row's part of [`ComputeBackend::row_attention`].
+pub struct RowKeys<'a, B: Backend> {
+    /// Where the row's queries sit among the pass's tokens.
+    pub queries: std::ops::Range<usize>,
+    /// The row's cached and new keys, `[1, kv_heads, total, head_dim]`.
+    pub keys: Tensor<B, 4>,
+    /// Its values, shaped as the keys.
+    pub values: Tensor<B, 4>,
+    /// Its additive bias, `[1, 1 or heads, new, total]`.
+    pub bias: &'a Tensor<B, 4>,
+}
+
 /// Where to compute: a burn device and the operations whose implementation
 /// depends on it.
 pub trait ComputeBackend<B: Backend>: Send + Sync {
@@ -243,6 +255,32 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         scale: f64,
     ) -> Result<Tensor<B, 4>> {
         Ok(grouped_attention(q, keys, values, bias, scale))
+    }
+
+    /// Attention of the rows of a pass, each over its own keys: `q: [1,
+    /// heads, tokens, head_dim]` holds every row's queries packed, row
+    /// after row (`rows[r].queries` says where); each row's keys, values and
+    /// bias are as [`ComputeBackend::attention`] takes them. Returns `[1,
+    /// tokens, heads · head_dim]`, each position's heads side by side. The
+    /// default runs [`ComputeBackend::attention`] row by row.
+    fn row_attention(
+        &self,
+        q: Tensor<B, 4>,
+        rows: Vec<RowKeys<'_, B>>,
+        scale: f64,
+    ) -> Result<Tensor<B, 3>> {
+        let [_, heads, tokens, head_dim] = q.dims();
+        let mut outputs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let queries = q.clone().narrow(2, row.queries.start, row.queries.len());
+            let out = self.attention(queries, row.keys, row.values, row.bias, scale)?;
+            outputs.push(out.swap_dims(1, 2));
+        }
+        let out = match outputs.len() {
+            1 => outputs.pop().expect("one row"),
+            _ => Tensor::cat(outputs, 1),
+        };
+        Ok(out.reshape([1, tokens, heads * head_dim]))
     }
 
     /// RMSNorm over the last dimension, `weight · x / sqrt(mean(x²) + eps)`,

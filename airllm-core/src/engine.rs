@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::arch::{Experts, LayerContext};
 use crate::backend::StagedTensor;
@@ -17,7 +17,7 @@ use crate::memory::Rss;
 use crate::plan::{BatchShape, PlanInput};
 use crate::{
     check_units, Architecture, ComputeBackend, DeviceUnit, Error, KvCache, LayerStore, PassInfo,
-    ResidencyPlan, Result, RunStats, UnitKind, UnitPlacement,
+    ResidencyPlan, Result, RowSpan, RunStats, UnitKind, UnitPlacement,
 };
 
 /// How the engine streams and budgets.
@@ -309,14 +309,47 @@ impl<B: Backend> Engine<B> {
         Ok(unit)
     }
 
-    /// One forward pass over `tokens` (`[batch][seq]`, equal lengths).
-    /// Returns logits `[batch, positions, vocab]` for the positions `logits`
-    /// asks for; with [`Logits::Skip`] the head is not run (nor read).
+    /// One forward pass: `tokens[r]` are row `r`'s new tokens (rows of any
+    /// lengths, at least one each), computed over `kv[r]`, that row's cache,
+    /// which the pass extends. Returns logits on the host, one vector per
+    /// position `logits` asks for: each row's last (in row order), or every
+    /// token (packed row after row); with [`Logits::Skip`] the head is not
+    /// run (nor read).
     pub fn forward(
         &mut self,
         tokens: &[Vec<u32>],
+        kv: &mut [&mut KvCache<B>],
+        logits: Logits,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        if tokens.is_empty() || tokens.len() != kv.len() || tokens.iter().any(Vec::is_empty) {
+            return Err(Error::Request(format!(
+                "a pass takes one or more rows, each at least one token and its cache: {} rows of tokens, {} caches",
+                tokens.len(),
+                kv.len()
+            )));
+        }
+        let pass = PassInfo {
+            rows: tokens
+                .iter()
+                .zip(kv.iter())
+                .map(|(t, cache)| RowSpan {
+                    cached: cache.positions(),
+                    new: t.len(),
+                })
+                .collect(),
+        };
+        let output = self.forward_pass(tokens, &pass, kv, logits)?;
+        for (cache, row) in kv.iter_mut().zip(&pass.rows) {
+            cache.commit(row.new);
+        }
+        output.map(host_rows).transpose()
+    }
+
+    fn forward_pass(
+        &mut self,
+        tokens: &[Vec<u32>],
         pass: &PassInfo,
-        kv: &mut KvCache<B>,
+        kv: &mut [&mut KvCache<B>],
         logits: Logits,
     ) -> Result<Option<Tensor<B, 3>>> {
         let placements = match &self.plan {
@@ -383,7 +416,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         tokens: &[Vec<u32>],
         pass: &PassInfo,
-        kv: &mut KvCache<B>,
+        kv: &mut [&mut KvCache<B>],
         logits: Logits,
         channels: PassChannels,
     ) -> Result<Option<Tensor<B, 3>>> {
@@ -414,7 +447,8 @@ impl<B: Backend> Engine<B> {
             let started = Instant::now();
             match kind {
                 UnitKind::Embedding => {
-                    hidden = Some(arch.embed(unit, tokens, &*self.backend)?);
+                    let packed: Vec<u32> = tokens.iter().flatten().copied().collect();
+                    hidden = Some(arch.embed(unit, &packed, &*self.backend)?);
                 }
                 UnitKind::Layer(layer) => {
                     let input = hidden.take().ok_or_else(missing_embedding)?;
@@ -443,7 +477,7 @@ impl<B: Backend> Engine<B> {
                     };
                     let ctx = LayerContext {
                         pass,
-                        kv: kv.slot(layer),
+                        kv: kv.iter_mut().map(|cache| cache.slot(layer)).collect(),
                         backend: &*self.backend,
                         experts,
                     };
@@ -452,8 +486,7 @@ impl<B: Backend> Engine<B> {
                 UnitKind::Head => {
                     let mut input = hidden.take().ok_or_else(missing_embedding)?;
                     if logits == Logits::Last {
-                        let seq = input.dims()[1];
-                        input = input.narrow(1, seq - 1, 1);
+                        input = last_of_each_row(input, pass, &device);
                     }
                     output = Some(arch.head(unit, input, &*self.backend)?);
                 }
@@ -468,6 +501,35 @@ impl<B: Backend> Engine<B> {
         }
         Ok(output)
     }
+}
+
+/// The hidden state of each row's last new token, `[1, rows, hidden]`.
+fn last_of_each_row<B: Backend>(
+    hidden: Tensor<B, 3>,
+    pass: &PassInfo,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let last: Vec<i64> = pass
+        .offsets()
+        .map(|(offset, row)| (offset + row.new - 1) as i64)
+        .collect();
+    if last.len() == pass.tokens() {
+        return hidden;
+    }
+    let rows = last.len();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [rows]), device);
+    hidden.select(1, index)
+}
+
+/// Logits `[1, positions, vocab]` as one host vector per position.
+fn host_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<Vec<f32>>> {
+    let vocab = logits.dims()[2];
+    let values: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| Error::Backend(format!("reading logits: {e:?}")))?;
+    Ok(values.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 fn missing_embedding() -> Error {

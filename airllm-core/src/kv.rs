@@ -1,10 +1,12 @@
-//! The KV cache: per layer, keys and values `[batch, kv_heads, tokens, head_dim]`
-//! on the compute device, in buffers with room for the whole context, so a
-//! decode step writes its one position in place instead of copying the
-//! cache into a longer tensor.
+//! The KV cache of one sequence: per layer, keys and values `[1, kv_heads,
+//! positions, head_dim]` on the compute device, in buffers with room for the
+//! sequence's whole length, so a decode step writes its one position in place
+//! instead of copying the cache into a longer tensor. Each sequence owns its
+//! cache, so sequences of a pass have their own lengths, and one that leaves
+//! frees its room.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::{ComputeBackend, Result};
 
@@ -105,30 +107,22 @@ impl<B: Backend> KvSlot<B> {
         self.entries = Some(entries);
         Ok(written)
     }
-
-    fn retain_rows(&mut self, rows: &Tensor<B, 1, Int>) {
-        if let Some(entries) = self.entries.take() {
-            self.entries = Some(Entries {
-                keys: entries.keys.select(0, rows.clone()),
-                values: entries.values.select(0, rows.clone()),
-                len: entries.len,
-            });
-        }
-    }
 }
 
-/// The cache of every layer for one batch of sequences.
+/// The cache of every layer for one sequence.
 pub struct KvCache<B: Backend> {
     slots: Vec<KvSlot<B>>,
+    positions: usize,
 }
 
 impl<B: Backend> KvCache<B> {
     /// An empty cache for `layers` layers whose buffers make room for
-    /// `positions` tokens per sequence when first written (the pass's
-    /// context, as the residency plan budgets it); they grow if more come.
+    /// `positions` tokens when first written (the sequence's prompt and
+    /// answer, as the residency plan budgets them); they grow if more come.
     pub fn new(layers: usize, positions: usize) -> Self {
         KvCache {
             slots: (0..layers).map(|_| KvSlot::with_room(positions)).collect(),
+            positions: 0,
         }
     }
 
@@ -137,13 +131,16 @@ impl<B: Backend> KvCache<B> {
         &mut self.slots[index]
     }
 
-    /// Keeps only the batch rows listed in `rows` (sequences still running).
-    pub fn retain_rows(&mut self, rows: &[usize], device: &B::Device) {
-        let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [rows.len()]), device);
-        for slot in &mut self.slots {
-            slot.retain_rows(&index);
-        }
+    /// Positions cached (every layer's slot holds them once a pass has
+    /// completed).
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// Records that a pass has written `added` more positions to every
+    /// layer's slot.
+    pub fn commit(&mut self, added: usize) {
+        self.positions += added;
     }
 }
 
@@ -151,6 +148,7 @@ impl<B: Backend> KvCache<B> {
 mod tests {
     use super::*;
     use burn::backend::flex::{Flex, FlexDevice};
+    use burn::tensor::TensorData;
 
     /// burn's ops for every backend op.
     struct BurnOps;
@@ -197,12 +195,5 @@ mod tests {
             assert_eq!(values(keys.clone()), values(positions(0, total)));
             assert_eq!(values(vals), values(positions(0, total) * 2.0));
         }
-        kv.retain_rows(&[1], &FlexDevice);
-        let second = positions(total, 1).narrow(0, 1, 1);
-        let (keys, _) = kv.slot(0).append(&BurnOps, second.clone(), second).unwrap();
-        assert_eq!(
-            values(keys),
-            values(positions(0, total + 1).narrow(0, 1, 1))
-        );
     }
 }

@@ -1,7 +1,7 @@
 //! Core of airllm-rs: the three traits every other crate plugs into
 //! ([`LayerStore`], [`Architecture`], [`ComputeBackend`]), the host tensors and
 //! storage kinds they exchange, and the streaming [`Engine`] with its residency
-//! plan, KV cache and generation loop.
+//! plan, KV cache, and the scheduler that batches sequences continuously.
 //!
 //! This crate owns no file format, no model family and no concrete device: it
 //! depends on `burn` without backend features, and must stay that way so that
@@ -20,12 +20,15 @@ pub mod kv;
 pub mod memory;
 pub mod plan;
 pub mod sampling;
+pub mod schedule;
 pub mod scoring;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
 
-pub use arch::{Architecture, DeviceUnit, ExpertLoader, Experts, LayerPass, ModelDims, PassInfo};
+pub use arch::{
+    Architecture, DeviceUnit, ExpertLoader, Experts, LayerPass, ModelDims, PassInfo, RowSpan,
+};
 pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
 pub use engine::{Engine, EngineOptions, LoadObserver, LoadProgress, Logits};
 pub use error::{Error, Result};
@@ -35,6 +38,7 @@ pub use kv::KvCache;
 pub use memory::ByteSize;
 pub use plan::{BatchShape, PlanInput, ResidencyPlan, UnitPlacement};
 pub use sampling::{Sampler, SamplingConfig};
+pub use schedule::{PassFailed, Scheduler, SchedulerLimits};
 pub use scoring::{score_text, ScoreReport, Scores};
 pub use storage::{BlockKind, DType, StorageKind};
 pub use store::{check_units, LayerStore, TensorInfo, UnitInfo, UnitKind, UnitSpec, WeightLayout};

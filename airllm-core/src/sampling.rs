@@ -1,5 +1,8 @@
 //! Token sampling: greedy, temperature, top-k, top-p and repetition penalty,
-//! applied in the order Hugging Face's `generate` applies them.
+//! applied in the order Hugging Face's `generate` applies them, after
+//! OpenAI's presence and frequency penalties.
+
+use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,6 +18,12 @@ pub struct SamplingConfig {
     pub top_p: f32,
     /// Penalty > 1 discourages tokens already in the sequence (1: none).
     pub repetition_penalty: f32,
+    /// Subtracted from the logit of every token generated so far (OpenAI's
+    /// `presence_penalty`; 0: none).
+    pub presence_penalty: f32,
+    /// Subtracted from the logit of each token generated so far, once per
+    /// time it was (OpenAI's `frequency_penalty`; 0: none).
+    pub frequency_penalty: f32,
     /// Seed of the random generator.
     pub seed: u64,
 }
@@ -26,6 +35,8 @@ impl Default for SamplingConfig {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0,
         }
     }
@@ -35,17 +46,38 @@ impl Default for SamplingConfig {
 pub struct Sampler {
     config: SamplingConfig,
     rng: StdRng,
+    /// How often each token was picked (for the presence and frequency
+    /// penalties).
+    picked: HashMap<u32, u32>,
 }
 
 impl Sampler {
     /// A sampler seeded from `config.seed`.
     pub fn new(config: SamplingConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
-        Sampler { config, rng }
+        Sampler {
+            config,
+            rng,
+            picked: HashMap::new(),
+        }
     }
 
     /// Chooses the next token from `logits`, given the tokens so far.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let token = self.choose(logits, history);
+        *self.picked.entry(token).or_default() += 1;
+        token
+    }
+
+    fn choose(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let (presence, frequency) = (self.config.presence_penalty, self.config.frequency_penalty);
+        if presence != 0.0 || frequency != 0.0 {
+            for (&token, &count) in &self.picked {
+                if let Some(l) = logits.get_mut(token as usize) {
+                    *l -= presence + frequency * count as f32;
+                }
+            }
+        }
         let penalty = self.config.repetition_penalty;
         if penalty != 1.0 {
             for &token in history {
@@ -121,6 +153,25 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&mut [1.0, 1.5, 0.0], &[1]), 0);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_the_tokens_picked() {
+        let mut s = Sampler::new(SamplingConfig {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..Default::default()
+        });
+        // Prompt tokens are not penalised: only what the sampler picked.
+        assert_eq!(s.sample(&mut [1.0, 1.6, 0.0], &[1, 1, 1]), 1);
+        // 1.6 - 0.75 < 1.0.
+        assert_eq!(s.sample(&mut [1.0, 1.6, 0.0], &[1, 1, 1, 1]), 0);
+        // Token 1 once (-0.75 → 1.85), token 0 once (-0.75 → 0.3).
+        assert_eq!(s.sample(&mut [1.05, 2.6, 0.0], &[]), 1);
+        // Token 1 twice: 2.6 - 0.5 - 0.5 = 1.6; token 0: 2.3 - 0.75 = 1.55.
+        assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[]), 1);
+        // Token 1 three times: 2.6 - 1.25 = 1.35 < 2.3 - 0.75.
+        assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[]), 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use airllm_core::arch::LayerContext;
 use airllm_core::store::TensorSpec;
 use airllm_core::{
     Architecture, ComputeBackend, DeviceUnit, Error, LayerPass, ModelDims, PassInfo, Result,
-    UnitKind, UnitSpec,
+    RowSpan, UnitKind, UnitSpec,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -167,8 +167,8 @@ pub struct Decoder {
 struct DecoderPass<'a, B: Backend> {
     decoder: &'a Decoder,
     rope: Option<RopeTables<B>>,
-    /// One attention bias per entry of [`Decoder::windows`].
-    biases: Vec<Tensor<B, 4>>,
+    /// Per entry of [`Decoder::windows`], one attention bias per row.
+    biases: Vec<Vec<Tensor<B, 4>>>,
 }
 
 impl Decoder {
@@ -247,14 +247,14 @@ impl Decoder {
         &self.config
     }
 
-    /// The additive attention bias for layers with sliding window `window`.
+    /// The additive attention bias of `row` for layers with sliding window `window`.
     fn attention_bias<B: Backend>(
         &self,
-        pass: &PassInfo,
+        row: &RowSpan,
         window: Option<usize>,
         device: &B::Device,
     ) -> Tensor<B, 4> {
-        let mask = causal_mask::<B>(pass, window, device);
+        let mask = causal_mask::<B>(row, window, device);
         match self.config.positions {
             PositionEncoding::Rotary(_) => mask,
             PositionEncoding::Alibi => {
@@ -264,7 +264,7 @@ impl Decoder {
                     device,
                 )
                 .reshape([1, heads, 1, 1]);
-                mask + key_minus_query::<B>(pass, device) * slopes
+                mask + key_minus_query::<B>(row, device) * slopes
             }
         }
     }
@@ -286,14 +286,19 @@ impl<B: Backend> Architecture<B> for Decoder {
     fn begin_pass<'a>(&'a self, pass: &PassInfo, device: &B::Device) -> Box<dyn LayerPass<B> + 'a> {
         let rope = match &self.config.positions {
             PositionEncoding::Rotary(rope) => {
-                Some(rope.tables::<B>(&pass.query_positions(), device))
+                Some(rope.tables::<B>(&[pass.query_positions()], device))
             }
             PositionEncoding::Alibi => None,
         };
         let biases = self
             .windows
             .iter()
-            .map(|&window| self.attention_bias::<B>(pass, window, device))
+            .map(|&window| {
+                pass.rows
+                    .iter()
+                    .map(|row| self.attention_bias::<B>(row, window, device))
+                    .collect()
+            })
             .collect();
         Box::new(DecoderPass {
             decoder: self,
@@ -305,13 +310,11 @@ impl<B: Backend> Architecture<B> for Decoder {
     fn embed(
         &self,
         unit: &DeviceUnit<B>,
-        tokens: &[Vec<u32>],
+        tokens: &[u32],
         backend: &dyn ComputeBackend<B>,
     ) -> Result<Tensor<B, 3>> {
-        let (batch, seq) = (tokens.len(), tokens.first().map_or(0, Vec::len));
-        let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
-        let rows = backend.embedding(unit.matrix(&self.config.embed)?, &ids)?;
-        Ok(rows.reshape([batch, seq, self.config.dims.hidden]))
+        let rows = backend.embedding(unit.matrix(&self.config.embed)?, tokens)?;
+        Ok(rows.reshape([1, tokens.len(), self.config.dims.hidden]))
     }
 
     fn head(
@@ -356,7 +359,7 @@ impl<B: Backend> LayerPass<B> for DecoderPass<'_, B> {
         let names = &decoder.config.layers[index];
         let inputs = AttentionInputs {
             rope: self.rope.as_ref(),
-            bias: &self.biases[decoder.layer_window[index]],
+            biases: &self.biases[decoder.layer_window[index]],
         };
         let mut ctx = ctx;
         let eps = decoder.config.eps;

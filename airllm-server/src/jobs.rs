@@ -1,11 +1,14 @@
 //! Requests handed from the HTTP side to the engine thread, which runs
-//! them in arrival order, and what it tells each request's handler back.
-//! The queue is bounded (a full one is the 429 the handler answers); a job
-//! whose client has gone is dropped unrun, and a running one stops at its
-//! next token.
+//! them together in shared forward passes (continuous batching), and what
+//! it tells each request's handler back. The queue is bounded (a full one
+//! is the 429 the handler answers); requests leave it in arrival order as
+//! the model has room; a request whose client has gone is dropped before
+//! the next pass.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -44,16 +47,38 @@ pub struct PassReport {
     pub seconds: f64,
 }
 
-/// A model the engine thread answers requests with.
+/// A model the engine thread answers requests with, in shared passes:
+/// requests join between passes while it has room, and each pass advances
+/// every request it holds.
 pub trait Model {
-    /// Answers `request`, telling `emit` what happens in order: `Started`,
-    /// `Text`s, then `Done`, or `Failed` at any point. `emit` returns
-    /// `false` once the client has gone; generation should then stop.
-    fn answer(&mut self, request: &Request, emit: &mut dyn FnMut(Event) -> bool);
+    /// Requests it can take now.
+    fn room(&self) -> usize;
+
+    /// Checks `request` and takes it as sequence `id` (unique among those
+    /// it holds): the prompt's length in tokens, or the error to answer
+    /// (a 400 for a prompt too long).
+    fn submit(&mut self, id: u64, request: &Request) -> Result<usize, ApiError>;
+
+    /// Drops sequence `id` (its client has gone); its room is free at once.
+    fn cancel(&mut self, id: u64);
+
+    /// Sequences it holds.
+    fn running(&self) -> usize;
+
+    /// Runs one pass over the sequences it holds, telling `emit(id, event)`
+    /// what happens to each: `Text`s, then `Done` or `Failed` (after which
+    /// the sequence is gone).
+    fn step(&mut self, emit: &mut dyn FnMut(u64, Event));
 
     /// The passes run since the last call (for `/metrics`).
     fn take_passes(&mut self) -> PassReport {
         PassReport::default()
+    }
+
+    /// The memory its plan predicts at most, in bytes (for `/metrics`;
+    /// 0 when it has no plan).
+    fn planned_bytes(&self) -> u64 {
+        0
     }
 }
 
@@ -76,6 +101,7 @@ pub struct Status {
     pub(crate) passes: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) pass_microseconds: AtomicU64,
+    pub(crate) planned_bytes: AtomicU64,
 }
 
 /// The engine thread's state, as `/health` reports it.
@@ -114,58 +140,108 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// Answers requests with `model` until the server stops.
+    /// Answers requests with `model` until the server stops: requests join
+    /// the running batch between passes while the model has room (the rest
+    /// wait in the queue), and one whose client has gone is dropped before
+    /// the next pass.
     pub fn serve(self, model: &mut dyn Model) {
-        self.status.ready.store(true, Ordering::Release);
-        while let Ok(job) = self.receiver.recv() {
-            self.status.queued.fetch_sub(1, Ordering::AcqRel);
-            if job.events.is_closed() {
-                continue;
-            }
-            self.status.running.fetch_add(1, Ordering::AcqRel);
-            let status = &self.status;
-            let events = &job.events;
-            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                model.answer(&job.request, &mut |event| {
-                    match &event {
-                        Event::Started { prompt_tokens } => {
-                            status
-                                .prompt_tokens
-                                .fetch_add(*prompt_tokens as u64, Ordering::Relaxed);
-                        }
-                        Event::Text(_) => {}
-                        Event::Done {
-                            completion_tokens, ..
-                        } => {
-                            status
-                                .completion_tokens
-                                .fetch_add(*completion_tokens as u64, Ordering::Relaxed);
-                        }
-                        Event::Failed(_) => {}
+        let status = &self.status;
+        status
+            .planned_bytes
+            .store(model.planned_bytes(), Ordering::Relaxed);
+        status.ready.store(true, Ordering::Release);
+        let mut live: HashMap<u64, UnboundedSender<Event>> = HashMap::new();
+        let mut next_id = 0u64;
+        let mut open = true;
+        while open || !live.is_empty() {
+            while open && model.room() > 0 {
+                // Idle, the thread sleeps until a request comes.
+                let job = match live.is_empty() {
+                    true => self.receiver.recv().map_err(|_| TryRecvError::Disconnected),
+                    false => self.receiver.try_recv(),
+                };
+                let job = match job {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
                     }
-                    events.send(event).is_ok()
-                })
-            }));
-            if answered.is_err() {
+                };
+                status.queued.fetch_sub(1, Ordering::AcqRel);
+                if job.events.is_closed() {
+                    continue;
+                }
+                let id = next_id;
+                next_id += 1;
+                match model.submit(id, &job.request) {
+                    Ok(prompt_tokens) => {
+                        status
+                            .prompt_tokens
+                            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+                        let _ = job.events.send(Event::Started { prompt_tokens });
+                        live.insert(id, job.events);
+                    }
+                    Err(error) => {
+                        let _ = job.events.send(Event::Failed(error));
+                    }
+                }
+            }
+            live.retain(|&id, events| {
+                let gone = events.is_closed();
+                if gone {
+                    model.cancel(id);
+                }
+                !gone
+            });
+            if !live.is_empty() {
+                self.pass(model, &mut live);
+            }
+            status.running.store(model.running(), Ordering::Relaxed);
+        }
+    }
+
+    /// Runs one pass of `model`, handing each event to its request.
+    fn pass(&self, model: &mut dyn Model, live: &mut HashMap<u64, UnboundedSender<Event>>) {
+        let status = &self.status;
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.step(&mut |id, event| {
+                let ended = matches!(event, Event::Done { .. } | Event::Failed(_));
+                if let Event::Done {
+                    completion_tokens, ..
+                } = &event
+                {
+                    status
+                        .completion_tokens
+                        .fetch_add(*completion_tokens as u64, Ordering::Relaxed);
+                }
+                if let Some(events) = live.get(&id) {
+                    let _ = events.send(event);
+                }
+                if ended {
+                    live.remove(&id);
+                }
+            })
+        }));
+        if stepped.is_err() {
+            for (id, events) in live.drain() {
+                model.cancel(id);
                 let error = ApiError::new(
                     axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                     "the engine failed on this request (a bug: please report it with the request)",
                 );
-                let _ = job.events.send(Event::Failed(error));
+                let _ = events.send(Event::Failed(error));
             }
-            let passes = model.take_passes();
-            self.status
-                .passes
-                .fetch_add(passes.passes, Ordering::Relaxed);
-            self.status
-                .bytes_read
-                .fetch_add(passes.bytes_read, Ordering::Relaxed);
-            let micros = (passes.seconds * 1e6) as u64;
-            self.status
-                .pass_microseconds
-                .fetch_add(micros, Ordering::Relaxed);
-            self.status.running.fetch_sub(1, Ordering::AcqRel);
         }
+        let passes = model.take_passes();
+        status.passes.fetch_add(passes.passes, Ordering::Relaxed);
+        status
+            .bytes_read
+            .fetch_add(passes.bytes_read, Ordering::Relaxed);
+        let micros = (passes.seconds * 1e6) as u64;
+        status
+            .pass_microseconds
+            .fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Reports that the model could not be loaded: `/health` says why and

@@ -4,8 +4,9 @@
 //!
 //! The HTTP side runs on tokio in a thread of its own; the engine stays on
 //! the caller's thread, which loads the model and then answers the queued
-//! requests ([`Jobs::serve`]) through a [`Model`]. Requests are answered
-//! one at a time, in arrival order.
+//! requests ([`Jobs::serve`]) through a [`Model`]: requests join the
+//! model's running batch between its passes while it has room, in arrival
+//! order, and leave it as they finish or their clients go.
 //!
 //! ```no_run
 //! # fn load() -> Box<dyn airllm_server::Model> { unimplemented!() }

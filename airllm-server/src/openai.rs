@@ -42,6 +42,10 @@ pub struct Request {
     pub stream: bool,
     /// Whether a streamed answer ends with a usage chunk.
     pub include_usage: bool,
+    /// Generate `max_tokens` whatever the model's end-of-sequence tokens
+    /// say (`ignore_eos`, as vLLM and llama.cpp's server take it; for
+    /// benchmarks).
+    pub ignore_eos: bool,
 }
 
 /// Limits on what a request may ask.
@@ -263,14 +267,6 @@ pub fn parse(
             ));
         }
     }
-    for field in ["presence_penalty", "frequency_penalty"] {
-        if in_range(&body, field, -2.0..=2.0)?.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::bad_field(
-                field,
-                format!("`{field}` is not supported yet; use repetition_penalty"),
-            ));
-        }
-    }
     let prompt = match chat {
         true => Prompt::Chat(messages(&body)?),
         false => Prompt::Text(prompt_text(&body)?),
@@ -303,6 +299,10 @@ pub fn parse(
         top_k: whole(&body, "top_k")?.map_or(0, |k| k as usize),
         repetition_penalty: in_range(&body, "repetition_penalty", 0.0..=10.0)?
             .map_or(1.0, |r| r as f32),
+        presence_penalty: in_range(&body, "presence_penalty", -2.0..=2.0)?
+            .map_or(0.0, |p| p as f32),
+        frequency_penalty: in_range(&body, "frequency_penalty", -2.0..=2.0)?
+            .map_or(0.0, |f| f as f32),
         seed: match body.get("seed") {
             None | Some(Value::Null) => seed,
             Some(v) => v
@@ -328,6 +328,7 @@ pub fn parse(
         stop,
         stream: flag(&body, "stream")?,
         include_usage,
+        ignore_eos: flag(&body, "ignore_eos")?,
     })
 }
 
@@ -476,7 +477,9 @@ mod tests {
             "stream": true,
             "stream_options": {"include_usage": true},
             "user": "someone",
-            "frequency_penalty": 0,
+            "frequency_penalty": 0.5,
+            "presence_penalty": -0.25,
+            "ignore_eos": true,
             "logprobs": false,
             "unknown_field": {"ignored": true}
         }))
@@ -498,7 +501,9 @@ mod tests {
         assert_eq!(request.sampling.temperature, 0.0);
         assert_eq!((request.sampling.top_k, request.sampling.seed), (40, 7));
         assert_eq!(request.stop, vec!["\n".to_string()]);
-        assert!(request.stream && request.include_usage);
+        assert!(request.stream && request.include_usage && request.ignore_eos);
+        assert_eq!(request.sampling.frequency_penalty, 0.5);
+        assert_eq!(request.sampling.presence_penalty, -0.25);
     }
 
     #[test]
@@ -510,7 +515,7 @@ mod tests {
             ("logit_bias", json!({"1": 5})),
             ("n", json!(2)),
             ("logprobs", json!(true)),
-            ("presence_penalty", json!(0.5)),
+            ("presence_penalty", json!(2.5)),
             ("temperature", json!(3.5)),
             ("max_tokens", json!(-1)),
             ("stop", json!(["a", ""])),

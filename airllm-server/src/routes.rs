@@ -117,7 +117,7 @@ async fn metrics(State(app): State<Arc<App>>) -> String {
         (
             "airllm_running_sequences",
             "gauge",
-            "Requests the engine is answering.",
+            "Requests in the engine's running batch.",
             status.running.load(Ordering::Relaxed) as f64,
         ),
         (
@@ -161,6 +161,12 @@ async fn metrics(State(app): State<Arc<App>>) -> String {
             "gauge",
             "File-backed resident memory (mapped weights).",
             memory.file as f64,
+        ),
+        (
+            "airllm_memory_planned_bytes",
+            "gauge",
+            "The most memory the residency plan predicts (weights, KV cache of --max-batch requests of --ctx, activations).",
+            status.planned_bytes.load(Ordering::Relaxed) as f64,
         ),
     ];
     lines

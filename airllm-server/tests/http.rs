@@ -1,6 +1,7 @@
 //! The HTTP contract on a real server (an ephemeral localhost port) and a
 //! real client, over a scripted model: answers, streams, every error
-//! status, the API key, loading and shutdown.
+//! status, the API key, loading, requests sharing passes, cancel by
+//! disconnect and shutdown.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,54 +9,101 @@ use std::time::Duration;
 use airllm_server::{ApiError, Event, FinishReason, Model, Prompt, Request, ServeOptions};
 use serde_json::{json, Value};
 
-/// Answers with the prompt's words, one token each, waiting `pause`
-/// before each; a prompt of `fail` is refused with a 400.
+/// Answers with the prompt's words, one token each per pass, up to
+/// `max_batch` requests in a pass, each pass taking `pause`; a prompt of
+/// `fail` is refused with a 400.
 struct Echo {
     pause: Duration,
+    max_batch: usize,
+    running: Vec<Sequence>,
     answered: Arc<Mutex<Vec<String>>>,
+    /// Sequences in each pass.
+    widths: Arc<Mutex<Vec<usize>>>,
+}
+
+struct Sequence {
+    id: u64,
+    text: String,
+    limit: usize,
+    sent: usize,
+}
+
+impl Sequence {
+    fn words(&self) -> Vec<&str> {
+        self.text.split(' ').collect()
+    }
 }
 
 impl Model for Echo {
-    fn answer(&mut self, request: &Request, emit: &mut dyn FnMut(Event) -> bool) {
+    fn room(&self) -> usize {
+        self.max_batch - self.running.len()
+    }
+
+    fn submit(&mut self, id: u64, request: &Request) -> Result<usize, ApiError> {
         let text = match &request.prompt {
             Prompt::Text(text) => text.clone(),
             Prompt::Chat(messages) => messages.last().unwrap().content.clone(),
         };
         if text == "fail" {
-            emit(Event::Failed(ApiError::bad_field("max_tokens", "too long")));
-            return;
+            return Err(ApiError::bad_field("max_tokens", "too long"));
         }
-        let words: Vec<&str> = text.split(' ').collect();
-        emit(Event::Started {
-            prompt_tokens: words.len(),
-        });
-        let limit = request.max_tokens.unwrap_or(usize::MAX);
-        for (i, word) in words.iter().take(limit).enumerate() {
-            std::thread::sleep(self.pause);
-            let piece = if i == 0 {
-                word.to_string()
-            } else {
-                format!(" {word}")
+        let sequence = Sequence {
+            id,
+            text,
+            limit: request.max_tokens.unwrap_or(usize::MAX),
+            sent: 0,
+        };
+        let words = sequence.words().len();
+        self.running.push(sequence);
+        Ok(words)
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(at) = self.running.iter().position(|s| s.id == id) {
+            let sequence = self.running.remove(at);
+            let note = format!("cancelled {}", sequence.text);
+            self.answered.lock().unwrap().push(note);
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    fn step(&mut self, emit: &mut dyn FnMut(u64, Event)) {
+        std::thread::sleep(self.pause);
+        self.widths.lock().unwrap().push(self.running.len());
+        let mut done = Vec::new();
+        for sequence in &mut self.running {
+            let words = sequence.words().len();
+            let word = sequence.words()[sequence.sent].to_string();
+            let piece = match sequence.sent {
+                0 => word,
+                _ => format!(" {word}"),
             };
-            if !emit(Event::Text(piece)) {
-                self.answered
-                    .lock()
-                    .unwrap()
-                    .push(format!("cancelled {text}"));
-                return;
+            emit(sequence.id, Event::Text(piece));
+            sequence.sent += 1;
+            if sequence.sent == words || sequence.sent == sequence.limit {
+                let finish = match words > sequence.limit {
+                    true => FinishReason::Length,
+                    false => FinishReason::Stop,
+                };
+                let completion_tokens = sequence.sent;
+                emit(
+                    sequence.id,
+                    Event::Done {
+                        finish,
+                        completion_tokens,
+                    },
+                );
+                done.push(sequence.id);
             }
         }
-        let finish = if words.len() > limit {
-            FinishReason::Length
-        } else {
-            FinishReason::Stop
-        };
-        let completion_tokens = words.len().min(limit);
-        emit(Event::Done {
-            finish,
-            completion_tokens,
-        });
-        self.answered.lock().unwrap().push(text);
+        for id in done {
+            let at = self.running.iter().position(|s| s.id == id).unwrap();
+            let sequence = self.running.remove(at);
+            self.answered.lock().unwrap().push(sequence.text);
+        }
     }
 }
 
@@ -64,6 +112,7 @@ struct Running {
     server: Option<airllm_server::Server>,
     engine: Option<std::thread::JoinHandle<()>>,
     answered: Arc<Mutex<Vec<String>>>,
+    widths: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Drop for Running {
@@ -78,13 +127,17 @@ impl Drop for Running {
     }
 }
 
-fn serve(options: ServeOptions, pause: Duration, load: Duration) -> Running {
+fn serve(options: ServeOptions, pause: Duration, load: Duration, max_batch: usize) -> Running {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (server, jobs) = airllm_server::start(listener, options).unwrap();
     let answered = Arc::new(Mutex::new(Vec::new()));
+    let widths = Arc::new(Mutex::new(Vec::new()));
     let mut model = Echo {
         pause,
+        max_batch,
+        running: Vec::new(),
         answered: answered.clone(),
+        widths: widths.clone(),
     };
     let engine = std::thread::spawn(move || {
         std::thread::sleep(load);
@@ -95,11 +148,12 @@ fn serve(options: ServeOptions, pause: Duration, load: Duration) -> Running {
         server: Some(server),
         engine: Some(engine),
         answered,
+        widths,
     }
 }
 
 fn ready(options: ServeOptions) -> Running {
-    let running = serve(options, Duration::ZERO, Duration::ZERO);
+    let running = serve(options, Duration::ZERO, Duration::ZERO, 4);
     while ureq::get(&format!("{}/health", running.base))
         .call()
         .is_err()
@@ -275,10 +329,12 @@ fn loading_is_a_503_and_a_full_queue_a_429_and_slow_answers_a_504() {
         request_timeout: Duration::from_millis(1500),
         ..Default::default()
     };
+    // One request at a time: the second waits in the queue.
     let running = serve(
         options,
         Duration::from_millis(100),
         Duration::from_millis(400),
+        1,
     );
     let health = ureq::get(&format!("{}/health", running.base)).call();
     match health {
@@ -340,12 +396,29 @@ fn loading_is_a_503_and_a_full_queue_a_429_and_slow_answers_a_504() {
     );
 }
 
+/// Starts a streamed completion of `prompt`; returns once its first
+/// chunk has come, with the unread rest.
+fn start_stream(base: &str, prompt: &str) -> Box<dyn std::io::BufRead + Send> {
+    let body = json!({"prompt": prompt, "stream": true});
+    let response = ureq::post(&format!("{base}/v1/completions"))
+        .send_string(&body.to_string())
+        .unwrap();
+    let mut reader = std::io::BufReader::new(response.into_reader());
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    }
+    Box::new(reader)
+}
+
 #[test]
-fn stopping_with_a_request_in_flight_finishes_it() {
-    let mut running = serve(
+fn requests_share_passes_and_a_client_that_disconnects_is_cancelled() {
+    let running = serve(
         ServeOptions::default(),
-        Duration::from_millis(50),
+        Duration::from_millis(20),
         Duration::ZERO,
+        4,
     );
     while ureq::get(&format!("{}/health", running.base))
         .call()
@@ -353,19 +426,85 @@ fn stopping_with_a_request_in_flight_finishes_it() {
     {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let base = running.base.clone();
-    let in_flight = std::thread::spawn(move || {
-        ureq::post(&format!("{base}/v1/completions"))
-            .send_string(&json!({"prompt": "a b c d e f"}).to_string())
-            .map(|r| r.into_json::<Value>().unwrap())
-            .map_err(|e| e.to_string())
-    });
+    let long = "w ".repeat(200).trim().to_string();
+    let stream = start_stream(&running.base, &long);
+    let (status, body) = post(
+        &running,
+        "/v1/completions",
+        &json!({"prompt": "a b c d e"}).to_string(),
+        None,
+    );
+    assert_eq!(
+        (status, body["choices"][0]["text"].as_str()),
+        (200, Some("a b c d e"))
+    );
+    assert!(
+        running.widths.lock().unwrap().contains(&2),
+        "the two requests never shared a pass"
+    );
+    drop(stream);
+    // Cancelled at the pass after the server notices, far before its 200
+    // words (4 s) are done.
+    let started = std::time::Instant::now();
+    loop {
+        let answered = running.answered.lock().unwrap().clone();
+        if answered.contains(&format!("cancelled {long}")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "never cancelled: {answered:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let metrics = ureq::get(&format!("{}/metrics", running.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(metrics.contains("airllm_running_sequences 0"), "{metrics}");
+}
+
+#[test]
+fn stopping_with_requests_in_flight_finishes_them() {
+    let mut running = serve(
+        ServeOptions::default(),
+        Duration::from_millis(50),
+        Duration::ZERO,
+        4,
+    );
+    while ureq::get(&format!("{}/health", running.base))
+        .call()
+        .is_err()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let in_flight: Vec<_> = ["a b c d e f", "g h i"]
+        .into_iter()
+        .map(|prompt| {
+            let base = running.base.clone();
+            std::thread::spawn(move || {
+                ureq::post(&format!("{base}/v1/completions"))
+                    .send_string(&json!({"prompt": prompt}).to_string())
+                    .map(|r| r.into_json::<Value>().unwrap())
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(100));
     let mut server = running.server.take().unwrap();
     server.stop();
     server.wait().unwrap();
-    let answer = in_flight.join().unwrap().unwrap();
-    assert_eq!(answer["choices"][0]["text"], "a b c d e f");
+    let answers: Vec<Value> = in_flight
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(answers[0]["choices"][0]["text"], "a b c d e f");
+    assert_eq!(answers[1]["choices"][0]["text"], "g h i");
+    assert!(
+        running.widths.lock().unwrap().contains(&2),
+        "they ran together"
+    );
     running.engine.take().unwrap().join().unwrap();
     assert!(ureq::get(&format!("{}/health", running.base))
         .call()

@@ -53,13 +53,73 @@ impl AttentionShape {
     }
 }
 
-/// `softmax(q · kᵀ · scale + bias) · v` for `q: [batch, heads, seq,
-/// head_dim]`, `keys`, `values: [batch, kv_heads, total, head_dim]` (each
-/// block of `total` positions `kv_room` positions after the last) and
-/// `bias: [batch, bias_heads, seq, total]`, all row-major; query head `h`
-/// reads KV head `h / (heads / kv_heads)`. Returns `[batch, seq, heads,
-/// head_dim]`, the order the output projection reads (the heads of each
-/// position side by side); an error names the shape the inputs do not fit.
+/// One attention problem: queries `q: [batch, heads, seq, head_dim]`,
+/// `keys`, `values: [batch, kv_heads, total, head_dim]` (each block of
+/// `total` positions `kv_room` positions after the last) and `bias: [batch,
+/// bias_heads, seq, total]`, all row-major; query head `h` reads KV head
+/// `h / (heads / kv_heads)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Problem<'a> {
+    /// The queries.
+    pub q: &'a [f32],
+    /// The keys.
+    pub keys: &'a [f32],
+    /// The values.
+    pub values: &'a [f32],
+    /// The additive bias.
+    pub bias: &'a [f32],
+    /// Their dimensions.
+    pub shape: AttentionShape,
+}
+
+impl Problem<'_> {
+    /// An error naming the shape the inputs do not fit.
+    fn check(&self) -> Result<()> {
+        let s = self.shape;
+        let grouped = s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads);
+        let consistent = grouped
+            && (s.bias_heads == 1 || s.bias_heads == s.heads)
+            && self.q.len() == s.batch * s.heads * s.seq * s.head_dim
+            && s.kv_room >= s.total
+            && self.keys.len() == kv_values(s)
+            && self.values.len() == self.keys.len()
+            && self.bias.len() == s.batch * s.bias_heads * s.seq * s.total;
+        match consistent {
+            true => Ok(()),
+            false => Err(Error::Backend(format!(
+                "attention inputs do not fit {s:?}: {} query, {} key, {} value and {} bias values",
+                self.q.len(),
+                self.keys.len(),
+                self.values.len(),
+                self.bias.len()
+            ))),
+        }
+    }
+
+    /// The parallel tasks of this problem: a block of queries of every
+    /// head of one KV head of one sequence.
+    fn tasks(&self, index: usize, scale: f32) -> impl Iterator<Item = Task> + '_ {
+        let s = self.shape;
+        let blocks = s.seq.div_ceil(QUERIES);
+        (0..s.batch).flat_map(move |b| {
+            (0..s.kv_heads).flat_map(move |kv| {
+                (0..blocks).map(move |block| Task {
+                    problem: index,
+                    shape: s,
+                    b,
+                    kv,
+                    queries: block * QUERIES..((block + 1) * QUERIES).min(s.seq),
+                    scale,
+                })
+            })
+        })
+    }
+}
+
+/// `softmax(q · kᵀ · scale + bias) · v` of one [`Problem`] (its inputs
+/// given one by one). Returns `[batch, seq, heads, head_dim]`, the order
+/// the output projection reads (the heads of each position side by side);
+/// an error names the shape the inputs do not fit.
 pub fn attention(
     q: &[f32],
     keys: &[f32],
@@ -68,70 +128,55 @@ pub fn attention(
     shape: AttentionShape,
     scale: f32,
 ) -> Result<Vec<f32>> {
-    attention_on(Isa::widest(), q, keys, values, bias, shape, scale)
+    let problem = Problem {
+        q,
+        keys,
+        values,
+        bias,
+        shape,
+    };
+    let mut outputs = attention_on(Isa::widest(), &[problem], scale)?;
+    Ok(outputs.pop().expect("one problem, one output"))
 }
 
-/// [`attention`] with the instructions of `isa`.
-fn attention_on(
-    isa: Isa,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    bias: &[f32],
-    shape: AttentionShape,
-    scale: f32,
-) -> Result<Vec<f32>> {
-    let s = shape;
-    let grouped = s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads);
-    let consistent = grouped
-        && (s.bias_heads == 1 || s.bias_heads == s.heads)
-        && q.len() == s.batch * s.heads * s.seq * s.head_dim
-        && s.kv_room >= s.total
-        && keys.len() == kv_values(s)
-        && values.len() == keys.len()
-        && bias.len() == s.batch * s.bias_heads * s.seq * s.total;
-    if !consistent {
-        return Err(Error::Backend(format!(
-            "attention inputs do not fit {s:?}: {} query, {} key, {} value and {} bias values",
-            q.len(),
-            keys.len(),
-            values.len(),
-            bias.len()
-        )));
+/// [`attention`] of several problems (the rows of a pass, each over its
+/// own keys) in one parallel sweep; one output per problem.
+pub fn attention_many(problems: &[Problem<'_>], scale: f32) -> Result<Vec<Vec<f32>>> {
+    attention_on(Isa::widest(), problems, scale)
+}
+
+/// [`attention_many`] with the instructions of `isa`.
+fn attention_on(isa: Isa, problems: &[Problem<'_>], scale: f32) -> Result<Vec<Vec<f32>>> {
+    for problem in problems {
+        problem.check()?;
     }
-    let (batch, heads, seq, head_dim) = (s.batch, s.heads, s.seq, s.head_dim);
-    let mut out = vec![0.0f32; q.len()];
-    let blocks = seq.div_ceil(QUERIES);
-    let tasks: Vec<(usize, usize, usize)> = (0..batch)
-        .flat_map(|b| (0..s.kv_heads).flat_map(move |kv| (0..blocks).map(move |blk| (b, kv, blk))))
+    let tasks: Vec<Task> = problems
+        .iter()
+        .enumerate()
+        .flat_map(|(index, problem)| problem.tasks(index, scale))
         .collect();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
-        .map(|&(b, kv, block)| {
-            let task = Task {
-                shape,
-                b,
-                kv,
-                queries: block * QUERIES..((block + 1) * QUERIES).min(seq),
-                scale,
-            };
-            isa.run(&task, q, keys, values, bias)
+        .map(|task| {
+            let p = &problems[task.problem];
+            isa.run(task, p.q, p.keys, p.values, p.bias)
         })
         .collect();
-    let group = shape.group();
-    for (&(b, kv, block), result) in tasks.iter().zip(results) {
-        let first = block * QUERIES;
-        let count = QUERIES.min(seq - first);
+    let mut outputs: Vec<Vec<f32>> = problems.iter().map(|p| vec![0.0f32; p.q.len()]).collect();
+    for (task, result) in tasks.iter().zip(results) {
+        let s = task.shape;
+        let (group, first) = (s.group(), task.queries.start);
+        let out = &mut outputs[task.problem];
         for g in 0..group {
-            let head = kv * group + g;
-            for r in 0..count {
-                let at = ((b * seq + first + r) * heads + head) * head_dim;
-                let from = (g * count + r) * head_dim;
-                out[at..at + head_dim].copy_from_slice(&result[from..from + head_dim]);
+            let head = task.kv * group + g;
+            for r in 0..task.queries.len() {
+                let at = ((task.b * s.seq + first + r) * s.heads + head) * s.head_dim;
+                let from = (g * task.queries.len() + r) * s.head_dim;
+                out[at..at + s.head_dim].copy_from_slice(&result[from..from + s.head_dim]);
             }
         }
     }
-    Ok(out)
+    Ok(outputs)
 }
 
 /// Values the keys (or the values) of shape `s` span: every (sequence, KV
@@ -145,6 +190,8 @@ fn kv_values(s: AttentionShape) -> usize {
 
 /// One parallel task: a block of queries of every head of one KV head.
 struct Task {
+    /// Which problem of the sweep.
+    problem: usize,
     shape: AttentionShape,
     b: usize,
     kv: usize,
@@ -660,6 +707,8 @@ mod tests {
             // a later prompt chunk, per-head bias (ALiBi-like), one KV head
             (1, 3, 1, 20, 53, 8, 3),
         ];
+        const SCALE: f64 = 0.125;
+        let mut cases = Vec::new();
         for (batch, heads, kv_heads, seq, total, head_dim, bias_heads) in shapes {
             let mut s = AttentionShape {
                 batch,
@@ -686,20 +735,34 @@ mod tests {
                     }
                 }
             }
-            let scale = (head_dim as f64).powf(-0.5);
-            let want = reference(&q, &keys, &values, &bias, s, scale);
-            for isa in Isa::available() {
-                let got = attention_on(isa, &q, &keys, &values, &bias, s, scale as f32).unwrap();
+            let want = reference(&q, &keys, &values, &bias, s, SCALE);
+            cases.push((s, q, keys, values, bias, want));
+        }
+        // All the shapes in one sweep, as the rows of a pass are.
+        for isa in Isa::available() {
+            let problems: Vec<Problem> = cases
+                .iter()
+                .map(|(s, q, keys, values, bias, _)| Problem {
+                    q,
+                    keys,
+                    values,
+                    bias,
+                    shape: *s,
+                })
+                .collect();
+            let outputs = attention_on(isa, &problems, SCALE as f32).unwrap();
+            for ((s, .., want), got) in cases.iter().zip(outputs) {
+                let (heads, seq, head_dim) = (s.heads, s.seq, s.head_dim);
                 // `got` is `[batch, seq, heads, head_dim]`: put it in the
                 // reference's order.
-                let got: Vec<f32> = (0..batch * heads * seq)
+                let got: Vec<f32> = (0..s.batch * heads * seq)
                     .flat_map(|row| {
                         let (b, h, i) = (row / (heads * seq), row / seq % heads, row % seq);
                         got[((b * seq + i) * heads + h) * head_dim..][..head_dim].to_vec()
                     })
                     .collect();
                 assert_eq!(got.len(), want.len());
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
                     assert!(
                         (*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
                         "{isa:?} {s:?} [{i}]: {g} vs {w}"

@@ -1,7 +1,7 @@
 //! The cpu backend: burn's flex device with the host's own operations
 //! behind `ComputeBackend` (see the module above for what each one does).
 
-use airllm_core::backend::{DeviceTensor, StagedTensor};
+use airllm_core::backend::{DeviceTensor, RowKeys, StagedTensor};
 use airllm_core::{ComputeBackend, Error, HostTensor, Result, WeightLayout};
 use burn::backend::flex::{Flex, FlexDevice, FlexTensor};
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -97,30 +97,8 @@ impl ComputeBackend<Flex> for CpuBackend {
         scale: f64,
     ) -> Result<Tensor<Flex, 4>> {
         let [batch, heads, seq, head_dim] = q.dims();
-        let [_, kv_heads, total, _] = keys.dims();
-        let (key_view, value_view, kv_room) = match (
-            HostView::of_blocks(&keys, "keys")?,
-            HostView::of_blocks(&values, "values")?,
-        ) {
-            ((keys, key_room), (values, value_room)) if key_room == value_room => {
-                (keys, values, key_room)
-            }
-            _ => (
-                HostView::copied(&keys, "keys")?,
-                HostView::copied(&values, "values")?,
-                total,
-            ),
-        };
-        let shape = attention::AttentionShape {
-            batch,
-            heads,
-            kv_heads,
-            seq,
-            total,
-            kv_room,
-            head_dim,
-            bias_heads: bias.dims()[1],
-        };
+        let (key_view, value_view, kv_room) = kv_views(&keys, &values)?;
+        let shape = attention_shape(q.dims(), &keys, kv_room, bias);
         let out = attention::attention(
             HostView::of(&q, "queries")?.values(),
             key_view.values(),
@@ -137,6 +115,51 @@ impl ComputeBackend<Flex> for CpuBackend {
             &self.device,
         )
         .swap_dims(1, 2))
+    }
+
+    fn row_attention(
+        &self,
+        q: Tensor<Flex, 4>,
+        rows: Vec<RowKeys<'_, Flex>>,
+        scale: f64,
+    ) -> Result<Tensor<Flex, 3>> {
+        let [_, heads, tokens, head_dim] = q.dims();
+        // The projections wrote the queries as `[tokens, heads, head_dim]`.
+        let packed = HostView::of(&q.swap_dims(1, 2), "queries")?;
+        let packed = packed.values();
+        let mut inputs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq = row.queries.len();
+            let mut queries = vec![0.0f32; heads * seq * head_dim];
+            for (i, position) in row.queries.clone().enumerate() {
+                for head in 0..heads {
+                    let from = (position * heads + head) * head_dim;
+                    let to = (head * seq + i) * head_dim;
+                    queries[to..to + head_dim].copy_from_slice(&packed[from..from + head_dim]);
+                }
+            }
+            let (keys, values, kv_room) = kv_views(&row.keys, &row.values)?;
+            let bias = HostView::of(row.bias, "the attention bias")?;
+            let shape = attention_shape([1, heads, seq, head_dim], &row.keys, kv_room, row.bias);
+            inputs.push((queries, keys, values, bias, shape));
+        }
+        let problems: Vec<attention::Problem> = inputs
+            .iter()
+            .map(|(q, keys, values, bias, shape)| attention::Problem {
+                q,
+                keys: keys.values(),
+                values: values.values(),
+                bias: bias.values(),
+                shape: *shape,
+            })
+            .collect();
+        // Each output is `[1, seq, heads, head_dim]`: in row order they
+        // are the packed `[1, tokens, heads · head_dim]`.
+        let out = attention::attention_many(&problems, scale as f32)?.concat();
+        Ok(Tensor::from_data(
+            TensorData::new(out, [1, tokens, heads * head_dim]),
+            &self.device,
+        ))
     }
 
     fn rms_norm(
@@ -251,6 +274,51 @@ impl ComputeBackend<Flex> for CpuBackend {
             TensorData::new(product, [batch, seq, outputs]),
             &self.device,
         ))
+    }
+}
+
+/// The shape of attention for queries of dims `q` (`[batch, heads, seq,
+/// head_dim]`) over `keys` whose blocks start `kv_room` positions apart,
+/// with `bias`.
+fn attention_shape(
+    q: [usize; 4],
+    keys: &Tensor<Flex, 4>,
+    kv_room: usize,
+    bias: &Tensor<Flex, 4>,
+) -> attention::AttentionShape {
+    let [batch, heads, seq, head_dim] = q;
+    let [_, kv_heads, total, _] = keys.dims();
+    attention::AttentionShape {
+        batch,
+        heads,
+        kv_heads,
+        seq,
+        total,
+        kv_room,
+        head_dim,
+        bias_heads: bias.dims()[1],
+    }
+}
+
+/// Host views of a row's keys and values and the positions between the
+/// starts of their (sequence, head) blocks: where they lie in the KV
+/// cache's buffers, else copies.
+fn kv_views(
+    keys: &Tensor<Flex, 4>,
+    values: &Tensor<Flex, 4>,
+) -> Result<(HostView, HostView, usize)> {
+    match (
+        HostView::of_blocks(keys, "keys")?,
+        HostView::of_blocks(values, "values")?,
+    ) {
+        ((keys, key_room), (values, value_room)) if key_room == value_room => {
+            Ok((keys, values, key_room))
+        }
+        _ => Ok((
+            HostView::copied(keys, "keys")?,
+            HostView::copied(values, "values")?,
+            keys.dims()[2],
+        )),
     }
 }
 

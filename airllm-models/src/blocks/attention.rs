@@ -4,6 +4,7 @@
 //! (causal, sliding window, ALiBi) comes prepared for the pass.
 
 use airllm_core::arch::LayerContext;
+use airllm_core::backend::RowKeys;
 use airllm_core::store::TensorSpec;
 use airllm_core::{DeviceUnit, Result};
 use burn::tensor::backend::Backend;
@@ -70,8 +71,8 @@ pub struct Attention {
 pub struct AttentionInputs<'a, B: Backend> {
     /// Rotary tables, for families with rotary positions.
     pub rope: Option<&'a RopeTables<B>>,
-    /// Additive bias `[batch, 1 or heads, seq, total]`.
-    pub bias: &'a Tensor<B, 4>,
+    /// Each row's additive bias `[1, 1 or heads, new, total]`.
+    pub biases: &'a [Tensor<B, 4>],
 }
 
 impl Attention {
@@ -144,7 +145,8 @@ impl Attention {
         })
     }
 
-    /// Attends `x: [batch, seq, hidden]` over the cache plus itself.
+    /// Attends the packed rows `x: [1, tokens, hidden]`, each over its own
+    /// cache plus its new tokens.
     pub fn forward<B: Backend>(
         &self,
         unit: &DeviceUnit<B>,
@@ -152,7 +154,6 @@ impl Attention {
         inputs: AttentionInputs<'_, B>,
         ctx: &mut LayerContext<'_, B>,
     ) -> Result<Tensor<B, 3>> {
-        let [batch, seq, _] = x.dims();
         let [q, k, v] = self.project(unit, ctx, x)?;
         let q = self.split_heads(q, self.heads);
         let k = self.split_heads(k, self.kv_heads);
@@ -168,13 +169,21 @@ impl Attention {
             Some(rope) => (rope.apply(ctx.backend, q)?, rope.apply(ctx.backend, k)?),
             None => (q, k),
         };
-        let (keys, values) = ctx.kv.append(ctx.backend, k, v)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = ctx
-            .backend
-            .attention(q, keys, values, inputs.bias, scale)?
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.heads * self.head_dim]);
+        let mut rows = Vec::with_capacity(ctx.pass.batch());
+        for ((offset, row), (kv, bias)) in
+            ctx.pass.offsets().zip(ctx.kv.iter_mut().zip(inputs.biases))
+        {
+            let new = |t: &Tensor<B, 4>| t.clone().narrow(2, offset, row.new);
+            let (keys, values) = kv.append(ctx.backend, new(&k), new(&v))?;
+            rows.push(RowKeys {
+                queries: offset..offset + row.new,
+                keys,
+                values,
+                bias,
+            });
+        }
+        let out = ctx.backend.row_attention(q, rows, scale)?;
         self.o.forward(unit, ctx.backend, out)
     }
 }

@@ -1,9 +1,9 @@
-//! Attention biases built from a pass's positions: which keys each query
+//! Attention biases built from a row's positions: which keys each query
 //! sees (causal, optionally within a sliding window) and ALiBi's linear
-//! distance penalty. Padding keys are never seen; a padding query sees only
-//! itself, so no softmax row is empty.
+//! distance penalty. Each row of a pass attends over its own cache, so each
+//! gets its own bias.
 
-use airllm_core::PassInfo;
+use airllm_core::RowSpan;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -16,48 +16,38 @@ pub fn visible(query: usize, key: usize, window: Option<usize>) -> bool {
     key <= query && window.is_none_or(|w| query - key < w)
 }
 
-/// `[batch, 1, seq, total]` values for every (query, key) column pair of the
-/// pass: `value(query, key)` where both have positions, else padding's rule.
+/// `[1, 1, new, total]` values `value(query, key)` for every new query
+/// position of `row` and every key position it attends over.
 fn per_pair<B: Backend>(
-    pass: &PassInfo,
+    row: &RowSpan,
     device: &B::Device,
     value: impl Fn(usize, usize) -> f32,
-    padding: impl Fn(bool) -> f32,
 ) -> Tensor<B, 4> {
-    let (batch, seq, total) = (pass.batch(), pass.seq(), pass.total());
-    let mut out = Vec::with_capacity(batch * seq * total);
-    for row in &pass.columns {
-        for query_col in pass.start..total {
-            for (key_col, key) in row.iter().enumerate() {
-                out.push(match (row[query_col], key) {
-                    (Some(q), Some(k)) => value(q, *k),
-                    _ => padding(query_col == key_col && row[query_col].is_none()),
-                });
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(out, [batch, 1, seq, total]), device)
+    let total = row.total();
+    let out: Vec<f32> = (row.cached..total)
+        .flat_map(|query| (0..total).map(move |key| (query, key)))
+        .map(|(query, key)| value(query, key))
+        .collect();
+    Tensor::from_data(TensorData::new(out, [1, 1, row.new, total]), device)
 }
 
-/// The additive mask `[batch, 1, seq, total]`: 0 where a key is visible,
-/// a large negative number elsewhere.
+/// The additive mask `[1, 1, new, total]` of `row`: 0 where a key is
+/// visible, a large negative number elsewhere.
 pub fn causal_mask<B: Backend>(
-    pass: &PassInfo,
+    row: &RowSpan,
     window: Option<usize>,
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    per_pair(
-        pass,
-        device,
-        |q, k| if visible(q, k, window) { 0.0 } else { MASKED },
-        |own_column| if own_column { 0.0 } else { MASKED },
-    )
+    per_pair(row, device, |q, k| match visible(q, k, window) {
+        true => 0.0,
+        false => MASKED,
+    })
 }
 
-/// Signed distances `key - query` `[batch, 1, seq, total]` (0 where either is
-/// padding), which ALiBi scales per head.
-pub fn key_minus_query<B: Backend>(pass: &PassInfo, device: &B::Device) -> Tensor<B, 4> {
-    per_pair(pass, device, |q, k| k as f32 - q as f32, |_| 0.0)
+/// Signed distances `key - query` `[1, 1, new, total]` of `row`, which
+/// ALiBi scales per head.
+pub fn key_minus_query<B: Backend>(row: &RowSpan, device: &B::Device) -> Tensor<B, 4> {
+    per_pair(row, device, |q, k| k as f32 - q as f32)
 }
 
 /// ALiBi slopes for `heads` heads: for a power of two `n`, `(2^(-8/n))^(i+1)`;

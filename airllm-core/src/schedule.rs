@@ -1,0 +1,256 @@
+//! Continuous batching: sequences join and leave a running batch between
+//! forward passes. Each pass runs every running sequence at once (one read
+//! of each streamed layer serves them all): a sequence still reading its
+//! prompt takes the next chunk of it, one that is generating takes its last
+//! token. Each keeps its own KV cache, positions, sampler and limits, so what
+//! it generates does not depend on what else shares the pass.
+
+use std::collections::VecDeque;
+
+use burn::tensor::backend::Backend;
+
+use crate::{
+    Engine, Error, Finish, Generated, GenerationConfig, KvCache, Logits, ModelDims, Result,
+    Sampler, TokenControl,
+};
+
+/// How many sequences run at once and how fast prompts are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Most sequences in one pass; later ones wait their turn.
+    pub max_batch: usize,
+    /// Most prompt tokens of one sequence in one pass.
+    pub prefill_chunk: usize,
+}
+
+/// A pass failed: its error, and the sequences it ended (their caches are
+/// dropped, as the pass left them half-written).
+#[derive(Debug)]
+pub struct PassFailed {
+    /// What went wrong.
+    pub error: Error,
+    /// Ids of the sequences that were running.
+    pub failed: Vec<u64>,
+}
+
+/// One sequence, waiting or running.
+struct Sequence<B: Backend> {
+    id: u64,
+    /// Prompt, then the tokens generated so far.
+    history: Vec<u32>,
+    prompt: usize,
+    config: GenerationConfig,
+    sampler: Sampler,
+    /// Allocated when the sequence starts running.
+    kv: Option<KvCache<B>>,
+}
+
+impl<B: Backend> Sequence<B> {
+    fn generated(&self) -> &[u32] {
+        &self.history[self.prompt..]
+    }
+
+    /// Tokens already in the cache.
+    fn cached(&self) -> usize {
+        self.kv.as_ref().map_or(0, KvCache::positions)
+    }
+
+    /// The tokens this pass feeds: the next chunk of the prompt, or the
+    /// last token generated.
+    fn next_tokens(&self, chunk: usize) -> &[u32] {
+        let from = self.cached();
+        &self.history[from..(from + chunk).min(self.history.len())]
+    }
+
+    /// Why the sequence ends after `token` (just pushed), if it does.
+    fn finish(&self, token: u32, control: TokenControl, max_positions: usize) -> Option<Finish> {
+        if self.config.eos.contains(&token) {
+            Some(Finish::Eos)
+        } else if control == TokenControl::Stop {
+            Some(Finish::Stopped)
+        } else if self.generated().len() >= self.config.max_new_tokens {
+            Some(Finish::Length)
+        } else if self.history.len() >= max_positions {
+            Some(Finish::Context)
+        } else {
+            None
+        }
+    }
+
+    fn answer(self, finish: Finish) -> (u64, Generated) {
+        let tokens = self.history[self.prompt..].to_vec();
+        (self.id, Generated { tokens, finish })
+    }
+}
+
+/// Runs sequences in shared forward passes, admitting waiting ones as
+/// running ones leave.
+pub struct Scheduler<B: Backend> {
+    limits: SchedulerLimits,
+    dims: ModelDims,
+    waiting: VecDeque<Sequence<B>>,
+    running: Vec<Sequence<B>>,
+}
+
+impl<B: Backend> Scheduler<B> {
+    /// An empty scheduler for a model of `dims`.
+    pub fn new(limits: SchedulerLimits, dims: &ModelDims) -> Self {
+        Scheduler {
+            limits: SchedulerLimits {
+                max_batch: limits.max_batch.max(1),
+                prefill_chunk: limits.prefill_chunk.max(1),
+            },
+            dims: dims.clone(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Queues `prompt` as sequence `id` (ids are the caller's, unique among
+    /// the sequences it has in flight); it joins the batch at the first pass
+    /// with room. The prompt is checked here.
+    pub fn submit(&mut self, id: u64, prompt: Vec<u32>, config: &GenerationConfig) -> Result<()> {
+        check_prompt("the prompt", &prompt, &self.dims)?;
+        self.waiting.push_back(Sequence {
+            id,
+            prompt: prompt.len(),
+            history: prompt,
+            config: config.clone(),
+            sampler: Sampler::new(config.sampling.clone()),
+            kv: None,
+        });
+        Ok(())
+    }
+
+    /// Drops sequence `id`, waiting or running (its cache is freed now);
+    /// whether it was there.
+    pub fn cancel(&mut self, id: u64) -> bool {
+        let before = self.waiting.len() + self.running.len();
+        self.waiting.retain(|s| s.id != id);
+        self.running.retain(|s| s.id != id);
+        before != self.waiting.len() + self.running.len()
+    }
+
+    /// Sequences waiting for room in the batch.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences in the batch.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether no sequence is waiting or running.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Admits waiting sequences while the batch has room, runs one pass
+    /// over the batch, and samples a token for each sequence whose input
+    /// is all in: `on_token(id, token)` sees it and may stop the sequence.
+    /// Returns the sequences that ended, with their answers.
+    pub fn step(
+        &mut self,
+        engine: &mut Engine<B>,
+        on_token: &mut dyn FnMut(u64, u32) -> TokenControl,
+    ) -> std::result::Result<Vec<(u64, Generated)>, PassFailed> {
+        let mut ended = self.admit();
+        if self.running.is_empty() {
+            return Ok(ended);
+        }
+        let chunk = self.limits.prefill_chunk;
+        let tokens: Vec<Vec<u32>> = self
+            .running
+            .iter()
+            .map(|s| s.next_tokens(chunk).to_vec())
+            .collect();
+        let complete: Vec<bool> = self
+            .running
+            .iter()
+            .zip(&tokens)
+            .map(|(s, t)| s.cached() + t.len() == s.history.len())
+            .collect();
+        let want = match complete.contains(&true) {
+            true => Logits::Last,
+            false => Logits::Skip,
+        };
+        let mut caches: Vec<&mut KvCache<B>> = self
+            .running
+            .iter_mut()
+            .map(|s| s.kv.as_mut().expect("a running sequence has a cache"))
+            .collect();
+        let logits = match engine.forward(&tokens, &mut caches, want) {
+            Ok(logits) => logits.unwrap_or_default(),
+            Err(error) => {
+                let failed = self.running.drain(..).map(|s| s.id).collect();
+                return Err(PassFailed { error, failed });
+            }
+        };
+        let max_positions = self.dims.max_positions;
+        let mut finishes = Vec::with_capacity(self.running.len());
+        let mut logits = logits.into_iter();
+        for (sequence, complete) in self.running.iter_mut().zip(complete) {
+            // With `Logits::Last` every row has logits; only complete rows use them.
+            let row_logits = logits.next();
+            let (true, Some(mut row_logits)) = (complete, row_logits) else {
+                finishes.push(None);
+                continue;
+            };
+            let token = sequence.sampler.sample(&mut row_logits, &sequence.history);
+            sequence.history.push(token);
+            let control = on_token(sequence.id, token);
+            finishes.push(sequence.finish(token, control, max_positions));
+        }
+        let running = std::mem::take(&mut self.running);
+        for (sequence, finish) in running.into_iter().zip(finishes) {
+            match finish {
+                Some(finish) => ended.push(sequence.answer(finish)),
+                None => self.running.push(sequence),
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Moves waiting sequences into the batch while it has room, giving
+    /// each a cache with room for its prompt and answer; one that may
+    /// generate nothing ends at once.
+    fn admit(&mut self) -> Vec<(u64, Generated)> {
+        let mut ended = Vec::new();
+        while self.running.len() < self.limits.max_batch {
+            let Some(mut sequence) = self.waiting.pop_front() else {
+                break;
+            };
+            if sequence.config.max_new_tokens == 0 {
+                ended.push(sequence.answer(Finish::Length));
+                continue;
+            }
+            let room =
+                (sequence.prompt + sequence.config.max_new_tokens).min(self.dims.max_positions);
+            sequence.kv = Some(KvCache::new(self.dims.layers, room));
+            self.running.push(sequence);
+        }
+        ended
+    }
+}
+
+/// Checks that `prompt` (named `label` in errors) is one the model can read.
+pub(crate) fn check_prompt(label: &str, prompt: &[u32], dims: &ModelDims) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::Request(format!("{label} is empty")));
+    }
+    if prompt.len() > dims.max_positions {
+        return Err(Error::Request(format!(
+            "{label} has {} tokens, longer than the model's context of {}; shorten it",
+            prompt.len(),
+            dims.max_positions
+        )));
+    }
+    if let Some(bad) = prompt.iter().find(|&&t| t as usize >= dims.vocab) {
+        return Err(Error::Request(format!(
+            "{label} holds token id {bad}, outside the vocabulary of {}",
+            dims.vocab
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The scheduler on every fixture (cpu, f32 activations, every layer
+//! streamed): sequences of different lengths joining a running batch at
+//! different passes, waiting for room, leaving early or cancelled, each
+//! get exactly the greedy tokens of their solo run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airllm_backends::{dispatch, BackendJob, DeviceChoice};
+use airllm_core::{
+    BatchShape, ComputeBackend, Engine, Generated, GenerationConfig, Result, Scheduler,
+    SchedulerLimits, TokenControl,
+};
+use airllm_tests::*;
+use burn::tensor::backend::Backend;
+
+/// Sequences at most in one pass (the rest wait).
+const MAX_BATCH: usize = 3;
+const CHUNK: usize = 4;
+const LONGEST: usize = 30 + 20;
+const SHAPE: BatchShape = BatchShape {
+    batch: MAX_BATCH,
+    chunk: CHUNK,
+    context: LONGEST,
+};
+
+/// The requests: each reference prompt and a shorter prefix of it, with
+/// different limits, submitted before the given pass.
+fn requests(prompts: &[Vec<u32>]) -> Vec<(usize, Vec<u32>, usize)> {
+    let mut requests = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        requests.push((3 * i, prompt.clone(), 6 + 5 * i));
+        let prefix = prompt[..prompt.len().div_ceil(2)].to_vec();
+        requests.push((3 * i + 1, prefix, 20 - 4 * i));
+    }
+    requests
+}
+
+fn config(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        prefill_chunk: CHUNK,
+        ..Default::default()
+    }
+}
+
+/// Solo answers, then the same requests through one scheduler.
+struct JoinMidRun {
+    name: &'static str,
+}
+
+struct Runs {
+    solo: Vec<Generated>,
+    scheduled: HashMap<u64, Generated>,
+    /// Tokens seen by the callback, per sequence.
+    streamed: HashMap<u64, Vec<u32>>,
+    most_running: usize,
+    cancelled_left: bool,
+}
+
+impl BackendJob for JoinMidRun {
+    type Output = Runs;
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Runs> {
+        let prompts: Vec<Vec<u32>> = reference(self.name)
+            .prompts
+            .into_iter()
+            .map(|r| r.ids)
+            .collect();
+        let requests = requests(&prompts);
+        let mut engine = engine(&fixture(self.name), backend, Budget::StreamAll, 1, SHAPE)?;
+        let mut solo = Vec::new();
+        for (_, prompt, limit) in &requests {
+            let answer = engine.generate(
+                std::slice::from_ref(prompt),
+                &config(*limit),
+                &mut |_, _| TokenControl::Continue,
+            )?;
+            solo.extend(answer);
+        }
+        engine.prepare(MAX_BATCH, CHUNK, LONGEST)?;
+        let limits = SchedulerLimits {
+            max_batch: MAX_BATCH,
+            prefill_chunk: CHUNK,
+        };
+        let mut scheduler = Scheduler::new(limits, engine.arch().dims());
+        // A sequence that is cancelled after its first pass.
+        let cancelled = requests.len() as u64;
+        scheduler.submit(cancelled, prompts[0].clone(), &config(20))?;
+        let mut runs = Runs {
+            solo,
+            scheduled: HashMap::new(),
+            streamed: HashMap::new(),
+            most_running: 0,
+            cancelled_left: false,
+        };
+        let mut pass = 0;
+        while runs.scheduled.len() < requests.len() {
+            for (id, (at, prompt, limit)) in requests.iter().enumerate() {
+                if *at == pass {
+                    scheduler.submit(id as u64, prompt.clone(), &config(*limit))?;
+                }
+            }
+            if pass == 1 {
+                runs.cancelled_left = scheduler.cancel(cancelled);
+            }
+            let streamed = &mut runs.streamed;
+            let ended = scheduler
+                .step(&mut engine, &mut |id, token| {
+                    streamed.entry(id).or_default().push(token);
+                    TokenControl::Continue
+                })
+                .map_err(|failed| failed.error)?;
+            runs.most_running = runs.most_running.max(scheduler.running() + ended.len());
+            runs.scheduled.extend(ended);
+            pass += 1;
+            assert!(
+                pass < 1000,
+                "{}: the scheduler stopped making progress",
+                self.name
+            );
+        }
+        Ok(runs)
+    }
+}
+
+#[test]
+fn sequences_joining_mid_run_get_their_solo_greedy_tokens() {
+    for name in FIXTURES {
+        let runs = dispatch(DeviceChoice::Cpu, EXACT, JoinMidRun { name })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            runs.cancelled_left,
+            "{name}: the cancelled sequence was running"
+        );
+        assert_eq!(runs.most_running, MAX_BATCH, "{name}: the batch filled");
+        for (id, solo) in runs.solo.iter().enumerate() {
+            let id = id as u64;
+            let scheduled = &runs.scheduled[&id];
+            assert_eq!(scheduled, solo, "{name}: sequence {id}");
+            assert_eq!(
+                runs.streamed[&id], solo.tokens,
+                "{name}: sequence {id} streamed"
+            );
+        }
+        assert_eq!(
+            runs.scheduled.len(),
+            runs.solo.len(),
+            "{name}: nothing else ended"
+        );
+    }
+}
+
+/// A sequence whose callback stops it leaves with `Stopped`; one whose
+/// limit is zero ends without a pass.
+struct Stops;
+
+impl BackendJob for Stops {
+    type Output = Vec<(u64, Generated)>;
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output> {
+        let name = FIXTURES[0];
+        let prompt = reference(name).prompts[0].ids.clone();
+        let mut engine: Engine<B> = engine(&fixture(name), backend, Budget::Resident, 1, SHAPE)?;
+        engine.prepare(MAX_BATCH, CHUNK, LONGEST)?;
+        let limits = SchedulerLimits {
+            max_batch: MAX_BATCH,
+            prefill_chunk: CHUNK,
+        };
+        let mut scheduler = Scheduler::new(limits, engine.arch().dims());
+        scheduler.submit(0, prompt.clone(), &config(10))?;
+        scheduler.submit(1, prompt, &config(0))?;
+        let mut ended = Vec::new();
+        let mut seen = 0;
+        while !scheduler.is_empty() {
+            let passes_before = engine.stats().passes;
+            let step = scheduler.step(&mut engine, &mut |_, _| {
+                seen += 1;
+                match seen {
+                    3 => TokenControl::Stop,
+                    _ => TokenControl::Continue,
+                }
+            });
+            let step = step.map_err(|failed| failed.error)?;
+            if step.iter().any(|(id, _)| *id == 1) {
+                assert_eq!(
+                    engine.stats().passes,
+                    passes_before + 1,
+                    "one pass, for sequence 0"
+                );
+            }
+            ended.extend(step);
+        }
+        Ok(ended)
+    }
+}
+
+#[test]
+fn a_stopped_sequence_leaves_and_a_zero_limit_ends_at_once() {
+    let ended = dispatch(DeviceChoice::Cpu, EXACT, Stops).unwrap();
+    assert_eq!(ended[0].0, 1, "the zero-limit sequence ends first");
+    assert_eq!(ended[0].1.tokens, Vec::<u32>::new());
+    assert_eq!(ended[0].1.finish, airllm_core::Finish::Length);
+    assert_eq!(ended[1].0, 0);
+    assert_eq!(ended[1].1.tokens.len(), 3);
+    assert_eq!(ended[1].1.finish, airllm_core::Finish::Stopped);
+}
