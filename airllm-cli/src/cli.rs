@@ -202,9 +202,28 @@ pub struct ServeArgs {
     /// string), such as `enable_thinking=false`; repeatable.
     #[arg(long = "chat-option", value_parser = parse_chat_option)]
     pub chat_options: Vec<(String, serde_json::Value)>,
+    /// An origin browsers may call from (CORS), such as
+    /// `http://localhost:3000`, or `*` for any; repeatable. Without it no
+    /// CORS headers are sent.
+    #[arg(long = "cors-origin", value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
     /// Where and how to compute.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// An origin as browsers send it (`scheme://host[:port]`), or `*`.
+fn parse_origin(text: &str) -> std::result::Result<String, String> {
+    let valid = text == "*"
+        || text.split_once("://").is_some_and(|(scheme, host)| {
+            !scheme.is_empty() && !host.is_empty() && !host.contains('/') && text.is_ascii()
+        });
+    match valid {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "`{text}` is not an origin; give scheme://host[:port], such as http://localhost:3000, or *"
+        )),
+    }
 }
 
 /// `airllm eval`.

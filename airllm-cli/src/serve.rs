@@ -57,6 +57,7 @@ impl BackendJob for ServeJob {
             max_queue: args.max_queue,
             max_body: args.max_body.0 as usize,
             request_timeout: Duration::from_secs(args.request_timeout),
+            cors_origins: args.cors_origins.clone(),
             ..Default::default()
         };
         let (mut server, jobs) =

@@ -50,6 +50,9 @@ pub struct ServeOptions {
     pub limits: RequestLimits,
     /// Longest the server waits for requests in flight once asked to stop.
     pub shutdown_grace: Duration,
+    /// Origins a browser may call from (CORS); empty: none (no CORS
+    /// headers are sent).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +65,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(600),
             limits: RequestLimits::default(),
             shutdown_grace: Duration::from_secs(10),
+            cors_origins: Vec::new(),
         }
     }
 }

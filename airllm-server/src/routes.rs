@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request as HttpRequest, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
 use crate::jobs::{Event, Health, Job, Status};
@@ -35,7 +36,7 @@ pub(crate) struct App {
 
 /// The router over `app`.
 pub(crate) fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
@@ -43,8 +44,35 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(completions))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), check_key))
-        .layer(axum::extract::DefaultBodyLimit::max(app.options.max_body))
-        .with_state(app)
+        .layer(axum::extract::DefaultBodyLimit::max(app.options.max_body));
+    // Outermost, so that browsers' preflight requests (which carry no key)
+    // are answered before the key is checked.
+    let router = match cors(&app.options.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(app)
+}
+
+/// CORS for `origins` (`*` for any), or none when the list is empty.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed = match origins.iter().any(|o| o == "*") {
+        true => AllowOrigin::any(),
+        false => AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| header::HeaderValue::from_str(o).ok()),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+    )
 }
 
 async fn check_key(State(app): State<Arc<App>>, request: HttpRequest, next: Next) -> Response {

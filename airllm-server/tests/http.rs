@@ -510,3 +510,47 @@ fn stopping_with_requests_in_flight_finishes_them() {
         .call()
         .is_err());
 }
+
+#[test]
+fn cors_headers_only_for_the_origins_named() {
+    let plain = ready(ServeOptions::default());
+    let models = ureq::get(&format!("{}/v1/models", plain.base))
+        .set("Origin", "http://localhost:3000")
+        .call()
+        .unwrap();
+    assert_eq!(models.header("access-control-allow-origin"), None);
+    let open = ready(ServeOptions {
+        api_key: Some("secret".into()),
+        cors_origins: vec!["http://localhost:3000".into()],
+        ..Default::default()
+    });
+    // A preflight carries no key; it is answered before the key check.
+    let preflight = ureq::request("OPTIONS", &format!("{}/v1/chat/completions", open.base))
+        .set("Origin", "http://localhost:3000")
+        .set("Access-Control-Request-Method", "POST")
+        .set(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .call()
+        .unwrap();
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    let models = ureq::get(&format!("{}/v1/models", open.base))
+        .set("Origin", "http://localhost:3000")
+        .set("Authorization", "Bearer secret")
+        .call()
+        .unwrap();
+    assert_eq!(
+        models.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    let other = ureq::get(&format!("{}/v1/models", open.base))
+        .set("Origin", "http://evil.example")
+        .set("Authorization", "Bearer secret")
+        .call()
+        .unwrap();
+    assert_eq!(other.header("access-control-allow-origin"), None);
+}

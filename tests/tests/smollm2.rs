@@ -124,6 +124,54 @@ fn greedy_tokens_with_integer_activations_equal_transformers() {
     }
 }
 
+/// The recorded prompt and two shorter prefixes of it, alone and then
+/// together in one ragged batch.
+struct SoloAndBatched;
+
+impl BackendJob for SoloAndBatched {
+    type Output = (Vec<Vec<u32>>, Vec<Vec<u32>>);
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output> {
+        let ids = record().prompt_ids;
+        let prompts: Vec<Vec<u32>> = [ids.len(), ids.len() - 3, ids.len() / 2]
+            .iter()
+            .map(|&n| ids[..n].to_vec())
+            .collect();
+        let shape = BatchShape {
+            batch: prompts.len(),
+            chunk: ids.len(),
+            context: ids.len() + 16,
+        };
+        let mut engine = engine(&smollm2(), backend, Budget::Resident, 1, shape)?;
+        let config = GenerationConfig {
+            max_new_tokens: 16,
+            ..Default::default()
+        };
+        let mut generate = |prompts: &[Vec<u32>]| {
+            engine
+                .generate(prompts, &config, &mut |_, _| TokenControl::Continue)
+                .map(|answers| answers.into_iter().map(|a| a.tokens).collect::<Vec<_>>())
+        };
+        let mut solo = Vec::new();
+        for prompt in &prompts {
+            solo.extend(generate(std::slice::from_ref(prompt))?);
+        }
+        Ok((solo, generate(&prompts)?))
+    }
+}
+
+/// At the default (integer) activations the kernel's results depend on the
+/// rows of a pass, but SmolLM2's margins keep every greedy token.
+#[test]
+fn a_ragged_batch_gets_each_prompts_solo_tokens_at_the_defaults() {
+    let options = DeviceOptions {
+        activations: Activations::default(),
+        ..EXACT
+    };
+    let (solo, batched) = dispatch(DeviceChoice::Cpu, options, SoloAndBatched).unwrap();
+    assert_eq!(batched, solo);
+}
+
 #[test]
 fn split_of_the_gguf_gives_the_same_tokens() {
     let tmp = tempfile::tempdir().unwrap();
