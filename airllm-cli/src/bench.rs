@@ -132,6 +132,7 @@ impl BackendJob for BenchJob {
             sampling: SamplingConfig::default(),
             eos: Vec::new(),
             prefill_chunk: args.engine.prefill_chunk,
+            logprobs: None,
         };
         let chunk = config.prefill_chunk.clamp(1, args.prompt_len);
         let load_started = Instant::now();

@@ -73,5 +73,6 @@ pub fn config(
         },
         eos,
         prefill_chunk,
+        logprobs: None,
     })
 }

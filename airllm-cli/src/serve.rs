@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use airllm_backends::{dispatch, BackendJob};
 use airllm_core::{
-    ComputeBackend, Engine, Error, Finish, GenerationConfig, Result, Scheduler, SchedulerLimits,
-    TokenControl,
+    ComputeBackend, Engine, Error, Finish, GenerationConfig, Logprobs, Result, Scheduler,
+    SchedulerLimits, TokenControl,
 };
 use airllm_formats::{ChatTemplate, Message, ModelDir};
 use airllm_server::{
     ApiError, Event, FinishReason, Model, PassReport, Prompt, Request, ServeOptions, StatusCode,
+    TokenLogprob,
 };
 use burn::tensor::backend::Backend;
 use tokenizers::Tokenizer;
@@ -193,6 +194,7 @@ impl<B: Backend> Model for EngineModel<B> {
                 true => Vec::new(),
                 false => self.defaults.eos.clone(),
             },
+            logprobs: request.logprobs,
             ..self.defaults.clone()
         };
         self.scheduler
@@ -214,14 +216,19 @@ impl<B: Backend> Model for EngineModel<B> {
 
     fn step(&mut self, emit: &mut dyn FnMut(u64, Event)) {
         let (tokenizer, streams) = (&self.tokenizer, &mut self.streams);
-        let stepped = self.scheduler.step(&mut self.engine, &mut |id, token| {
+        let stepped = self.scheduler.step(&mut self.engine, &mut |id, sampled| {
             let Some(stream) = streams.get_mut(&id) else {
                 return TokenControl::Continue;
             };
-            match stream.push(tokenizer, token) {
-                Ok((fresh, stop)) => {
-                    if !fresh.is_empty() {
-                        emit(id, Event::Text(fresh));
+            let logprobs: Vec<TokenLogprob> = sampled
+                .logprobs
+                .iter()
+                .map(|p| token_logprob(tokenizer, sampled.token, p))
+                .collect();
+            match stream.push(tokenizer, sampled.token) {
+                Ok((text, stop)) => {
+                    if !text.is_empty() || !logprobs.is_empty() {
+                        emit(id, Event::Text { text, logprobs });
                     }
                     match stop {
                         true => TokenControl::Stop,
@@ -280,5 +287,15 @@ impl<B: Backend> Model for EngineModel<B> {
 
     fn planned_bytes(&self) -> u64 {
         self.engine.plan().map_or(0, |plan| plan.predicted_peak())
+    }
+}
+
+/// `token`'s log-probabilities with the tokens as text (each alone).
+fn token_logprob(tokenizer: &Tokenizer, token: u32, logprobs: &Logprobs) -> TokenLogprob {
+    let text = |id: u32| tokenizer.decode(&[id], false).unwrap_or_default();
+    TokenLogprob {
+        token: text(token),
+        logprob: logprobs.logprob,
+        top: logprobs.top.iter().map(|&(id, l)| (text(id), l)).collect(),
     }
 }

@@ -35,6 +35,20 @@ assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens, chunk
 completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
 assert "Paris" in completion.choices[0].text, completion
 
+# Log-probabilities: each greedy token is the most likely, and a log of a probability.
+scored = client.chat.completions.create(
+    model=model, messages=question, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+)
+content = scored.choices[0].logprobs.content
+assert len(content) == scored.usage.completion_tokens, scored
+for token in content:
+    assert token.logprob <= 0 and len(token.top_logprobs) == 2, token
+    assert token.top_logprobs[0].token == token.token, token
+    assert abs(token.top_logprobs[0].logprob - token.logprob) < 1e-4, token
+legacy = client.completions.create(model=model, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=1)
+assert len(legacy.choices[0].logprobs.token_logprobs) == 4, legacy
+assert "".join(legacy.choices[0].logprobs.tokens) == legacy.choices[0].text, legacy
+
 try:
     client.chat.completions.create(
         model=model, messages=question, tools=[{"type": "function", "function": {"name": "f"}}]

@@ -17,6 +17,10 @@ pub struct GenerationConfig {
     pub eos: Vec<u32>,
     /// Most prompt tokens per sequence in one prefill pass.
     pub prefill_chunk: usize,
+    /// Report each token's log-probability and this many of the most
+    /// likely alternatives ([`Sampled::logprobs`](crate::schedule::Sampled));
+    /// `None`: none.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerationConfig {
@@ -26,6 +30,7 @@ impl Default for GenerationConfig {
             sampling: SamplingConfig::default(),
             eos: Vec::new(),
             prefill_chunk: 512,
+            logprobs: None,
         }
     }
 }
@@ -99,7 +104,9 @@ impl<B: Backend> Engine<B> {
         let mut answers: Vec<Option<Generated>> = vec![None; prompts.len()];
         while !scheduler.is_empty() {
             let ended = scheduler
-                .step(self, &mut |id, token| on_token(id as usize, token))
+                .step(self, &mut |id, sampled| {
+                    on_token(id as usize, sampled.token)
+                })
                 .map_err(|failed| failed.error)?;
             for (id, answer) in ended {
                 answers[id as usize] = Some(answer);

@@ -125,6 +125,42 @@ impl Sampler {
     }
 }
 
+/// How likely a sampled token was: its natural-log probability under the
+/// model's distribution (the raw logits' softmax, before any sampling
+/// setting), and the most likely tokens at its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logprobs {
+    /// The sampled token's log-probability.
+    pub logprob: f32,
+    /// Up to the number asked of the most likely tokens and their
+    /// log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Logprobs {
+    /// The log-probability of `token` and of the `top` most likely tokens
+    /// under `logits`.
+    pub fn of(logits: &[f32], token: u32, top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let log_total = max + sum.ln() as f32;
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || best.last().is_some_and(|b| l > b.1) {
+                let at = best.partition_point(|b| b.1 >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top);
+            }
+        }
+        Logprobs {
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |l| l - log_total),
+            top: best.into_iter().map(|(t, l)| (t, l - log_total)).collect(),
+        }
+    }
+}
+
 /// Index of the first largest value.
 pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
@@ -172,6 +208,18 @@ mod tests {
         assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[]), 1);
         // Token 1 three times: 2.6 - 1.25 = 1.35 < 2.3 - 0.75.
         assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[]), 0);
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_most_likely_first() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        let p = Logprobs::of(&logits, 2, 3);
+        assert!((p.logprob - (2.0 - total.ln())).abs() < 1e-6);
+        let tokens: Vec<u32> = p.top.iter().map(|t| t.0).collect();
+        assert_eq!(tokens, [1, 3, 2]);
+        assert!((p.top[0].1 - (3.0 - total.ln())).abs() < 1e-6);
+        assert!(Logprobs::of(&logits, 0, 0).top.is_empty());
     }
 
     #[test]

@@ -9,10 +9,20 @@ use std::collections::VecDeque;
 
 use burn::tensor::backend::Backend;
 
+use crate::sampling::Logprobs;
 use crate::{
     Engine, Error, Finish, Generated, GenerationConfig, KvCache, Logits, ModelDims, Result,
     Sampler, TokenControl,
 };
+
+/// A token a sequence generated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    /// The token.
+    pub token: u32,
+    /// How likely it was, when the sequence's config asks.
+    pub logprobs: Option<Logprobs>,
+}
 
 /// How many sequences run at once and how fast prompts are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,12 +158,12 @@ impl<B: Backend> Scheduler<B> {
 
     /// Admits waiting sequences while the batch has room, runs one pass
     /// over the batch, and samples a token for each sequence whose input
-    /// is all in: `on_token(id, token)` sees it and may stop the sequence.
+    /// is all in: `on_token(id, sampled)` sees it and may stop the sequence.
     /// Returns the sequences that ended, with their answers.
     pub fn step(
         &mut self,
         engine: &mut Engine<B>,
-        on_token: &mut dyn FnMut(u64, u32) -> TokenControl,
+        on_token: &mut dyn FnMut(u64, &Sampled) -> TokenControl,
     ) -> std::result::Result<Vec<(u64, Generated)>, PassFailed> {
         let mut ended = self.admit();
         if self.running.is_empty() {
@@ -197,9 +207,18 @@ impl<B: Backend> Scheduler<B> {
                 finishes.push(None);
                 continue;
             };
+            // Sampling settings change the logits: keep the model's own.
+            let raw = sequence
+                .config
+                .logprobs
+                .map(|top| (row_logits.clone(), top));
             let token = sequence.sampler.sample(&mut row_logits, &sequence.history);
             sequence.history.push(token);
-            let control = on_token(sequence.id, token);
+            let sampled = Sampled {
+                token,
+                logprobs: raw.map(|(logits, top)| Logprobs::of(&logits, token, top)),
+            };
+            let control = on_token(sequence.id, &sampled);
             finishes.push(sequence.finish(token, control, max_positions));
         }
         let running = std::mem::take(&mut self.running);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::ApiError;
-use crate::openai::{FinishReason, Request};
+use crate::openai::{FinishReason, Request, TokenLogprob};
 
 /// What the engine thread tells a request's handler.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,8 +23,14 @@ pub enum Event {
         /// Tokens of the prompt.
         prompt_tokens: usize,
     },
-    /// New text of the answer.
-    Text(String),
+    /// New text of the answer, with the log-probabilities of the tokens
+    /// that made it when the request asks (a token may bring no text yet).
+    Text {
+        /// The text.
+        text: String,
+        /// Its tokens' log-probabilities (empty unless asked).
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The answer ended.
     Done {
         /// Why.

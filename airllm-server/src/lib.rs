@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use axum::http::StatusCode;
 pub use error::ApiError;
 pub use jobs::{Event, Health, Jobs, Model, PassReport, Status};
-pub use openai::{FinishReason, Prompt, Request, RequestLimits};
+pub use openai::{FinishReason, Prompt, Request, RequestLimits, TokenLogprob};
 
 /// How the server is set up (each a flag of `airllm serve`).
 #[derive(Clone, Debug)]

@@ -42,6 +42,9 @@ pub struct Request {
     pub stream: bool,
     /// Whether a streamed answer ends with a usage chunk.
     pub include_usage: bool,
+    /// Report each token's log-probability and this many alternatives
+    /// (`logprobs` and `top_logprobs`); `None`: not asked.
+    pub logprobs: Option<usize>,
     /// Generate `max_tokens` whatever the model's end-of-sequence tokens
     /// say (`ignore_eos`, as vLLM and llama.cpp's server take it; for
     /// benchmarks).
@@ -254,19 +257,7 @@ pub fn parse(
             return Err(ApiError::bad_field("n", "only n = 1 is supported"));
         }
     }
-    for field in ["logprobs", "top_logprobs"] {
-        let asked = match body.get(field) {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(Value::Number(n)) => n.as_u64() != Some(0),
-            Some(_) => true,
-        };
-        if asked {
-            return Err(ApiError::bad_field(
-                field,
-                format!("`{field}` is not supported yet"),
-            ));
-        }
-    }
+    let logprobs = logprobs(&body, chat)?;
     let prompt = match chat {
         true => Prompt::Chat(messages(&body)?),
         false => Prompt::Text(prompt_text(&body)?),
@@ -329,7 +320,40 @@ pub fn parse(
         stream: flag(&body, "stream")?,
         include_usage,
         ignore_eos: flag(&body, "ignore_eos")?,
+        logprobs,
     })
+}
+
+/// Most alternatives a request may ask per token (OpenAI's limit).
+const MOST_TOP_LOGPROBS: u64 = 20;
+
+/// What a request asks of log-probabilities: chat takes `logprobs: true`
+/// and `top_logprobs: N`; text completions `logprobs: N`.
+fn logprobs(body: &Map<String, Value>, chat: bool) -> Result<Option<usize>, ApiError> {
+    let top = |field: &str| -> Result<Option<usize>, ApiError> {
+        match whole(body, field)? {
+            Some(n) if n > MOST_TOP_LOGPROBS => Err(ApiError::bad_field(
+                field,
+                format!("`{field}` is {n}; it must lie in 0..={MOST_TOP_LOGPROBS}"),
+            )),
+            n => Ok(n.map(|n| n as usize)),
+        }
+    };
+    if !chat {
+        return match body.get("logprobs") {
+            Some(Value::Bool(asked)) => Ok(asked.then_some(0)),
+            _ => top("logprobs"),
+        };
+    }
+    let asked = flag(body, "logprobs")?;
+    match (asked, top("top_logprobs")?) {
+        (false, Some(n)) if n > 0 => Err(ApiError::bad_field(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        )),
+        (false, _) => Ok(None),
+        (true, n) => Ok(Some(n.unwrap_or(0))),
+    }
 }
 
 /// Why an answer ended, as OpenAI names it.
@@ -370,6 +394,57 @@ impl Usage {
     }
 }
 
+/// One generated token's log-probability, and its position's most likely
+/// tokens when asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text (alone; a piece of a character shows as U+FFFD).
+    pub token: String,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// The most likely tokens at its position, most likely first.
+    pub top: Vec<(String, f32)>,
+}
+
+/// The `logprobs` of a choice holding `tokens`, whose text starts at byte
+/// `offset` of the answer: chat's `{"content": [...]}` or the text
+/// completion's `{"tokens", "token_logprobs", "top_logprobs",
+/// "text_offset"}`; `null` when not asked.
+fn logprobs_json(chat: bool, tokens: Option<&[TokenLogprob]>, offset: usize) -> Value {
+    let Some(tokens) = tokens else {
+        return Value::Null;
+    };
+    if chat {
+        let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+        let content: Vec<Value> = tokens
+            .iter()
+            .map(|t| {
+                let mut one = entry(&t.token, t.logprob);
+                one["top_logprobs"] = t.top.iter().map(|(s, l)| entry(s, *l)).collect();
+                one
+            })
+            .collect();
+        return json!({"content": content});
+    }
+    let offsets: Vec<usize> = tokens
+        .iter()
+        .scan(offset, |at, t| {
+            let here = *at;
+            *at += t.token.len();
+            Some(here)
+        })
+        .collect();
+    json!({
+        "tokens": tokens.iter().map(|t| t.token.as_str()).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": tokens
+            .iter()
+            .map(|t| t.top.iter().map(|(s, l)| (s.clone(), json!(l))).collect::<Map<_, _>>())
+            .collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
+}
+
 /// What identifies one answer in its bodies.
 #[derive(Clone, Debug)]
 pub struct AnswerId {
@@ -406,28 +481,46 @@ impl AnswerId {
         body
     }
 
-    /// The whole answer of a request that does not stream.
-    pub fn complete(&self, text: &str, finish: FinishReason, usage: Usage) -> Value {
+    /// The whole answer of a request that does not stream, with its
+    /// tokens' log-probabilities when asked.
+    pub fn complete(
+        &self,
+        text: &str,
+        logprobs: Option<&[TokenLogprob]>,
+        finish: FinishReason,
+        usage: Usage,
+    ) -> Value {
+        let logprobs = logprobs_json(self.chat, logprobs, 0);
         let choice = match self.chat {
             true => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish.name(),
             }),
             false => json!({
                 "index": 0,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish.name(),
             }),
         };
         self.wrap(false, json!([choice]), Some(usage))
     }
 
-    /// A streamed chunk: new text, or (with `finish`) the last one.
-    pub fn chunk(&self, text: &str, first: bool, finish: Option<FinishReason>) -> Value {
+    /// A streamed chunk: new text (with its tokens' log-probabilities when
+    /// asked; `offset` is where the text starts in the answer), or (with
+    /// `finish`) the last one.
+    pub fn chunk(
+        &self,
+        text: &str,
+        logprobs: Option<&[TokenLogprob]>,
+        offset: usize,
+        first: bool,
+        finish: Option<FinishReason>,
+    ) -> Value {
         let finish = finish.map(FinishReason::name);
+        let logprobs = logprobs_json(self.chat, logprobs, offset);
         let choice = match self.chat {
             true => {
                 let delta = match (first, text.is_empty()) {
@@ -435,9 +528,11 @@ impl AnswerId {
                     (false, true) => json!({}),
                     (false, false) => json!({"content": text}),
                 };
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
-            false => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+            false => {
+                json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish})
+            }
         };
         self.wrap(true, json!([choice]), None)
     }
@@ -480,7 +575,8 @@ mod tests {
             "frequency_penalty": 0.5,
             "presence_penalty": -0.25,
             "ignore_eos": true,
-            "logprobs": false,
+            "logprobs": true,
+            "top_logprobs": 3,
             "unknown_field": {"ignored": true}
         }))
         .unwrap();
@@ -504,6 +600,7 @@ mod tests {
         assert!(request.stream && request.include_usage && request.ignore_eos);
         assert_eq!(request.sampling.frequency_penalty, 0.5);
         assert_eq!(request.sampling.presence_penalty, -0.25);
+        assert_eq!(request.logprobs, Some(3));
     }
 
     #[test]
@@ -514,7 +611,7 @@ mod tests {
             ("response_format", json!({"type": "json_object"})),
             ("logit_bias", json!({"1": 5})),
             ("n", json!(2)),
-            ("logprobs", json!(true)),
+            ("top_logprobs", json!(3)),
             ("presence_penalty", json!(2.5)),
             ("temperature", json!(3.5)),
             ("max_tokens", json!(-1)),
@@ -560,21 +657,48 @@ mod tests {
             prompt_tokens: 3,
             completion_tokens: 2,
         };
-        let whole = id.complete("Hi", FinishReason::Length, usage);
+        let whole = id.complete("Hi", None, FinishReason::Length, usage);
         assert_eq!(whole["object"], "chat.completion");
         assert_eq!(whole["choices"][0]["message"]["content"], "Hi");
         assert_eq!(whole["choices"][0]["finish_reason"], "length");
         assert_eq!(whole["usage"]["total_tokens"], 5);
-        let first = id.chunk("H", true, None);
+        let first = id.chunk("H", None, 0, true, None);
         assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(first["choices"][0]["finish_reason"], Value::Null);
-        let last = id.chunk("", false, Some(FinishReason::Stop));
+        let last = id.chunk("", None, 1, false, Some(FinishReason::Stop));
         assert_eq!(last["choices"][0]["delta"], json!({}));
         assert_eq!(id.usage_chunk(usage)["choices"], json!([]));
-        let text = AnswerId { chat: false, ..id };
+        let text = AnswerId {
+            chat: false,
+            ..id.clone()
+        };
         assert_eq!(
-            text.complete("x", FinishReason::Stop, usage)["choices"][0]["text"],
+            text.complete("x", None, FinishReason::Stop, usage)["choices"][0]["text"],
             "x"
         );
+        let tokens = [
+            TokenLogprob {
+                token: "H".into(),
+                logprob: -0.5,
+                top: vec![("H".into(), -0.5), ("J".into(), -1.5)],
+            },
+            TokenLogprob {
+                token: "i".into(),
+                logprob: -0.25,
+                top: vec![("i".into(), -0.25), ("o".into(), -2.0)],
+            },
+        ];
+        let chat = id.complete("Hi", Some(&tokens), FinishReason::Stop, usage);
+        let content = &chat["choices"][0]["logprobs"]["content"];
+        assert_eq!(content[1]["token"], "i");
+        assert_eq!(content[1]["logprob"], -0.25);
+        assert_eq!(content[1]["bytes"], json!([105]));
+        assert_eq!(content[0]["top_logprobs"][1]["token"], "J");
+        let chunk = text.chunk("i", Some(&tokens[1..]), 1, false, None);
+        let logprobs = &chunk["choices"][0]["logprobs"];
+        assert_eq!(logprobs["tokens"], json!(["i"]));
+        assert_eq!(logprobs["token_logprobs"], json!([-0.25]));
+        assert_eq!(logprobs["top_logprobs"][0]["o"], -2.0);
+        assert_eq!(logprobs["text_offset"], json!([1]));
     }
 }

@@ -285,6 +285,7 @@ async fn answer(
     let (events, mut receiver) = unbounded_channel();
     let stream = request.stream;
     let include_usage = request.include_usage;
+    let with_logprobs = request.logprobs.is_some();
     app.status.queued.fetch_add(1, Ordering::AcqRel);
     if let Err(e) = app.jobs.try_send(Job { request, events }) {
         app.status.queued.fetch_sub(1, Ordering::AcqRel);
@@ -319,13 +320,26 @@ async fn answer(
         deadline,
     };
     if stream {
-        let chunks = stream_chunks(receiver, id, prompt_tokens, include_usage, timing);
+        let chunks = stream_chunks(
+            receiver,
+            id,
+            prompt_tokens,
+            include_usage,
+            with_logprobs,
+            timing,
+        );
         return Ok(Sse::new(chunks).into_response());
     }
-    let mut text = String::new();
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     loop {
         match next_event(&mut receiver, deadline).await? {
-            Event::Text(more) => text.push_str(&more),
+            Event::Text {
+                text: more,
+                logprobs: tokens,
+            } => {
+                text.push_str(&more);
+                logprobs.extend(tokens);
+            }
             Event::Done {
                 finish,
                 completion_tokens,
@@ -335,7 +349,8 @@ async fn answer(
                     completion_tokens,
                 };
                 timing.log(&id, usage);
-                return Ok(Json(id.complete(&text, finish, usage)).into_response());
+                let logprobs = with_logprobs.then_some(logprobs.as_slice());
+                return Ok(Json(id.complete(&text, logprobs, finish, usage)).into_response());
             }
             other => return Err(unexpected(other)),
         }
@@ -393,6 +408,17 @@ fn unexpected(event: Event) -> ApiError {
     )
 }
 
+/// Where a stream stands between chunks.
+struct StreamState {
+    receiver: UnboundedReceiver<Event>,
+    /// No chunk sent yet (the first carries the assistant's role).
+    first: bool,
+    /// The last chunk is sent.
+    done: bool,
+    /// Bytes of answer text sent so far (text completions' `text_offset`).
+    offset: usize,
+}
+
 /// A streamed answer as Server-Sent Events: chunks of text, the last one
 /// with its finish reason, the usage if asked, then `[DONE]`. An error
 /// midway ends the stream with an error object.
@@ -401,17 +427,28 @@ fn stream_chunks(
     id: AnswerId,
     prompt_tokens: usize,
     include_usage: bool,
+    with_logprobs: bool,
     timing: Timing,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |value: serde_json::Value| SseEvent::default().data(value.to_string());
-    let next = move |(mut receiver, first, done): (UnboundedReceiver<Event>, bool, bool)| {
+    let next = move |state: StreamState| {
         let id = id.clone();
         async move {
+            let StreamState {
+                mut receiver,
+                first,
+                done,
+                offset,
+            } = state;
             if done {
                 return None;
             }
-            let (events, done) = match next_event(&mut receiver, timing.deadline).await {
-                Ok(Event::Text(text)) => (vec![data(id.chunk(&text, first, None))], false),
+            let (events, done, written) = match next_event(&mut receiver, timing.deadline).await {
+                Ok(Event::Text { text, logprobs }) => {
+                    let logprobs = with_logprobs.then_some(logprobs.as_slice());
+                    let chunk = id.chunk(&text, logprobs, offset, first, None);
+                    (vec![data(chunk)], false, text.len())
+                }
                 Ok(Event::Done {
                     finish,
                     completion_tokens,
@@ -421,19 +458,32 @@ fn stream_chunks(
                         completion_tokens,
                     };
                     timing.log(&id, usage);
-                    let mut last = vec![data(id.chunk("", first, Some(finish)))];
+                    let logprobs = with_logprobs.then_some(&[][..]);
+                    let chunk = id.chunk("", logprobs, offset, first, Some(finish));
+                    let mut last = vec![data(chunk)];
                     if include_usage {
                         last.push(data(id.usage_chunk(usage)));
                     }
                     last.push(SseEvent::default().data("[DONE]"));
-                    (last, true)
+                    (last, true, 0)
                 }
-                Ok(other) => (vec![data(unexpected(other).body())], true),
-                Err(error) => (vec![data(error.body())], true),
+                Ok(other) => (vec![data(unexpected(other).body())], true, 0),
+                Err(error) => (vec![data(error.body())], true, 0),
             };
-            Some((events, (receiver, false, done)))
+            let state = StreamState {
+                receiver,
+                first: false,
+                done,
+                offset: offset + written,
+            };
+            Some((events, state))
         }
     };
-    stream::unfold((receiver, true, false), next)
-        .flat_map(|events| stream::iter(events.into_iter().map(Ok)))
+    let start = StreamState {
+        receiver,
+        first: true,
+        done: false,
+        offset: 0,
+    };
+    stream::unfold(start, next).flat_map(|events| stream::iter(events.into_iter().map(Ok)))
 }

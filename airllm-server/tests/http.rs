@@ -81,7 +81,14 @@ impl Model for Echo {
                 0 => word,
                 _ => format!(" {word}"),
             };
-            emit(sequence.id, Event::Text(piece));
+            let logprobs = Vec::new();
+            emit(
+                sequence.id,
+                Event::Text {
+                    text: piece,
+                    logprobs,
+                },
+            );
             sequence.sent += 1;
             if sequence.sent == words || sequence.sent == sequence.limit {
                 let finish = match words > sequence.limit {

@@ -106,8 +106,8 @@ impl BackendJob for JoinMidRun {
             }
             let streamed = &mut runs.streamed;
             let ended = scheduler
-                .step(&mut engine, &mut |id, token| {
-                    streamed.entry(id).or_default().push(token);
+                .step(&mut engine, &mut |id, sampled| {
+                    streamed.entry(id).or_default().push(sampled.token);
                     TokenControl::Continue
                 })
                 .map_err(|failed| failed.error)?;
