@@ -133,6 +133,7 @@ impl BackendJob for BenchJob {
             eos: Vec::new(),
             prefill_chunk: args.engine.prefill_chunk,
             logprobs: None,
+            draft: None,
         };
         let chunk = config.prefill_chunk.clamp(1, args.prompt_len);
         let load_started = Instant::now();

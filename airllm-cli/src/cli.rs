@@ -158,6 +158,40 @@ pub struct SamplingArgs {
     /// Stop a sequence when its text contains this string (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+    /// Speculative decoding.
+    #[command(flatten)]
+    pub draft: DraftArgs,
+}
+
+/// Speculative decoding: proposals checked by one pass of the model.
+#[derive(Args, Clone, Default)]
+pub struct DraftArgs {
+    /// Propose tokens with `prompt-lookup` (n-grams of the prompt and the
+    /// text so far; no model); greedy answers stay the same.
+    #[arg(long, value_enum)]
+    pub draft: Option<DraftChoice>,
+    /// Most tokens proposed per pass.
+    #[arg(long, default_value_t = 4)]
+    pub draft_tokens: usize,
+}
+
+impl DraftArgs {
+    /// The engine's settings.
+    pub fn settings(&self) -> Option<airllm_core::DraftSettings> {
+        self.draft.map(|choice| airllm_core::DraftSettings {
+            kind: match choice {
+                DraftChoice::PromptLookup => airllm_core::DraftKind::PromptLookup,
+            },
+            tokens: self.draft_tokens,
+        })
+    }
+}
+
+/// The drafters `--draft` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DraftChoice {
+    /// N-grams of the prompt and the text so far.
+    PromptLookup,
 }
 
 /// `airllm serve`.
@@ -207,6 +241,9 @@ pub struct ServeArgs {
     /// CORS headers are sent.
     #[arg(long = "cors-origin", value_parser = parse_origin)]
     pub cors_origins: Vec<String>,
+    /// Speculative decoding for every request.
+    #[command(flatten)]
+    pub draft: DraftArgs,
     /// Where and how to compute.
     #[command(flatten)]
     pub engine: EngineArgs,

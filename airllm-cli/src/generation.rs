@@ -74,5 +74,6 @@ pub fn config(
         eos,
         prefill_chunk,
         logprobs: None,
+        draft: args.draft.settings(),
     })
 }

@@ -109,7 +109,10 @@ impl<B: Backend> EngineModel<B> {
         let template = dir
             .chat_template()?
             .map(|t| t.with_variables(args.chat_options.clone()));
-        let defaults = generation::config(&dir, &Default::default(), args.engine.prefill_chunk)?;
+        let defaults = GenerationConfig {
+            draft: args.draft.settings(),
+            ..generation::config(&dir, &Default::default(), args.engine.prefill_chunk)?
+        };
         let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
         let ctx = args.ctx.min(engine.arch().dims().max_positions);
         let limits = SchedulerLimits {

@@ -46,7 +46,7 @@ impl Default for EngineOptions {
 }
 
 /// Which positions of a pass get logits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Logits {
     /// None: the head is skipped (prefill chunks before the last).
     Skip,
@@ -54,6 +54,9 @@ pub enum Logits {
     Last,
     /// Every position (scoring, tests).
     All,
+    /// Per row, its last this many positions (0 for none): a drafted
+    /// row's checked positions.
+    Tails(Vec<usize>),
 }
 
 /// A unit read and decoded by the reader thread.
@@ -312,9 +315,8 @@ impl<B: Backend> Engine<B> {
     /// One forward pass: `tokens[r]` are row `r`'s new tokens (rows of any
     /// lengths, at least one each), computed over `kv[r]`, that row's cache,
     /// which the pass extends. Returns logits on the host, one vector per
-    /// position `logits` asks for: each row's last (in row order), or every
-    /// token (packed row after row); with [`Logits::Skip`] the head is not
-    /// run (nor read).
+    /// position `logits` asks for, row after row in row order; when it asks
+    /// for none the head is not run (nor read).
     pub fn forward(
         &mut self,
         tokens: &[Vec<u32>],
@@ -338,19 +340,34 @@ impl<B: Backend> Engine<B> {
                 })
                 .collect(),
         };
-        let output = self.forward_pass(tokens, &pass, kv, logits)?;
+        let tails: Vec<usize> = match logits {
+            Logits::Skip => vec![0; tokens.len()],
+            Logits::Last => vec![1; tokens.len()],
+            Logits::All => tokens.iter().map(Vec::len).collect(),
+            Logits::Tails(tails) => tails,
+        };
+        if tails.len() != tokens.len() || tails.iter().zip(tokens).any(|(t, r)| *t > r.len()) {
+            return Err(Error::Request(format!(
+                "logits asked for {tails:?} positions of rows of {:?} tokens",
+                tokens.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        let tails = tails.iter().any(|&t| t > 0).then_some(tails);
+        let output = self.forward_pass(tokens, &pass, kv, tails.as_deref())?;
         for (cache, row) in kv.iter_mut().zip(&pass.rows) {
             cache.commit(row.new);
         }
         output.map(host_rows).transpose()
     }
 
+    /// [`Engine::forward`] with the logits asked as each row's last
+    /// `tails[r]` positions (`None`: no head).
     fn forward_pass(
         &mut self,
         tokens: &[Vec<u32>],
         pass: &PassInfo,
         kv: &mut [&mut KvCache<B>],
-        logits: Logits,
+        tails: Option<&[usize]>,
     ) -> Result<Option<Tensor<B, 3>>> {
         let placements = match &self.plan {
             Some(plan) => plan.placements.clone(),
@@ -360,9 +377,8 @@ impl<B: Backend> Engine<B> {
                 ))
             }
         };
-        let wanted = |index: usize| {
-            logits != Logits::Skip || self.store.units()[index].kind != UnitKind::Head
-        };
+        let wanted =
+            |index: usize| tails.is_some() || self.store.units()[index].kind != UnitKind::Head;
         let streamed: Vec<usize> = (0..placements.len())
             .filter(|&i| wanted(i) && placements[i] == UnitPlacement::Streamed)
             .collect();
@@ -395,7 +411,7 @@ impl<B: Backend> Engine<B> {
                 requests: request_tx,
                 experts: expert_rx,
             };
-            self.run_units(tokens, pass, kv, logits, channels)
+            self.run_units(tokens, pass, kv, tails, channels)
         });
         self.stats.passes += 1;
         self.stats.sample_rss();
@@ -417,7 +433,7 @@ impl<B: Backend> Engine<B> {
         tokens: &[Vec<u32>],
         pass: &PassInfo,
         kv: &mut [&mut KvCache<B>],
-        logits: Logits,
+        tails: Option<&[usize]>,
         channels: PassChannels,
     ) -> Result<Option<Tensor<B, 3>>> {
         let device = self.backend.device().clone();
@@ -427,7 +443,7 @@ impl<B: Backend> Engine<B> {
         let mut output = None;
         for index in 0..self.resident.len() {
             let kind = self.store.units()[index].kind;
-            if kind == UnitKind::Head && logits == Logits::Skip {
+            if kind == UnitKind::Head && tails.is_none() {
                 continue;
             }
             let mut streamed = None;
@@ -484,10 +500,9 @@ impl<B: Backend> Engine<B> {
                     hidden = Some(layers.layer(layer, unit, input, ctx)?);
                 }
                 UnitKind::Head => {
-                    let mut input = hidden.take().ok_or_else(missing_embedding)?;
-                    if logits == Logits::Last {
-                        input = last_of_each_row(input, pass, &device);
-                    }
+                    let input = hidden.take().ok_or_else(missing_embedding)?;
+                    let tails = tails.expect("the head runs only when logits are asked");
+                    let input = tails_of_rows(input, pass, tails, &device);
                     output = Some(arch.head(unit, input, &*self.backend)?);
                 }
             }
@@ -503,21 +518,26 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// The hidden state of each row's last new token, `[1, rows, hidden]`.
-fn last_of_each_row<B: Backend>(
+/// The hidden states of each row's last `tails[r]` new tokens, row after
+/// row, `[1, positions, hidden]`.
+fn tails_of_rows<B: Backend>(
     hidden: Tensor<B, 3>,
     pass: &PassInfo,
+    tails: &[usize],
     device: &B::Device,
 ) -> Tensor<B, 3> {
-    let last: Vec<i64> = pass
+    let positions: Vec<i64> = pass
         .offsets()
-        .map(|(offset, row)| (offset + row.new - 1) as i64)
+        .zip(tails)
+        .flat_map(|((offset, row), &tail)| {
+            (offset + row.new - tail..offset + row.new).map(|p| p as i64)
+        })
         .collect();
-    if last.len() == pass.tokens() {
+    if positions.len() == pass.tokens() {
         return hidden;
     }
-    let rows = last.len();
-    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [rows]), device);
+    let count = positions.len();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [count]), device);
     hidden.select(1, index)
 }
 

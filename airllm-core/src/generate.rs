@@ -4,7 +4,7 @@
 use burn::tensor::backend::Backend;
 
 use crate::schedule::{check_prompt, Scheduler, SchedulerLimits};
-use crate::{Engine, Error, KvCache, Logits, Result, SamplingConfig};
+use crate::{DraftSettings, Engine, Error, KvCache, Logits, Result, SamplingConfig};
 
 /// What to generate and when to stop.
 #[derive(Clone, Debug)]
@@ -21,6 +21,9 @@ pub struct GenerationConfig {
     /// likely alternatives ([`Sampled::logprobs`](crate::schedule::Sampled));
     /// `None`: none.
     pub logprobs: Option<usize>,
+    /// Speculative decoding: the drafter whose proposals each pass checks
+    /// (`None`: one token a pass). Greedy answers are the same either way.
+    pub draft: Option<DraftSettings>,
 }
 
 impl Default for GenerationConfig {
@@ -31,6 +34,7 @@ impl Default for GenerationConfig {
             eos: Vec::new(),
             prefill_chunk: 512,
             logprobs: None,
+            draft: None,
         }
     }
 }

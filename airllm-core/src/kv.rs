@@ -142,6 +142,17 @@ impl<B: Backend> KvCache<B> {
     pub fn commit(&mut self, added: usize) {
         self.positions += added;
     }
+
+    /// Forgets every position from `positions` on (drafted tokens the
+    /// model rejected); the next pass writes over them.
+    pub fn truncate(&mut self, positions: usize) {
+        for slot in &mut self.slots {
+            if let Some(entries) = slot.entries.as_mut() {
+                entries.len = entries.len.min(positions);
+            }
+        }
+        self.positions = self.positions.min(positions);
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +206,14 @@ mod tests {
             assert_eq!(values(keys.clone()), values(positions(0, total)));
             assert_eq!(values(vals), values(positions(0, total) * 2.0));
         }
+        // Rejected positions are forgotten and written over.
+        kv.truncate(total - 2);
+        let again = positions(total - 2, 1) * 3.0;
+        let (keys, _) = kv
+            .slot(0)
+            .append(&BurnOps, again.clone(), again.clone())
+            .unwrap();
+        let kept = positions(0, total - 2);
+        assert_eq!(values(keys), values(Tensor::cat(vec![kept, again], 2)));
     }
 }

@@ -10,6 +10,7 @@
 pub mod arch;
 pub mod backend;
 pub mod dequant;
+pub mod draft;
 pub mod engine;
 pub mod error;
 mod experts;
@@ -30,6 +31,7 @@ pub use arch::{
     Architecture, DeviceUnit, ExpertLoader, Experts, LayerPass, ModelDims, PassInfo, RowSpan,
 };
 pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
+pub use draft::{DraftKind, DraftSettings, Drafter, PromptLookup};
 pub use engine::{Engine, EngineOptions, LoadObserver, LoadProgress, Logits};
 pub use error::{Error, Result};
 pub use generate::{Finish, Generated, GenerationConfig, TokenControl};
@@ -38,7 +40,7 @@ pub use kv::KvCache;
 pub use memory::ByteSize;
 pub use plan::{BatchShape, PlanInput, ResidencyPlan, UnitPlacement};
 pub use sampling::{Logprobs, Sampler, SamplingConfig};
-pub use schedule::{PassFailed, Sampled, Scheduler, SchedulerLimits};
+pub use schedule::{DraftCounts, PassFailed, Sampled, Scheduler, SchedulerLimits};
 pub use scoring::{score_text, ScoreReport, Scores};
 pub use storage::{BlockKind, DType, StorageKind};
 pub use store::{check_units, LayerStore, TensorInfo, UnitInfo, UnitKind, UnitSpec, WeightLayout};

@@ -11,8 +11,8 @@ use burn::tensor::backend::Backend;
 
 use crate::sampling::Logprobs;
 use crate::{
-    Engine, Error, Finish, Generated, GenerationConfig, KvCache, Logits, ModelDims, Result,
-    Sampler, TokenControl,
+    DraftSettings, Drafter, Engine, Error, Finish, Generated, GenerationConfig, KvCache, Logits,
+    ModelDims, Result, Sampler, TokenControl,
 };
 
 /// A token a sequence generated.
@@ -53,6 +53,12 @@ struct Sequence<B: Backend> {
     sampler: Sampler,
     /// Allocated when the sequence starts running.
     kv: Option<KvCache<B>>,
+    /// Its drafter, when it drafts.
+    drafter: Option<Box<dyn Drafter>>,
+    /// The tokens drafted for the pass being run.
+    drafted: Vec<u32>,
+    /// Tokens it drafts next (adapted to how many the model keeps).
+    draft_len: usize,
 }
 
 impl<B: Backend> Sequence<B> {
@@ -66,10 +72,23 @@ impl<B: Backend> Sequence<B> {
     }
 
     /// The tokens this pass feeds: the next chunk of the prompt, or the
-    /// last token generated.
-    fn next_tokens(&self, chunk: usize) -> &[u32] {
+    /// last token generated and what the drafter proposes after it (kept
+    /// in `drafted`; no more than the sequence may still generate).
+    fn next_tokens(&mut self, chunk: usize) -> Vec<u32> {
         let from = self.cached();
-        &self.history[from..(from + chunk).min(self.history.len())]
+        let mut tokens = self.history[from..(from + chunk).min(self.history.len())].to_vec();
+        self.drafted.clear();
+        let generating = from >= self.prompt && from + tokens.len() == self.history.len();
+        let left = self
+            .config
+            .max_new_tokens
+            .saturating_sub(self.generated().len());
+        if let (true, Some(drafter)) = (generating, self.drafter.as_mut()) {
+            let count = self.draft_len.min(left.saturating_sub(1));
+            self.drafted = drafter.propose(&self.history, count);
+            tokens.extend_from_slice(&self.drafted);
+        }
+        tokens
     }
 
     /// Why the sequence ends after `token` (just pushed), if it does.
@@ -87,6 +106,63 @@ impl<B: Backend> Sequence<B> {
         }
     }
 
+    /// Chooses tokens from `logits`, the model's logits at the last input
+    /// token and at each drafted one: a drafted token is kept while it is
+    /// the token chosen there, and the first choice that differs (or the
+    /// one after the last drafted) ends the pass's tokens. The cache keeps
+    /// the positions of the tokens kept. Why the sequence ends, if it does.
+    fn verify(
+        &mut self,
+        logits: Vec<Vec<f32>>,
+        on_token: &mut dyn FnMut(u64, &Sampled) -> TokenControl,
+        max_positions: usize,
+        counts: &mut DraftCounts,
+    ) -> Option<Finish> {
+        let drafted = std::mem::take(&mut self.drafted);
+        if logits.is_empty() {
+            return None;
+        }
+        counts.proposed += drafted.len() as u64;
+        for (at, mut logits) in logits.into_iter().enumerate() {
+            // Sampling settings change the logits: keep the model's own.
+            let raw = self.config.logprobs.map(|top| (logits.clone(), top));
+            let token = self.sampler.sample(&mut logits, &self.history);
+            self.history.push(token);
+            let sampled = Sampled {
+                token,
+                logprobs: raw.map(|(logits, top)| Logprobs::of(&logits, token, top)),
+            };
+            let control = on_token(self.id, &sampled);
+            if let Some(finish) = self.finish(token, control, max_positions) {
+                return Some(finish);
+            }
+            if drafted.get(at) != Some(&token) {
+                self.adapt_draft_len(drafted.len(), at);
+                break;
+            }
+            counts.accepted += 1;
+        }
+        let kept = self.history.len() - 1;
+        if let Some(kv) = self.kv.as_mut() {
+            kv.truncate(kept);
+        }
+        None
+    }
+
+    /// After a pass that proposed `proposed` tokens and kept `kept`: one
+    /// more next time if it kept them all, else as many as it kept (at
+    /// least 1), within the settings' most.
+    fn adapt_draft_len(&mut self, proposed: usize, kept: usize) {
+        let most = self.config.draft.as_ref().map_or(0, |d| d.tokens);
+        if proposed == 0 {
+            return;
+        }
+        self.draft_len = match kept == proposed {
+            true => (self.draft_len + 1).min(most),
+            false => kept.clamp(1, most.max(1)),
+        };
+    }
+
     fn answer(self, finish: Finish) -> (u64, Generated) {
         let tokens = self.history[self.prompt..].to_vec();
         (self.id, Generated { tokens, finish })
@@ -100,6 +176,16 @@ pub struct Scheduler<B: Backend> {
     dims: ModelDims,
     waiting: VecDeque<Sequence<B>>,
     running: Vec<Sequence<B>>,
+    drafts: DraftCounts,
+}
+
+/// What drafting has done since the scheduler was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DraftCounts {
+    /// Tokens drafters proposed.
+    pub proposed: u64,
+    /// Proposed tokens the model agreed with.
+    pub accepted: u64,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -113,7 +199,13 @@ impl<B: Backend> Scheduler<B> {
             dims: dims.clone(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            drafts: DraftCounts::default(),
         }
+    }
+
+    /// Tokens proposed and accepted so far.
+    pub fn draft_counts(&self) -> DraftCounts {
+        self.drafts
     }
 
     /// Queues `prompt` as sequence `id` (ids are the caller's, unique among
@@ -128,6 +220,9 @@ impl<B: Backend> Scheduler<B> {
             config: config.clone(),
             sampler: Sampler::new(config.sampling.clone()),
             kv: None,
+            drafter: config.draft.as_ref().map(DraftSettings::drafter),
+            drafted: Vec::new(),
+            draft_len: config.draft.as_ref().map_or(0, |d| d.tokens),
         });
         Ok(())
     }
@@ -172,25 +267,28 @@ impl<B: Backend> Scheduler<B> {
         let chunk = self.limits.prefill_chunk;
         let tokens: Vec<Vec<u32>> = self
             .running
-            .iter()
-            .map(|s| s.next_tokens(chunk).to_vec())
+            .iter_mut()
+            .map(|s| s.next_tokens(chunk))
             .collect();
-        let complete: Vec<bool> = self
+        // Per row, the positions whose logits choose tokens: none while
+        // its prompt is still being read, else its last and each drafted.
+        let tails: Vec<usize> = self
             .running
             .iter()
             .zip(&tokens)
-            .map(|(s, t)| s.cached() + t.len() == s.history.len())
+            .map(
+                |(s, t)| match s.cached() + t.len() - s.drafted.len() == s.history.len() {
+                    true => 1 + s.drafted.len(),
+                    false => 0,
+                },
+            )
             .collect();
-        let want = match complete.contains(&true) {
-            true => Logits::Last,
-            false => Logits::Skip,
-        };
         let mut caches: Vec<&mut KvCache<B>> = self
             .running
             .iter_mut()
             .map(|s| s.kv.as_mut().expect("a running sequence has a cache"))
             .collect();
-        let logits = match engine.forward(&tokens, &mut caches, want) {
+        let logits = match engine.forward(&tokens, &mut caches, Logits::Tails(tails.clone())) {
             Ok(logits) => logits.unwrap_or_default(),
             Err(error) => {
                 let failed = self.running.drain(..).map(|s| s.id).collect();
@@ -200,26 +298,10 @@ impl<B: Backend> Scheduler<B> {
         let max_positions = self.dims.max_positions;
         let mut finishes = Vec::with_capacity(self.running.len());
         let mut logits = logits.into_iter();
-        for (sequence, complete) in self.running.iter_mut().zip(complete) {
-            // With `Logits::Last` every row has logits; only complete rows use them.
-            let row_logits = logits.next();
-            let (true, Some(mut row_logits)) = (complete, row_logits) else {
-                finishes.push(None);
-                continue;
-            };
-            // Sampling settings change the logits: keep the model's own.
-            let raw = sequence
-                .config
-                .logprobs
-                .map(|top| (row_logits.clone(), top));
-            let token = sequence.sampler.sample(&mut row_logits, &sequence.history);
-            sequence.history.push(token);
-            let sampled = Sampled {
-                token,
-                logprobs: raw.map(|(logits, top)| Logprobs::of(&logits, token, top)),
-            };
-            let control = on_token(sequence.id, &sampled);
-            finishes.push(sequence.finish(token, control, max_positions));
+        for (sequence, tail) in self.running.iter_mut().zip(tails) {
+            let row: Vec<Vec<f32>> = logits.by_ref().take(tail).collect();
+            let finish = sequence.verify(row, on_token, max_positions, &mut self.drafts);
+            finishes.push(finish);
         }
         let running = std::mem::take(&mut self.running);
         for (sequence, finish) in running.into_iter().zip(finishes) {

@@ -1,15 +1,16 @@
 //! The scheduler on every fixture (cpu, f32 activations, every layer
 //! streamed): sequences of different lengths joining a running batch at
 //! different passes, waiting for room, leaving early or cancelled, each
-//! get exactly the greedy tokens of their solo run.
+//! get exactly the greedy tokens of their solo run; with prompt lookup
+//! drafting, exactly the undrafted tokens.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use airllm_backends::{dispatch, BackendJob, DeviceChoice};
 use airllm_core::{
-    BatchShape, ComputeBackend, Engine, Generated, GenerationConfig, Result, Scheduler,
-    SchedulerLimits, TokenControl,
+    BatchShape, ComputeBackend, DraftCounts, DraftKind, DraftSettings, Engine, Generated,
+    GenerationConfig, Result, Scheduler, SchedulerLimits, TokenControl,
 };
 use airllm_tests::*;
 use burn::tensor::backend::Backend;
@@ -204,4 +205,87 @@ fn a_stopped_sequence_leaves_and_a_zero_limit_ends_at_once() {
     assert_eq!(ended[1].0, 0);
     assert_eq!(ended[1].1.tokens.len(), 3);
     assert_eq!(ended[1].1.finish, airllm_core::Finish::Stopped);
+}
+
+/// The reference prompts as one batch through a scheduler, greedy, with
+/// `draft` or without.
+struct Drafted {
+    name: &'static str,
+    budget: Budget,
+    draft: Option<DraftSettings>,
+}
+
+impl BackendJob for Drafted {
+    type Output = (Vec<Generated>, DraftCounts);
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output> {
+        let prompts: Vec<Vec<u32>> = reference(self.name)
+            .prompts
+            .into_iter()
+            .map(|r| r.ids)
+            .collect();
+        let mut engine = engine(&fixture(self.name), backend, self.budget, 1, SHAPE)?;
+        engine.prepare(MAX_BATCH, CHUNK, LONGEST)?;
+        let limits = SchedulerLimits {
+            max_batch: MAX_BATCH,
+            prefill_chunk: CHUNK,
+        };
+        let mut scheduler = Scheduler::new(limits, engine.arch().dims());
+        let config = GenerationConfig {
+            draft: self.draft,
+            ..config(20)
+        };
+        for (id, prompt) in prompts.iter().enumerate() {
+            scheduler.submit(id as u64, prompt.clone(), &config)?;
+        }
+        let mut answers = vec![None; prompts.len()];
+        while !scheduler.is_empty() {
+            let ended = scheduler
+                .step(&mut engine, &mut |_, _| TokenControl::Continue)
+                .map_err(|failed| failed.error)?;
+            for (id, answer) in ended {
+                answers[id as usize] = Some(answer);
+            }
+        }
+        let answers = answers.into_iter().map(Option::unwrap).collect();
+        Ok((answers, scheduler.draft_counts()))
+    }
+}
+
+/// Prompt lookup proposes, the model keeps some and rejects others (the
+/// cache forgets those), and every greedy answer is the undrafted one: on
+/// every fixture, resident and every layer streamed, a batch of 3.
+#[test]
+fn greedy_with_prompt_lookup_equals_greedy_without() {
+    let draft = DraftSettings {
+        kind: DraftKind::PromptLookup,
+        tokens: 4,
+    };
+    let mut total = DraftCounts::default();
+    for name in FIXTURES {
+        for budget in [Budget::Resident, Budget::StreamAll] {
+            let run = |draft| {
+                dispatch(
+                    DeviceChoice::Cpu,
+                    EXACT,
+                    Drafted {
+                        name,
+                        budget,
+                        draft,
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{name} {budget:?}: {e}"))
+            };
+            let (plain, _) = run(None);
+            let (drafted, counts) = run(Some(draft.clone()));
+            assert_eq!(drafted, plain, "{name} {budget:?}");
+            total.proposed += counts.proposed;
+            total.accepted += counts.accepted;
+        }
+    }
+    assert!(total.accepted > 0, "{total:?}: nothing accepted");
+    assert!(
+        total.proposed > total.accepted,
+        "{total:?}: nothing rejected"
+    );
 }
