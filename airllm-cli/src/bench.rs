@@ -11,14 +11,14 @@ use airllm_core::{
     ByteSize, ComputeBackend, Error, GenerationConfig, Result, SamplingConfig, TokenControl,
 };
 use airllm_formats::split::StorageSettings;
-use airllm_formats::{Manifest, SyntheticStore, MANIFEST_FILE};
+use airllm_formats::{Manifest, Message, ModelDir, SyntheticStore, MANIFEST_FILE};
 use airllm_models::presets::{preset, PRESETS};
 use burn::tensor::backend::Backend;
 use serde_json::json;
 
 use crate::cli::{BenchArgs, Switch};
 use crate::storage_report::StorageSummary;
-use crate::{model, split};
+use crate::{model, split, text};
 
 /// Runs the command.
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -96,6 +96,43 @@ fn ensure_synthetic(name: &str, args: &BenchArgs) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The text of `--prompt` or `--prompt-file`, if given.
+fn text_prompt(args: &BenchArgs) -> Result<Option<String>> {
+    match (&args.prompt, &args.prompt_file) {
+        (Some(text), _) => Ok(Some(text.clone())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| Error::io(path, e)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `text` as the model's tokens (through its chat template with `chat`).
+fn text_ids(dir: &ModelDir, text: &str, chat: bool) -> Result<Vec<u32>> {
+    let tokenizer = dir.tokenizer()?.ok_or_else(|| {
+        Error::Request(format!(
+            "{} has no tokenizer, so --prompt cannot be read; use --prompt-len",
+            dir.path.display()
+        ))
+    })?;
+    let ids = match (chat, dir.chat_template()?) {
+        (false, _) => text::encode(&tokenizer, text)?,
+        (true, Some(template)) => {
+            text::encode_chat(&tokenizer, &template, &[Message::new("user", text)])?
+        }
+        (true, None) => {
+            return Err(Error::Request(format!(
+                "{} has no chat template for --chat",
+                dir.path.display()
+            )))
+        }
+    };
+    match ids.is_empty() {
+        true => Err(Error::Request("the prompt is empty".into())),
+        false => Ok(ids),
+    }
+}
+
 struct BenchJob {
     args: BenchArgs,
     path: PathBuf,
@@ -126,18 +163,22 @@ impl BackendJob for BenchJob {
         let dir = model::open_dir(&self.path)?;
         let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
         let dims = engine.arch().dims().clone();
-        let ids = prompts(args.batch, args.prompt_len, dims.vocab);
+        let ids = match text_prompt(&args)? {
+            Some(text) => vec![text_ids(&dir, &text, args.chat)?; args.batch],
+            None => prompts(args.batch, args.prompt_len, dims.vocab),
+        };
+        let prompt_len = ids[0].len();
         let config = GenerationConfig {
             max_new_tokens: args.max_new_tokens,
             sampling: SamplingConfig::default(),
             eos: Vec::new(),
             prefill_chunk: args.engine.prefill_chunk,
             logprobs: None,
-            draft: None,
+            draft: args.draft.settings(),
         };
-        let chunk = config.prefill_chunk.clamp(1, args.prompt_len);
+        let chunk = config.prefill_chunk.clamp(1, prompt_len);
         let load_started = Instant::now();
-        engine.prepare(args.batch, chunk, args.prompt_len + args.max_new_tokens)?;
+        engine.prepare(args.batch, chunk, prompt_len + args.max_new_tokens)?;
         let load_s = load_started.elapsed().as_secs_f64();
         engine.reset_stats();
 
@@ -186,10 +227,10 @@ impl BackendJob for BenchJob {
             "model": self.path,
             "device": engine.backend().name(),
             "batch": args.batch,
-            "prompt_tokens": args.prompt_len,
+            "prompt_tokens": prompt_len,
             "new_tokens": args.max_new_tokens,
             "load_s": load_s,
-            "prefill_tokens_per_s": (args.batch * args.prompt_len) as f64 / prefill_s,
+            "prefill_tokens_per_s": (args.batch * prompt_len) as f64 / prefill_s,
             "decode_tokens_per_s": decode_tokens as f64 / decode_s,
             "s_per_token": decode_s / (decode_tokens as f64 / args.batch as f64).max(1.0),
             "peak_rss_bytes": rss.peak,
@@ -208,6 +249,11 @@ impl BackendJob for BenchJob {
             "units_streamed": plan.streamed(),
             "peak_streamed_units": stats.peak_streamed_units,
             "passes": stats.passes,
+            "tokens_per_pass": generated as f64 / stats.passes.max(1) as f64,
+            "draft_tokens_proposed": stats.drafts.proposed,
+            "draft_tokens_accepted": stats.drafts.accepted,
+            "acceptance_rate": (stats.drafts.proposed > 0)
+                .then(|| stats.drafts.accepted as f64 / stats.drafts.proposed as f64),
             "units": per_unit,
             "storage": StorageSummary::of(&dir, &engine)?.json(),
         });
@@ -221,7 +267,7 @@ impl BackendJob for BenchJob {
             self.path.display(),
             engine.backend().name(),
             args.batch,
-            args.prompt_len,
+            prompt_len,
             args.max_new_tokens
         );
         println!("prefill  {:>10.2} tokens/s", f("prefill_tokens_per_s"));
@@ -242,6 +288,15 @@ impl BackendJob for BenchJob {
             "read {} per generated token",
             ByteSize(f("bytes_read_per_token") as u64)
         );
+        if stats.drafts.proposed > 0 {
+            println!(
+                "drafts: {} proposed, {} accepted ({:.1}%); {:.2} tokens per pass",
+                stats.drafts.proposed,
+                stats.drafts.accepted,
+                f("acceptance_rate") * 100.0,
+                f("tokens_per_pass")
+            );
+        }
         if let Some(rate) = stats.expert_cache_hit_rate() {
             println!(
                 "experts: waited {:.3} s; cache of {} served {:.1}% of requests",

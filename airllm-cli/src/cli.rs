@@ -429,10 +429,21 @@ pub struct BenchArgs {
     /// Override vocabulary size.
     #[arg(long)]
     pub vocab: Option<usize>,
-    /// Prompt tokens per sequence.
+    /// Prompt tokens per sequence (random ids; see --prompt).
     #[arg(long, default_value_t = 16)]
     pub prompt_len: usize,
-    /// Tokens to generate per sequence (also `--new-tokens`).
+    /// A text prompt for every sequence instead of random ids (raw text
+    /// unless --chat), for measuring drafting on real text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// The text prompt read from a file (UTF-8).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Apply the model's chat template to --prompt / --prompt-file.
+    #[arg(long)]
+    pub chat: bool,
+    /// Tokens to generate per sequence (also `--new-tokens`; end-of-sequence
+    /// tokens do not stop it).
     #[arg(long, alias = "new-tokens", default_value_t = 32)]
     pub max_new_tokens: usize,
     /// Sequences per batch.
@@ -441,6 +452,9 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Speculative decoding.
+    #[command(flatten)]
+    pub draft: DraftArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

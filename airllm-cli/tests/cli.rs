@@ -545,3 +545,29 @@ fn zstd_split_answers_as_its_source_and_reports_decompression() {
         "{bench}"
     );
 }
+
+/// `bench --prompt` reads real text, and with `--draft prompt-lookup` it
+/// reports what drafting did: SmolLM2 continues a text that repeats
+/// itself as the lookup proposes, so it takes fewer passes than tokens.
+#[test]
+fn bench_a_text_prompt_with_prompt_lookup_reports_the_drafts() {
+    let model = airllm_tests::smollm2();
+    let text = "one two three four one two three four one two three four one two";
+    #[rustfmt::skip]
+    let args = [
+        "bench", model.to_str().unwrap(), "--prompt", text, "--new-tokens", "24",
+        "--draft", "prompt-lookup", "--activations", "f32", "--json",
+    ];
+    let report = &json_lines(&airllm(&args))[0];
+    assert!(report["prompt_tokens"].as_u64().unwrap() >= 10, "{report}");
+    let proposed = report["draft_tokens_proposed"].as_u64().unwrap();
+    let accepted = report["draft_tokens_accepted"].as_u64().unwrap();
+    assert!(proposed > 0 && accepted <= proposed, "{report}");
+    let rate = report["acceptance_rate"].as_f64().unwrap();
+    assert!(
+        (rate - accepted as f64 / proposed as f64).abs() < 1e-9,
+        "{report}"
+    );
+    let per_pass = report["tokens_per_pass"].as_f64().unwrap();
+    assert!(accepted > 0 && per_pass > 1.0, "{report}");
+}

@@ -16,8 +16,8 @@ use crate::experts::{read_experts, ExpertCache, ExpertFetcher, LoadedExperts, Re
 use crate::memory::Rss;
 use crate::plan::{BatchShape, PlanInput};
 use crate::{
-    check_units, Architecture, ComputeBackend, DeviceUnit, Error, KvCache, LayerStore, PassInfo,
-    ResidencyPlan, Result, RowSpan, RunStats, UnitKind, UnitPlacement,
+    check_units, Architecture, ComputeBackend, DeviceUnit, DraftCounts, Error, KvCache, LayerStore,
+    PassInfo, ResidencyPlan, Result, RowSpan, RunStats, UnitKind, UnitPlacement,
 };
 
 /// How the engine streams and budgets.
@@ -219,6 +219,11 @@ impl<B: Backend> Engine<B> {
     /// Telemetry since creation or the last [`Engine::reset_stats`].
     pub fn stats(&self) -> &RunStats {
         &self.stats
+    }
+
+    /// Adds drafting's counts to the telemetry (the scheduler reports them).
+    pub(crate) fn record_drafts(&mut self, counts: DraftCounts) {
+        self.stats.drafts.add(counts);
     }
 
     /// Clears telemetry (e.g. between prefill and decode in a benchmark).

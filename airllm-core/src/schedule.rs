@@ -179,13 +179,22 @@ pub struct Scheduler<B: Backend> {
     drafts: DraftCounts,
 }
 
-/// What drafting has done since the scheduler was made.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What drafting has done (since the scheduler was made, or in the
+/// engine's telemetry since its last reset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DraftCounts {
     /// Tokens drafters proposed.
     pub proposed: u64,
     /// Proposed tokens the model agreed with.
     pub accepted: u64,
+}
+
+impl DraftCounts {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: DraftCounts) {
+        self.proposed += other.proposed;
+        self.accepted += other.accepted;
+    }
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -298,11 +307,14 @@ impl<B: Backend> Scheduler<B> {
         let max_positions = self.dims.max_positions;
         let mut finishes = Vec::with_capacity(self.running.len());
         let mut logits = logits.into_iter();
+        let mut drafts = DraftCounts::default();
         for (sequence, tail) in self.running.iter_mut().zip(tails) {
             let row: Vec<Vec<f32>> = logits.by_ref().take(tail).collect();
-            let finish = sequence.verify(row, on_token, max_positions, &mut self.drafts);
+            let finish = sequence.verify(row, on_token, max_positions, &mut drafts);
             finishes.push(finish);
         }
+        self.drafts.add(drafts);
+        engine.record_drafts(drafts);
         let running = std::mem::take(&mut self.running);
         for (sequence, finish) in running.into_iter().zip(finishes) {
             match finish {

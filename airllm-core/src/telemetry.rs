@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::memory::Rss;
+use crate::schedule::DraftCounts;
 
 /// Accumulated figures for one unit.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -45,6 +46,8 @@ pub struct RunStats {
     pub peak_rss_anon: u64,
     /// Highest file-backed RSS seen between units.
     pub peak_rss_file: u64,
+    /// Tokens drafted and accepted (speculative decoding).
+    pub drafts: DraftCounts,
 }
 
 impl RunStats {
