@@ -94,7 +94,6 @@ struct EngineModel<B: Backend> {
     template: Option<ChatTemplate>,
     defaults: GenerationConfig,
     ctx: usize,
-    max_batch: usize,
 }
 
 impl<B: Backend> EngineModel<B> {
@@ -131,7 +130,6 @@ impl<B: Backend> EngineModel<B> {
             template,
             defaults,
             ctx,
-            max_batch: limits.max_batch,
         })
     }
 
@@ -182,8 +180,7 @@ impl<B: Backend> EngineModel<B> {
 
 impl<B: Backend> Model for EngineModel<B> {
     fn room(&self) -> usize {
-        let held = self.scheduler.running() + self.scheduler.waiting();
-        self.max_batch.saturating_sub(held)
+        self.scheduler.room()
     }
 
     fn submit(&mut self, id: u64, request: &Request) -> std::result::Result<usize, ApiError> {

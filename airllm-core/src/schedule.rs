@@ -71,24 +71,28 @@ impl<B: Backend> Sequence<B> {
         self.kv.as_ref().map_or(0, KvCache::positions)
     }
 
-    /// The tokens this pass feeds: the next chunk of the prompt, or the
-    /// last token generated and what the drafter proposes after it (kept
-    /// in `drafted`; no more than the sequence may still generate).
-    fn next_tokens(&mut self, chunk: usize) -> Vec<u32> {
+    /// The tokens this pass feeds (the next chunk of the prompt, or the
+    /// last token generated and what the drafter proposes after it, kept
+    /// in `drafted`; no more than the sequence may still generate), and how
+    /// many of their positions choose tokens: none while the prompt is
+    /// still being read, else the last and each drafted.
+    fn next_tokens(&mut self, chunk: usize) -> (Vec<u32>, usize) {
         let from = self.cached();
         let mut tokens = self.history[from..(from + chunk).min(self.history.len())].to_vec();
         self.drafted.clear();
-        let generating = from >= self.prompt && from + tokens.len() == self.history.len();
+        if from + tokens.len() < self.history.len() {
+            return (tokens, 0);
+        }
         let left = self
             .config
             .max_new_tokens
             .saturating_sub(self.generated().len());
-        if let (true, Some(drafter)) = (generating, self.drafter.as_mut()) {
+        if let (true, Some(drafter)) = (from >= self.prompt, self.drafter.as_mut()) {
             let count = self.draft_len.min(left.saturating_sub(1));
             self.drafted = drafter.propose(&self.history, count);
             tokens.extend_from_slice(&self.drafted);
         }
-        tokens
+        (tokens, 1 + self.drafted.len())
     }
 
     /// Why the sequence ends after `token` (just pushed), if it does.
@@ -142,9 +146,11 @@ impl<B: Backend> Sequence<B> {
             }
             counts.accepted += 1;
         }
-        let kept = self.history.len() - 1;
-        if let Some(kv) = self.kv.as_mut() {
-            kv.truncate(kept);
+        if !drafted.is_empty() {
+            let kept = self.history.len() - 1;
+            if let Some(kv) = self.kv.as_mut() {
+                kv.truncate(kept);
+            }
         }
         None
     }
@@ -176,11 +182,9 @@ pub struct Scheduler<B: Backend> {
     dims: ModelDims,
     waiting: VecDeque<Sequence<B>>,
     running: Vec<Sequence<B>>,
-    drafts: DraftCounts,
 }
 
-/// What drafting has done (since the scheduler was made, or in the
-/// engine's telemetry since its last reset).
+/// What drafting has done (in the engine's telemetry, since its last reset).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DraftCounts {
     /// Tokens drafters proposed.
@@ -208,13 +212,7 @@ impl<B: Backend> Scheduler<B> {
             dims: dims.clone(),
             waiting: VecDeque::new(),
             running: Vec::new(),
-            drafts: DraftCounts::default(),
         }
-    }
-
-    /// Tokens proposed and accepted so far.
-    pub fn draft_counts(&self) -> DraftCounts {
-        self.drafts
     }
 
     /// Queues `prompt` as sequence `id` (ids are the caller's, unique among
@@ -243,6 +241,13 @@ impl<B: Backend> Scheduler<B> {
         self.waiting.retain(|s| s.id != id);
         self.running.retain(|s| s.id != id);
         before != self.waiting.len() + self.running.len()
+    }
+
+    /// Sequences it can take before one would wait for room in the batch.
+    pub fn room(&self) -> usize {
+        self.limits
+            .max_batch
+            .saturating_sub(self.running.len() + self.waiting.len())
     }
 
     /// Sequences waiting for room in the batch.
@@ -274,24 +279,11 @@ impl<B: Backend> Scheduler<B> {
             return Ok(ended);
         }
         let chunk = self.limits.prefill_chunk;
-        let tokens: Vec<Vec<u32>> = self
+        let (tokens, tails): (Vec<Vec<u32>>, Vec<usize>) = self
             .running
             .iter_mut()
             .map(|s| s.next_tokens(chunk))
-            .collect();
-        // Per row, the positions whose logits choose tokens: none while
-        // its prompt is still being read, else its last and each drafted.
-        let tails: Vec<usize> = self
-            .running
-            .iter()
-            .zip(&tokens)
-            .map(
-                |(s, t)| match s.cached() + t.len() - s.drafted.len() == s.history.len() {
-                    true => 1 + s.drafted.len(),
-                    false => 0,
-                },
-            )
-            .collect();
+            .unzip();
         let mut caches: Vec<&mut KvCache<B>> = self
             .running
             .iter_mut()
@@ -313,7 +305,6 @@ impl<B: Backend> Scheduler<B> {
             let finish = sequence.verify(row, on_token, max_positions, &mut drafts);
             finishes.push(finish);
         }
-        self.drafts.add(drafts);
         engine.record_drafts(drafts);
         let running = std::mem::take(&mut self.running);
         for (sequence, finish) in running.into_iter().zip(finishes) {

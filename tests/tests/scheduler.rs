@@ -248,7 +248,7 @@ impl BackendJob for Drafted {
             }
         }
         let answers = answers.into_iter().map(Option::unwrap).collect();
-        Ok((answers, scheduler.draft_counts()))
+        Ok((answers, engine.stats().drafts))
     }
 }
 
