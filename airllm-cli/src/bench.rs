@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::cli::{BenchArgs, Switch};
 use crate::storage_report::StorageSummary;
-use crate::{model, split, text};
+use crate::{model, prompts, split, text};
 
 /// Runs the command.
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -139,7 +139,7 @@ struct BenchJob {
 }
 
 /// Deterministic prompt ids in `0..vocab`.
-fn prompts(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+fn random_prompts(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     (0..batch)
         .map(|_| {
@@ -161,11 +161,12 @@ impl BackendJob for BenchJob {
     fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<()> {
         let args = self.args;
         let dir = model::open_dir(&self.path)?;
-        let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let mut engine = model::open_drafted_engine::<B>(&dir, backend, &args.engine, &args.draft)?;
         let dims = engine.arch().dims().clone();
-        let ids = match text_prompt(&args)? {
-            Some(text) => vec![text_ids(&dir, &text, args.chat)?; args.batch],
-            None => prompts(args.batch, args.prompt_len, dims.vocab),
+        let ids = match (text_prompt(&args)?, &args.prompt_ids) {
+            (Some(text), _) => vec![text_ids(&dir, &text, args.chat)?; args.batch],
+            (None, Some(ids)) => vec![prompts::parse_ids(ids)?; args.batch],
+            (None, None) => random_prompts(args.batch, args.prompt_len, dims.vocab),
         };
         let prompt_len = ids[0].len();
         let config = GenerationConfig {
@@ -254,6 +255,8 @@ impl BackendJob for BenchJob {
             "draft_tokens_accepted": stats.drafts.accepted,
             "acceptance_rate": (stats.drafts.proposed > 0)
                 .then(|| stats.drafts.accepted as f64 / stats.drafts.proposed as f64),
+            "draft_s": stats.draft_time.as_secs_f64(),
+            "draft_time_share": stats.draft_time.as_secs_f64() / wall_s,
             "units": per_unit,
             "storage": StorageSummary::of(&dir, &engine)?.json(),
         });
@@ -290,11 +293,12 @@ impl BackendJob for BenchJob {
         );
         if stats.drafts.proposed > 0 {
             println!(
-                "drafts: {} proposed, {} accepted ({:.1}%); {:.2} tokens per pass",
+                "drafts: {} proposed, {} accepted ({:.1}%); {:.2} tokens per pass; drafting took {:.1}% of the time",
                 stats.drafts.proposed,
                 stats.drafts.accepted,
                 f("acceptance_rate") * 100.0,
-                f("tokens_per_pass")
+                f("tokens_per_pass"),
+                f("draft_time_share") * 100.0
             );
         }
         if let Some(rate) = stats.expert_cache_hit_rate() {

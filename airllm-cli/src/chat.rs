@@ -41,7 +41,8 @@ impl BackendJob for ChatJob {
             .ok_or_else(|| missing("chat template"))?
             .with_variables(args.chat_options.clone());
         let config = generation::config(&dir, &args.sampling, args.engine.prefill_chunk)?;
-        let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let mut engine =
+            model::open_drafted_engine::<B>(&dir, backend, &args.engine, &args.sampling.draft)?;
         let opening: Vec<Message> = args
             .system
             .iter()

@@ -1,6 +1,6 @@
 //! Command-line arguments.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use airllm_backends::{Activations, DeviceChoice, DeviceOptions};
 use airllm_core::{ByteSize, ComputeDType};
@@ -167,31 +167,68 @@ pub struct SamplingArgs {
 #[derive(Args, Clone, Default)]
 pub struct DraftArgs {
     /// Propose tokens with `prompt-lookup` (n-grams of the prompt and the
-    /// text so far; no model); greedy answers stay the same.
-    #[arg(long, value_enum)]
+    /// text so far; no model), or with a draft model sharing the model's
+    /// tokenizer (a GGUF file, Hugging Face directory, split directory or
+    /// hub id; held resident, planned before the model's layers). Greedy
+    /// answers stay the same; sampled ones keep their distribution.
+    #[arg(long, value_parser = parse_draft)]
     pub draft: Option<DraftChoice>,
-    /// Most tokens proposed per pass.
-    #[arg(long, default_value_t = 4)]
+    /// Most tokens proposed per pass (1 to 16).
+    #[arg(long, default_value_t = 4, value_parser = parse_draft_tokens)]
     pub draft_tokens: usize,
 }
 
 impl DraftArgs {
     /// The engine's settings.
     pub fn settings(&self) -> Option<airllm_core::DraftSettings> {
-        self.draft.map(|choice| airllm_core::DraftSettings {
-            kind: match choice {
-                DraftChoice::PromptLookup => airllm_core::DraftKind::PromptLookup,
-            },
-            tokens: self.draft_tokens,
-        })
+        self.draft
+            .as_ref()
+            .map(|choice| airllm_core::DraftSettings {
+                kind: match choice {
+                    DraftChoice::PromptLookup => airllm_core::DraftKind::PromptLookup,
+                    DraftChoice::Model(_) => airllm_core::DraftKind::Model,
+                },
+                tokens: self.draft_tokens,
+            })
+    }
+
+    /// The draft model `--draft` names, if it names one.
+    pub fn model(&self) -> Option<&Path> {
+        match &self.draft {
+            Some(DraftChoice::Model(path)) => Some(path),
+            _ => None,
+        }
     }
 }
 
 /// The drafters `--draft` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DraftChoice {
     /// N-grams of the prompt and the text so far.
     PromptLookup,
+    /// A draft model.
+    Model(PathBuf),
+}
+
+fn parse_draft(text: &str) -> std::result::Result<DraftChoice, String> {
+    match text {
+        "" => Err("give `prompt-lookup` or a draft model".into()),
+        "prompt-lookup" => Ok(DraftChoice::PromptLookup),
+        model => Ok(DraftChoice::Model(PathBuf::from(model))),
+    }
+}
+
+/// Most tokens `--draft-tokens` takes: a pass checks them all, and past
+/// this many the chance that all are kept is too small to pay.
+const MAX_DRAFT_TOKENS: usize = 16;
+
+fn parse_draft_tokens(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_DRAFT_TOKENS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "takes 1 to {MAX_DRAFT_TOKENS} tokens proposed per pass (without drafting, leave out --draft)"
+        )),
+    }
 }
 
 /// `airllm serve`.
@@ -373,6 +410,9 @@ pub struct InspectArgs {
     /// kind it fell back from (JSON always lists them).
     #[arg(long)]
     pub tensors: bool,
+    /// A draft model to plan beside the model (held resident first).
+    #[command(flatten)]
+    pub draft: DraftArgs,
     /// The engine to plan for: its device (which sets what weights cost
     /// there: the cpu keeps matrices in their file encoding, other devices
     /// widen them to f32) and that device's budget unless --max-memory.
@@ -429,9 +469,14 @@ pub struct BenchArgs {
     /// Override vocabulary size.
     #[arg(long)]
     pub vocab: Option<usize>,
-    /// Prompt tokens per sequence (random ids; see --prompt).
+    /// Prompt tokens per sequence (random ids; see --prompt and
+    /// --prompt-ids).
     #[arg(long, default_value_t = 16)]
     pub prompt_len: usize,
+    /// The prompt of every sequence as comma-separated token ids (for a
+    /// model without a tokenizer, such as a synthetic one).
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_file", "chat"])]
+    pub prompt_ids: Option<String>,
     /// A text prompt for every sequence instead of random ids (raw text
     /// unless --chat), for measuring drafting on real text.
     #[arg(long, conflicts_with = "prompt_file")]

@@ -1,6 +1,7 @@
 //! `airllm inspect`: family, units and their bytes, and the plan the engine
 //! makes for a batch on the chosen device within its budget.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use airllm_backends::{dispatch, BackendJob};
@@ -29,7 +30,7 @@ impl BackendJob for InspectJob {
     fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<()> {
         let args = self.args;
         let dir = model::open_dir(&args.model)?;
-        let engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let engine = model::open_drafted_engine::<B>(&dir, backend, &args.engine, &args.draft)?;
         let context = args.context.unwrap_or(engine.arch().dims().max_positions);
         let chunk = args.engine.prefill_chunk.min(context);
         let plan = engine.plan_for(args.batch, chunk, context)?;
@@ -41,6 +42,7 @@ impl BackendJob for InspectJob {
             storage: &storage,
             verified: args.engine.verify,
             each_tensor: args.tensors,
+            draft: args.draft.model(),
         };
         match args.json {
             true => report.print_json(),
@@ -58,6 +60,8 @@ struct Report<'a, B: Backend> {
     storage: &'a StorageSummary,
     verified: bool,
     each_tensor: bool,
+    /// Where the draft model is, when one is planned.
+    draft: Option<&'a Path>,
 }
 
 impl<B: Backend> Report<'_, B> {
@@ -90,6 +94,10 @@ impl<B: Backend> Report<'_, B> {
             "resident_bytes": self.plan.resident_bytes,
             "units_streamed": self.plan.streamed(),
             "predicted_peak_bytes": self.plan.predicted_peak(),
+            "draft": self.draft.map(|path| json!({
+                "path": path,
+                "resident_bytes": self.plan.draft_bytes,
+            })),
             "verified": self.verified,
         });
         println!("{report}");
@@ -119,6 +127,13 @@ impl<B: Backend> Report<'_, B> {
         }
         for line in self.storage.lines(self.each_tensor) {
             println!("{line}");
+        }
+        if let Some(path) = self.draft {
+            println!(
+                "draft model {}: {} resident (weights, KV cache, activations), planned first",
+                path.display(),
+                ByteSize(self.plan.draft_bytes)
+            );
         }
         println!(
         "total {} on disk; budget {}: {} resident, {} units streamed, KV cache {}, activations {}, predicted peak {}{}",

@@ -9,7 +9,8 @@ use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{EngineArgs, Switch};
+use crate::cli::{DraftArgs, EngineArgs, Switch};
+use crate::text::check_same_tokenizer;
 
 /// Recognises the model at `path`.
 pub fn open_dir(path: &Path) -> Result<ModelDir> {
@@ -22,21 +23,49 @@ pub fn open_engine<B: Backend>(
     backend: Arc<dyn ComputeBackend<B>>,
     args: &EngineArgs,
 ) -> Result<Engine<B>> {
-    let arch = airllm_models::architecture::<B>(&dir.config)?;
-    let store = dir.open_store(arch.units())?;
-    let mut engine = Engine::new(
-        store,
-        arch,
-        backend,
-        EngineOptions {
-            prefetch: args.prefetch,
-            max_memory: args.max_memory.map(|m| m.0),
-            verify: args.verify,
-            expert_cache: args.expert_cache == Switch::On,
-        },
-    )?;
+    let options = EngineOptions {
+        prefetch: args.prefetch,
+        max_memory: args.max_memory.map(|m| m.0),
+        verify: args.verify,
+        expert_cache: args.expert_cache == Switch::On,
+    };
+    let mut engine = engine_with(dir, backend, options)?;
     engine.on_load(load_bar());
     Ok(engine)
+}
+
+/// [`open_engine`], with the draft model `--draft` names (if it names
+/// one) beside it: it must share the model's tokenizer, and is planned
+/// wholly resident within the same budget.
+pub fn open_drafted_engine<B: Backend>(
+    dir: &ModelDir,
+    backend: Arc<dyn ComputeBackend<B>>,
+    args: &EngineArgs,
+    draft: &DraftArgs,
+) -> Result<Engine<B>> {
+    let mut engine = open_engine(dir, backend.clone(), args)?;
+    if let Some(path) = draft.model() {
+        let draft_dir = open_dir(path)?;
+        check_same_tokenizer(dir, &draft_dir)?;
+        let options = EngineOptions {
+            prefetch: args.prefetch,
+            max_memory: None,
+            verify: args.verify,
+            expert_cache: false,
+        };
+        engine.set_draft(engine_with(&draft_dir, backend, options)?)?;
+    }
+    Ok(engine)
+}
+
+fn engine_with<B: Backend>(
+    dir: &ModelDir,
+    backend: Arc<dyn ComputeBackend<B>>,
+    options: EngineOptions,
+) -> Result<Engine<B>> {
+    let arch = airllm_models::architecture::<B>(&dir.config)?;
+    let store = dir.open_store(arch.units())?;
+    Engine::new(store, arch, backend, options)
 }
 
 /// A progress bar on stderr for loading resident units (drawn only on a

@@ -22,7 +22,8 @@ struct PromptLine {
     prompt_ids: Option<Vec<u32>>,
 }
 
-fn parse_ids(text: &str) -> Result<Vec<u32>> {
+/// Token ids written as `1,2,3`.
+pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
     text.split(',')
         .map(|t| {
             t.trim()

@@ -82,7 +82,8 @@ impl BackendJob for RunJob {
         let tokenizer = dir.tokenizer()?;
         let ids = tokenize(&args, tokenizer.as_ref(), &prompts, &dir)?;
         let config = generation::config(&dir, &args.sampling, args.engine.prefill_chunk)?;
-        let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let mut engine =
+            model::open_drafted_engine::<B>(&dir, backend, &args.engine, &args.sampling.draft)?;
 
         let stops = &args.sampling.stop;
         let mut streams: Vec<Option<TextStream>> = ids

@@ -112,7 +112,7 @@ impl<B: Backend> EngineModel<B> {
             draft: args.draft.settings(),
             ..generation::config(&dir, &Default::default(), args.engine.prefill_chunk)?
         };
-        let mut engine = model::open_engine::<B>(&dir, backend, &args.engine)?;
+        let mut engine = model::open_drafted_engine::<B>(&dir, backend, &args.engine, &args.draft)?;
         let ctx = args.ctx.min(engine.arch().dims().max_positions);
         let limits = SchedulerLimits {
             max_batch: args.max_batch.max(1),

@@ -1,7 +1,9 @@
 //! Tokenizer access, incremental decoding for streaming, and stop strings.
 
+use std::collections::BTreeMap;
+
 use airllm_core::{Error, Result};
-use airllm_formats::{ChatTemplate, Message};
+use airllm_formats::{ChatTemplate, Message, ModelDir};
 use tokenizers::Tokenizer;
 
 /// Tokenizes `text` as a prompt (with the special tokens the tokenizer adds).
@@ -74,4 +76,114 @@ impl TextStream {
 /// Byte offset of the earliest stop string in `text`.
 pub fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// Checks that the draft model `draft` reads and writes the tokens `model`
+/// does: the same vocabulary (each token at the same id) and the same
+/// special tokens. A model may draft for itself.
+pub fn check_same_tokenizer(model: &ModelDir, draft: &ModelDir) -> Result<()> {
+    let same_place = |a: &ModelDir, b: &ModelDir| {
+        a.path
+            .canonicalize()
+            .ok()
+            .is_some_and(|a| b.path.canonicalize().ok() == Some(a))
+    };
+    if same_place(model, draft) {
+        return Ok(());
+    }
+    let mismatch = |detail: String| {
+        Error::Config {
+        setting: "--draft".into(),
+        detail: format!(
+            "{} cannot draft for {}: {detail}; a draft model must share the model's tokenizer (a smaller model of the same family, or the model compressed)",
+            draft.path.display(),
+            model.path.display()
+        ),
+    }
+    };
+    let (ours, theirs) = match (model.tokenizer()?, draft.tokenizer()?) {
+        (Some(ours), Some(theirs)) => (ours, theirs),
+        (None, _) => {
+            return Err(mismatch(format!(
+                "{} has no tokenizer to compare",
+                model.path.display()
+            )))
+        }
+        (_, None) => {
+            return Err(mismatch(format!(
+                "{} has no tokenizer to compare",
+                draft.path.display()
+            )))
+        }
+    };
+    let differences = tokenizer_differences(&ours, &theirs);
+    match differences.is_empty() {
+        true => Ok(()),
+        false => Err(mismatch(differences.join("; "))),
+    }
+}
+
+/// How tokenizer `theirs` differs from `ours`, in words (nothing when
+/// they agree).
+fn tokenizer_differences(ours: &Tokenizer, theirs: &Tokenizer) -> Vec<String> {
+    const SHOWN: usize = 3;
+    let mut differences = Vec::new();
+    let (vocab, other) = (ours.get_vocab(true), theirs.get_vocab(true));
+    if vocab.len() != other.len() {
+        differences.push(format!(
+            "its vocabulary has {} tokens, the model's {}",
+            other.len(),
+            vocab.len()
+        ));
+    }
+    let mut moved: Vec<(u32, &String)> = vocab
+        .iter()
+        .filter(|(token, id)| other.get(*token) != Some(id))
+        .map(|(token, id)| (*id, token))
+        .collect();
+    moved.sort();
+    if !moved.is_empty() {
+        let shown: Vec<String> = moved
+            .iter()
+            .take(SHOWN)
+            .map(|(id, token)| match other.get(*token) {
+                Some(theirs) => format!("{token:?} is {theirs} there, {id} here"),
+                None => format!("{token:?} ({id}) is missing"),
+            })
+            .collect();
+        differences.push(format!(
+            "{} tokens differ ({})",
+            moved.len(),
+            shown.join(", ")
+        ));
+    }
+    let specials = |tokenizer: &Tokenizer| -> BTreeMap<u32, String> {
+        tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, token)| (id, token.content))
+            .collect()
+    };
+    let (ours, theirs) = (specials(ours), specials(theirs));
+    if ours != theirs {
+        let describe = |a: &BTreeMap<u32, String>, b: &BTreeMap<u32, String>| {
+            let only: Vec<String> = a
+                .iter()
+                .filter(|(id, token)| b.get(id) != Some(token))
+                .take(SHOWN)
+                .map(|(id, token)| format!("{token:?} = {id}"))
+                .collect();
+            match only.is_empty() {
+                true => "none".to_string(),
+                false => only.join(", "),
+            }
+        };
+        differences.push(format!(
+            "special tokens differ (only the draft has: {}; only the model has: {})",
+            describe(&theirs, &ours),
+            describe(&ours, &theirs)
+        ));
+    }
+    differences
 }

@@ -571,3 +571,87 @@ fn bench_a_text_prompt_with_prompt_lookup_reports_the_drafts() {
     let per_pass = report["tokens_per_pass"].as_f64().unwrap();
     assert!(accepted > 0 && per_pass > 1.0, "{report}");
 }
+
+fn gguf_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/gguf")
+        .join(name)
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let output = airllm(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+/// A draft model: `inspect --draft` shows its place in the plan, `bench
+/// --draft` what it proposed and its share of the time.
+#[test]
+fn a_draft_model_is_planned_first_and_its_drafts_reported() {
+    let (model, draft) = (fixture("llama-gqa"), gguf_fixture("llama-mixed.gguf"));
+    let (model, draft) = (model.to_str().unwrap(), draft.to_str().unwrap());
+    let plain = &json_lines(&airllm(&["inspect", model, "--json"]))[0];
+    let drafted = &json_lines(&airllm(&["inspect", model, "--draft", draft, "--json"]))[0];
+    let draft_bytes = drafted["draft"]["resident_bytes"].as_u64().unwrap();
+    assert!(draft_bytes > 0, "{drafted}");
+    assert_eq!(
+        drafted["predicted_peak_bytes"].as_u64().unwrap(),
+        plain["predicted_peak_bytes"].as_u64().unwrap() + draft_bytes
+    );
+    #[rustfmt::skip]
+    let args = [
+        "bench", model, "--draft", draft, "--prompt-len", "8", "--new-tokens", "16",
+        "--activations", "f32", "--json",
+    ];
+    let report = &json_lines(&airllm(&args))[0];
+    let proposed = report["draft_tokens_proposed"].as_u64().unwrap();
+    let accepted = report["draft_tokens_accepted"].as_u64().unwrap();
+    assert!(proposed > 0 && accepted <= proposed, "{report}");
+    let share = report["draft_time_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{report}");
+}
+
+/// A draft with another tokenizer, a draft the budget cannot hold beside
+/// the model, and --draft-tokens out of range are named errors.
+#[test]
+fn bad_drafts_are_named_errors() {
+    let model = fixture("llama-gqa");
+    let model = model.to_str().unwrap();
+    let smollm2 = airllm_tests::smollm2();
+    let other = smollm2.to_str().unwrap();
+    fails_with(
+        &["run", model, "--draft", other, "--prompt", "hi"],
+        &[
+            "--draft",
+            "cannot draft for",
+            "its vocabulary has 49152 tokens, the model's 320",
+        ],
+    );
+    let draft = gguf_fixture("llama-mixed.gguf");
+    let draft = draft.to_str().unwrap();
+    fails_with(
+        &["inspect", model, "--draft", draft, "--max-memory", "64KiB"],
+        &[
+            "below the minimum working set",
+            "draft model (all resident)",
+        ],
+    );
+    for tokens in ["0", "17"] {
+        fails_with(
+            &[
+                "run",
+                model,
+                "--draft",
+                "prompt-lookup",
+                "--draft-tokens",
+                tokens,
+                "--prompt",
+                "hi",
+            ],
+            &["--draft-tokens", "takes 1 to 16"],
+        );
+    }
+}

@@ -2,6 +2,10 @@
 //! sequence is likely to continue with, and one pass of the model checks
 //! them all (the scheduler keeps those the model would have chosen itself).
 
+use burn::tensor::backend::Backend;
+
+use crate::{DraftModel, Engine, KvCache, Result, Sampler};
+
 /// Which drafter a sequence uses, and how many tokens it proposes a pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DraftSettings {
@@ -17,22 +21,56 @@ pub struct DraftSettings {
 pub enum DraftKind {
     /// [`PromptLookup`].
     PromptLookup,
+    /// [`DraftModel`]: the engine's draft model ([`Engine::set_draft`]).
+    Model,
 }
 
-impl DraftSettings {
-    /// A drafter for one sequence.
-    pub fn drafter(&self) -> Box<dyn Drafter> {
-        match self.kind {
+impl DraftKind {
+    /// The drafter, for passes that read prompts `chunk` tokens at a time.
+    pub fn drafter<B: Backend>(self, chunk: usize) -> Box<dyn Drafter<B>> {
+        match self {
             DraftKind::PromptLookup => Box::new(PromptLookup::default()),
+            DraftKind::Model => Box::new(DraftModel { chunk }),
         }
     }
 }
 
-/// Proposes tokens likely to follow a sequence.
-pub trait Drafter: Send {
-    /// Up to `count` tokens likely to follow `history` (fewer, or none,
-    /// when it has no guess).
-    fn propose(&mut self, history: &[u32], count: usize) -> Vec<u32>;
+/// What a drafter proposed for one sequence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Proposal {
+    /// The tokens, in order.
+    pub tokens: Vec<u32>,
+    /// For each token, the distribution it was drawn from, when a model
+    /// drew it at random (speculative sampling weighs the model's
+    /// distribution against it); empty otherwise.
+    pub probabilities: Vec<Vec<f32>>,
+}
+
+/// One sequence asking for proposals.
+pub struct DraftRow<'a, B: Backend> {
+    /// Its prompt, then the tokens generated so far.
+    pub history: &'a [u32],
+    /// Of `history`, the prompt's length.
+    pub prompt: usize,
+    /// Most tokens to propose.
+    pub count: usize,
+    /// Positions the sequence may reach (its caches' room).
+    pub room: usize,
+    /// The sequence's sampler: a model drafter draws with its settings.
+    pub sampler: &'a mut Sampler,
+    /// The drafter's state for this sequence (a draft model's KV cache),
+    /// kept across passes; the scheduler truncates it to the tokens kept.
+    pub cache: &'a mut Option<KvCache<B>>,
+    /// Where the proposals go (empty when asked).
+    pub proposal: &'a mut Proposal,
+}
+
+/// Proposes tokens likely to follow sequences.
+pub trait Drafter<B: Backend> {
+    /// Fills each row's proposal with up to its `count` tokens (fewer, or
+    /// none, when it has no guess). `engine` runs the model being drafted
+    /// for (a draft model is its [`Engine::draft_mut`]).
+    fn propose(&mut self, engine: &mut Engine<B>, rows: &mut [DraftRow<'_, B>]) -> Result<()>;
 }
 
 /// Proposals from the sequence itself (prompt lookup decoding): the tokens
@@ -56,8 +94,19 @@ impl Default for PromptLookup {
     }
 }
 
-impl Drafter for PromptLookup {
-    fn propose(&mut self, history: &[u32], count: usize) -> Vec<u32> {
+impl<B: Backend> Drafter<B> for PromptLookup {
+    fn propose(&mut self, _: &mut Engine<B>, rows: &mut [DraftRow<'_, B>]) -> Result<()> {
+        for row in rows {
+            row.proposal.tokens = self.lookup(row.history, row.count);
+        }
+        Ok(())
+    }
+}
+
+impl PromptLookup {
+    /// Up to `count` tokens that followed the latest earlier occurrence of
+    /// `history`'s last n tokens.
+    pub fn lookup(&self, history: &[u32], count: usize) -> Vec<u32> {
         let len = history.len();
         for n in (self.min_ngram.max(1)..=self.max_ngram).rev() {
             if len <= n || count == 0 {
@@ -80,20 +129,20 @@ mod tests {
 
     #[test]
     fn prompt_lookup_continues_the_latest_longest_match() {
-        let mut lookup = PromptLookup {
+        let lookup = PromptLookup {
             min_ngram: 1,
             ..PromptLookup::default()
         };
         // "5 6 7" occurred before, followed by 8 9; "7" alone was later followed by 1.
         let history = [5, 6, 7, 8, 9, 7, 1, 2, 5, 6, 7];
-        assert_eq!(lookup.propose(&history, 2), [8, 9]);
-        assert_eq!(lookup.propose(&history, 5), [8, 9, 7, 1, 2]);
-        assert_eq!(lookup.propose(&[3, 7, 1, 2, 7], 3), [1, 2, 7]);
-        assert!(lookup.propose(&[1, 2, 3], 4).is_empty());
-        assert!(lookup.propose(&history, 0).is_empty());
+        assert_eq!(lookup.lookup(&history, 2), [8, 9]);
+        assert_eq!(lookup.lookup(&history, 5), [8, 9, 7, 1, 2]);
+        assert_eq!(lookup.lookup(&[3, 7, 1, 2, 7], 3), [1, 2, 7]);
+        assert!(lookup.lookup(&[1, 2, 3], 4).is_empty());
+        assert!(lookup.lookup(&history, 0).is_empty());
         // By default one token in common is too weak a hint.
         assert!(PromptLookup::default()
-            .propose(&[3, 7, 1, 2, 7], 3)
+            .lookup(&[3, 7, 1, 2, 7], 3)
             .is_empty());
     }
 }

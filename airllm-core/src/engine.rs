@@ -130,6 +130,8 @@ pub struct Engine<B: Backend> {
     streamed_reads: Arc<Vec<Option<Vec<String>>>>,
     /// Per unit, the device bytes of each routed expert (empty when dense).
     expert_bytes: Vec<Vec<u64>>,
+    /// The model that drafts for this one, held resident.
+    draft: Option<Box<Engine<B>>>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -185,7 +187,42 @@ impl<B: Backend> Engine<B> {
             experts: ExpertCache::new(0),
             streamed_reads: Arc::new(streamed_reads),
             expert_bytes,
+            draft: None,
         })
+    }
+
+    /// Makes `draft` the model that drafts for this one
+    /// ([`DraftKind::Model`](crate::DraftKind::Model)): every unit of it is
+    /// held resident, planned before this model's layers, so the budget
+    /// must hold the whole draft and this model's minimum working set.
+    /// The two must share a tokenizer (the caller checks: an engine sees
+    /// only token ids).
+    pub fn set_draft(&mut self, draft: Engine<B>) -> Result<()> {
+        if draft.draft.is_some() {
+            return Err(Error::Request(
+                "a draft model cannot have a draft model of its own".into(),
+            ));
+        }
+        self.draft = Some(Box::new(draft));
+        self.plan = None;
+        Ok(())
+    }
+
+    /// The model that drafts for this one, if any.
+    pub fn draft(&self) -> Option<&Engine<B>> {
+        self.draft.as_deref()
+    }
+
+    /// The model that drafts for this one, to run its passes.
+    pub fn draft_mut(&mut self) -> Option<&mut Engine<B>> {
+        self.draft.as_deref_mut()
+    }
+
+    /// Bytes the model takes with every unit resident, for `batch`
+    /// sequences of up to `context` tokens read `chunk` tokens per pass:
+    /// its weights, KV cache and activations.
+    pub fn resident_bytes(&self, batch: usize, chunk: usize, context: usize) -> u64 {
+        self.plan_input(batch, chunk, context).all_resident_bytes()
     }
 
     /// Reports progress while [`Engine::prepare`] loads resident units (a
@@ -226,6 +263,11 @@ impl<B: Backend> Engine<B> {
         self.stats.drafts.add(counts);
     }
 
+    /// Adds time spent drafting to the telemetry.
+    pub(crate) fn record_draft_time(&mut self, time: Duration) {
+        self.stats.draft_time += time;
+    }
+
     /// Clears telemetry (e.g. between prefill and decode in a benchmark).
     pub fn reset_stats(&mut self) {
         self.stats = RunStats::new(self.store.units().iter().map(|u| u.name.clone()));
@@ -238,8 +280,17 @@ impl<B: Backend> Engine<B> {
 
     /// Plans residency for `batch` sequences of up to `context` tokens,
     /// processed `chunk` tokens per pass, without loading anything.
+    /// With a draft model, the draft is planned first, all of it resident.
     pub fn plan_for(&self, batch: usize, chunk: usize, context: usize) -> Result<ResidencyPlan> {
-        ResidencyPlan::new(&PlanInput::for_model(
+        let mut input = self.plan_input(batch, chunk, context);
+        if let Some(draft) = &self.draft {
+            input.draft_bytes = draft.resident_bytes(batch, chunk, context);
+        }
+        ResidencyPlan::new(&input)
+    }
+
+    fn plan_input(&self, batch: usize, chunk: usize, context: usize) -> PlanInput {
+        PlanInput::for_model(
             self.store.units(),
             self.arch.units(),
             self.arch.dims(),
@@ -251,13 +302,18 @@ impl<B: Backend> Engine<B> {
             self.options.prefetch,
             self.budget(),
             self.backend.weight_layout(),
-        ))
+        )
     }
 
     /// Plans for the given batch shape and loads (or evicts) resident units
     /// to match. Cheap when the placements do not change.
+    /// A draft model is prepared too, with every unit resident.
     pub fn prepare(&mut self, batch: usize, chunk: usize, context: usize) -> Result<()> {
         let plan = self.plan_for(batch, chunk, context)?;
+        if let Some(draft) = self.draft.as_mut() {
+            draft.options.max_memory = Some(plan.draft_bytes);
+            draft.prepare(batch, chunk, context)?;
+        }
         let mut to_load = Vec::new();
         for (index, placement) in plan.placements.iter().enumerate() {
             let loaded_as = self.plan.as_ref().map(|old| old.placements[index]);

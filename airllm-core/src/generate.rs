@@ -96,7 +96,9 @@ impl<B: Backend> Engine<B> {
             .saturating_add(config.max_new_tokens)
             .min(dims.max_positions);
         let chunk = config.prefill_chunk.clamp(1, longest);
-        self.prepare(prompts.len(), chunk, context)?;
+        // A drafted pass checks the last token and every proposal.
+        let checked = config.draft.as_ref().map_or(1, |d| d.tokens + 1);
+        self.prepare(prompts.len(), chunk.max(checked), context)?;
         let limits = SchedulerLimits {
             max_batch: prompts.len(),
             prefill_chunk: chunk,

@@ -11,6 +11,7 @@ pub mod arch;
 pub mod backend;
 pub mod dequant;
 pub mod draft;
+pub mod draft_model;
 pub mod engine;
 pub mod error;
 mod experts;
@@ -31,7 +32,8 @@ pub use arch::{
     Architecture, DeviceUnit, ExpertLoader, Experts, LayerPass, ModelDims, PassInfo, RowSpan,
 };
 pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
-pub use draft::{DraftKind, DraftSettings, Drafter, PromptLookup};
+pub use draft::{DraftKind, DraftRow, DraftSettings, Drafter, PromptLookup, Proposal};
+pub use draft_model::DraftModel;
 pub use engine::{Engine, EngineOptions, LoadObserver, LoadProgress, Logits};
 pub use error::{Error, Result};
 pub use generate::{Finish, Generated, GenerationConfig, TokenControl};
@@ -39,7 +41,7 @@ pub use host::{HostBytes, HostTensor, HostUnit};
 pub use kv::KvCache;
 pub use memory::ByteSize;
 pub use plan::{BatchShape, PlanInput, ResidencyPlan, UnitPlacement};
-pub use sampling::{Logprobs, Sampler, SamplingConfig};
+pub use sampling::{Choice, Logprobs, Sampler, SamplingConfig};
 pub use schedule::{DraftCounts, PassFailed, Sampled, Scheduler, SchedulerLimits};
 pub use scoring::{score_text, ScoreReport, Scores};
 pub use storage::{BlockKind, DType, StorageKind};

@@ -38,6 +38,9 @@ pub struct PlanInput {
     pub decode_bytes: u64,
     /// Units the reader may run ahead of the compute thread.
     pub prefetch: usize,
+    /// Bytes of a draft model held wholly resident beside this one
+    /// (planned first; 0 without one).
+    pub draft_bytes: u64,
     /// The memory budget.
     pub budget: u64,
 }
@@ -60,6 +63,8 @@ pub struct ResidencyPlan {
     /// Bytes left for the cache of recently routed experts (0 when no
     /// mixture-of-experts layer streams).
     pub expert_cache_bytes: u64,
+    /// Bytes of the draft model, all of it resident.
+    pub draft_bytes: u64,
     /// The budget planned against.
     pub budget: u64,
 }
@@ -125,8 +130,18 @@ impl PlanInput {
             activation_bytes: dims.activation_bytes(shape.batch * shape.chunk, shape.context),
             decode_bytes: units.iter().map(|u| u.decode_bytes).max().unwrap_or(0),
             prefetch,
+            draft_bytes: 0,
             budget,
         }
+    }
+
+    /// Bytes with every unit resident: weights, KV cache, activations and
+    /// the scratch of decoding one unit.
+    pub fn all_resident_bytes(&self) -> u64 {
+        self.units.iter().map(|u| u.1).sum::<u64>()
+            + self.kv_bytes
+            + self.activation_bytes
+            + self.decode_bytes
     }
 }
 
@@ -170,10 +185,14 @@ pub struct BatchShape {
 }
 
 impl ResidencyPlan {
-    /// The smallest budget `input` can run in: embedding, head, prefetch + 1
-    /// of the largest layers, KV cache and activations.
+    /// The smallest budget `input` can run in: a draft model, embedding,
+    /// head, prefetch + 1 of the largest layers, KV cache and activations.
     pub fn minimum_budget(input: &PlanInput) -> u64 {
-        input.end_bytes() + input.stream_buffer_bytes() + input.kv_bytes + input.activation_bytes
+        input.draft_bytes
+            + input.end_bytes()
+            + input.stream_buffer_bytes()
+            + input.kv_bytes
+            + input.activation_bytes
     }
 
     /// Plans residency: everything resident when it fits; otherwise the
@@ -183,16 +202,15 @@ impl ResidencyPlan {
     /// (read every pass, they are worth more than any cached expert); what
     /// is left holds the cache of routed experts.
     pub fn new(input: &PlanInput) -> Result<Self> {
-        let everything: u64 = input.units.iter().map(|u| u.1).sum();
-        let fixed = input.kv_bytes + input.activation_bytes + input.decode_bytes;
-        if everything + fixed <= input.budget {
+        if input.draft_bytes + input.all_resident_bytes() <= input.budget {
             return Ok(ResidencyPlan {
                 placements: vec![UnitPlacement::Resident; input.units.len()],
-                resident_bytes: everything,
+                resident_bytes: input.units.iter().map(|u| u.1).sum(),
                 stream_buffer_bytes: input.decode_bytes,
                 kv_bytes: input.kv_bytes,
                 activation_bytes: input.activation_bytes,
                 expert_cache_bytes: 0,
+                draft_bytes: input.draft_bytes,
                 budget: input.budget,
             });
         }
@@ -204,7 +222,11 @@ impl ResidencyPlan {
                 budget: ByteSize(input.budget),
                 minimum: ByteSize(minimum),
                 detail: format!(
-                    "embedding + head {}, {} streamed layer buffers {}{}, KV cache {}, activations {}",
+                    "{}embedding + head {}, {} streamed layer buffers {}{}, KV cache {}, activations {}",
+                    match input.draft_bytes {
+                        0 => String::new(),
+                        bytes => format!("draft model (all resident) {}, ", ByteSize(bytes)),
+                    },
                     ByteSize(ends),
                     input.prefetch + 1,
                     ByteSize(buffers),
@@ -256,6 +278,7 @@ impl ResidencyPlan {
             kv_bytes: input.kv_bytes,
             activation_bytes: input.activation_bytes,
             expert_cache_bytes: if streamed_experts { room } else { 0 },
+            draft_bytes: input.draft_bytes,
             budget: input.budget,
         })
     }
@@ -271,7 +294,8 @@ impl ResidencyPlan {
 
     /// Peak memory the plan predicts.
     pub fn predicted_peak(&self) -> u64 {
-        self.resident_bytes
+        self.draft_bytes
+            + self.resident_bytes
             + self.stream_buffer_bytes
             + self.kv_bytes
             + self.activation_bytes
@@ -299,6 +323,7 @@ mod tests {
             activation_bytes: 10,
             decode_bytes: 0,
             prefetch,
+            draft_bytes: 0,
             budget,
         }
     }
@@ -364,5 +389,25 @@ mod tests {
         assert!(err.contains("320 B"), "{err}");
         let plan = ResidencyPlan::new(&input(300, 0)).unwrap();
         assert_eq!(plan.streamed(), 4);
+    }
+
+    #[test]
+    fn a_draft_model_is_placed_first_and_counted_in_the_minimum() {
+        let drafted = |budget| PlanInput {
+            draft_bytes: 60,
+            ..input(budget, 1)
+        };
+        // 420 held everything; with the draft's 60 every layer but none of
+        // the 50 spare bytes fits: minimum 320 + 60 = 380, 40 left.
+        let plan = ResidencyPlan::new(&drafted(420)).unwrap();
+        assert_eq!(plan.streamed(), 4);
+        assert_eq!(plan.draft_bytes, 60);
+        assert_eq!(plan.predicted_peak(), 380);
+        assert_eq!(ResidencyPlan::new(&drafted(480)).unwrap().streamed(), 0);
+        let err = ResidencyPlan::new(&drafted(370)).unwrap_err().to_string();
+        assert!(
+            err.contains("380 B") && err.contains("draft model (all resident) 60 B"),
+            "{err}"
+        );
     }
 }

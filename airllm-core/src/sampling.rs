@@ -46,33 +46,46 @@ impl Default for SamplingConfig {
 pub struct Sampler {
     config: SamplingConfig,
     rng: StdRng,
-    /// How often each token was picked (for the presence and frequency
-    /// penalties).
-    picked: HashMap<u32, u32>,
+}
+
+/// What the sampling settings make of one position's logits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Choice {
+    /// Greedy: this token, with certainty.
+    Token(u32),
+    /// A draw from these probabilities, one per token (zero outside top-k
+    /// and top-p).
+    Probabilities(Vec<f32>),
 }
 
 impl Sampler {
     /// A sampler seeded from `config.seed`.
     pub fn new(config: SamplingConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
-        Sampler {
-            config,
-            rng,
-            picked: HashMap::new(),
+        Sampler { config, rng }
+    }
+
+    /// Chooses the next token from `logits`, given the tokens so far
+    /// (`history`, of which the first `prompt` are the prompt).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32], prompt: usize) -> u32 {
+        match self.choice(logits, history, prompt) {
+            Choice::Token(token) => token,
+            Choice::Probabilities(probabilities) => self.draw(&probabilities),
         }
     }
 
-    /// Chooses the next token from `logits`, given the tokens so far.
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        let token = self.choose(logits, history);
-        *self.picked.entry(token).or_default() += 1;
-        token
-    }
-
-    fn choose(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+    /// The distribution the next token is drawn from, given the tokens so
+    /// far (`history`, of which the first `prompt` are the prompt): the
+    /// penalties, then greedy, or temperature, top-k and top-p. `logits`
+    /// is left penalised.
+    pub fn choice(&self, logits: &mut [f32], history: &[u32], prompt: usize) -> Choice {
         let (presence, frequency) = (self.config.presence_penalty, self.config.frequency_penalty);
         if presence != 0.0 || frequency != 0.0 {
-            for (&token, &count) in &self.picked {
+            let mut generated: HashMap<u32, u32> = HashMap::new();
+            for &token in &history[prompt.min(history.len())..] {
+                *generated.entry(token).or_default() += 1;
+            }
+            for (token, count) in generated {
                 if let Some(l) = logits.get_mut(token as usize) {
                     *l -= presence + frequency * count as f32;
                 }
@@ -87,7 +100,7 @@ impl Sampler {
             }
         }
         if self.config.temperature <= 0.0 {
-            return argmax(logits);
+            return Choice::Token(argmax(logits));
         }
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()
@@ -99,30 +112,81 @@ impl Sampler {
             candidates.truncate(self.config.top_k);
         }
         let max = candidates[0].1;
-        let mut probs: Vec<f32> = candidates.iter().map(|c| (c.1 - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
+        let mut kept: Vec<f32> = candidates.iter().map(|c| (c.1 - max).exp()).collect();
+        let total: f32 = kept.iter().sum();
+        kept.iter_mut().for_each(|p| *p /= total);
         if self.config.top_p < 1.0 {
             let mut mass = 0.0;
-            let keep = probs
+            let keep = kept
                 .iter()
                 .position(|p| {
                     mass += p;
                     mass >= self.config.top_p
                 })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
+                .map_or(kept.len(), |i| i + 1);
+            kept.truncate(keep);
         }
-        let total: f32 = probs.iter().sum();
-        let mut draw = self.rng.random::<f32>() * total;
-        for (i, p) in probs.iter().enumerate() {
-            if draw < *p {
-                return candidates[i].0;
-            }
-            draw -= p;
+        let total: f32 = kept.iter().sum();
+        let mut probabilities = vec![0.0; logits.len()];
+        for (candidate, p) in candidates.iter().zip(&kept) {
+            probabilities[candidate.0 as usize] = p / total;
         }
-        candidates[probs.len() - 1].0
+        Choice::Probabilities(probabilities)
     }
+
+    /// A token drawn from `probabilities` (which sum to 1).
+    pub fn draw(&mut self, probabilities: &[f32]) -> u32 {
+        let mut draw = self.uniform();
+        let mut last = 0;
+        for (token, &p) in probabilities.iter().enumerate() {
+            if p > 0.0 {
+                if draw < p {
+                    return token as u32;
+                }
+                draw -= p;
+                last = token;
+            }
+        }
+        last as u32
+    }
+
+    /// A number drawn uniformly from [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+}
+
+/// Speculative sampling's test of a drafted token: the probability of
+/// keeping `token`, drawn from the draft's `q`, when the model's
+/// distribution is `p`: min(1, p / q).
+pub fn acceptance(p: &[f32], q: &[f32], token: u32) -> f32 {
+    let (p, q) = (
+        p.get(token as usize).copied().unwrap_or(0.0),
+        q.get(token as usize).copied().unwrap_or(0.0),
+    );
+    match q > 0.0 {
+        true => (p / q).min(1.0),
+        false => 1.0,
+    }
+}
+
+/// Speculative sampling's distribution after a rejection: max(0, p − q),
+/// normalised (`q` may be narrower than `p`: its missing tokens have
+/// probability 0). Drawing a drafted token from `q`, keeping it with
+/// [`acceptance`] and else drawing from this gives a token distributed as
+/// `p`. When nothing is left (p = q up to rounding) it is `p`.
+pub fn residual(p: &[f32], q: &[f32]) -> Vec<f32> {
+    let mut rest: Vec<f32> = p
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p - q.get(i).copied().unwrap_or(0.0)).max(0.0))
+        .collect();
+    let total: f32 = rest.iter().sum();
+    if total <= 0.0 {
+        return p.to_vec();
+    }
+    rest.iter_mut().for_each(|r| *r /= total);
+    rest
 }
 
 /// How likely a sampled token was: its natural-log probability under the
@@ -179,7 +243,7 @@ mod tests {
     #[test]
     fn greedy_takes_first_maximum() {
         let mut s = Sampler::new(SamplingConfig::default());
-        assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0], &[]), 1);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0], &[], 0), 1);
     }
 
     #[test]
@@ -188,7 +252,7 @@ mod tests {
             repetition_penalty: 2.0,
             ..Default::default()
         });
-        assert_eq!(s.sample(&mut [1.0, 1.5, 0.0], &[1]), 0);
+        assert_eq!(s.sample(&mut [1.0, 1.5, 0.0], &[1], 1), 0);
     }
 
     #[test]
@@ -198,16 +262,79 @@ mod tests {
             frequency_penalty: 0.25,
             ..Default::default()
         });
-        // Prompt tokens are not penalised: only what the sampler picked.
-        assert_eq!(s.sample(&mut [1.0, 1.6, 0.0], &[1, 1, 1]), 1);
+        // Prompt tokens are not penalised: only the generated ones.
+        assert_eq!(s.sample(&mut [1.0, 1.6, 0.0], &[1, 1, 1], 3), 1);
         // 1.6 - 0.75 < 1.0.
-        assert_eq!(s.sample(&mut [1.0, 1.6, 0.0], &[1, 1, 1, 1]), 0);
+        assert_eq!(s.sample(&mut [1.0, 1.6, 0.0], &[1, 1, 1, 1], 3), 0);
         // Token 1 once (-0.75 → 1.85), token 0 once (-0.75 → 0.3).
-        assert_eq!(s.sample(&mut [1.05, 2.6, 0.0], &[]), 1);
+        assert_eq!(s.sample(&mut [1.05, 2.6, 0.0], &[1, 0], 0), 1);
         // Token 1 twice: 2.6 - 0.5 - 0.5 = 1.6; token 0: 2.3 - 0.75 = 1.55.
-        assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[]), 1);
+        assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[1, 0, 1], 0), 1);
         // Token 1 three times: 2.6 - 1.25 = 1.35 < 2.3 - 0.75.
-        assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[]), 0);
+        assert_eq!(s.sample(&mut [2.3, 2.6, 0.0], &[1, 0, 1, 1], 0), 0);
+    }
+
+    #[test]
+    fn top_k_and_top_p_leave_the_kept_tokens_probabilities() {
+        let s = Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 0.6,
+            ..Default::default()
+        });
+        let logits = [2.0f32.ln(), 0.0, 3.0f32.ln(), 4.0f32.ln()];
+        // Top 3: 4, 3, 2 (of 9); top-p 0.6 keeps 4 and 3 (7/9 ≥ 0.6).
+        let Choice::Probabilities(p) = s.choice(&mut logits.clone(), &[], 0) else {
+            panic!("temperature 1 draws");
+        };
+        let expected = [0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0];
+        assert!(
+            p.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{p:?}"
+        );
+    }
+
+    /// The chance that speculative sampling outputs token x: drafted as x
+    /// and kept, or drafted as anything, rejected, and x drawn from the
+    /// residual.
+    fn output_distribution(p: &[f32], q: &[f32]) -> Vec<f32> {
+        let rejected: f32 = (0..q.len())
+            .map(|t| q[t] * (1.0 - acceptance(p, q, t as u32)))
+            .sum();
+        let rest = residual(p, q);
+        (0..p.len())
+            .map(|x| {
+                let kept = q.get(x).map_or(0.0, |&qx| qx * acceptance(p, q, x as u32));
+                kept + rejected * rest[x]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn speculative_sampling_keeps_the_models_distribution() {
+        let p = [0.5f32, 0.25, 0.125, 0.125];
+        let q = [0.25f32, 0.5, 0.25, 0.0];
+        assert_eq!(acceptance(&p, &q, 0), 1.0);
+        assert_eq!(acceptance(&p, &q, 1), 0.5);
+        assert_eq!(acceptance(&p, &q, 2), 0.5);
+        // max(0, p - q) = [0.25, 0, 0, 0.125], over 0.375.
+        assert_eq!(residual(&p, &q), [2.0 / 3.0, 0.0, 0.0, 1.0 / 3.0]);
+        // Rejected with 0.5·0.5 + 0.25·0.5 = 0.375: 0.25 + 0.375·2/3 = 0.5, …
+        let out = output_distribution(&p, &q);
+        assert!(
+            out.iter().zip(p).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{out:?}"
+        );
+        // A draft narrower than the model (its logits end earlier).
+        let q = [0.5f32, 0.5];
+        let out = output_distribution(&p, &q);
+        assert!(
+            out.iter().zip(p).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{out:?}"
+        );
+        // The same distribution: every draft kept, nothing left over.
+        assert_eq!(acceptance(&p, &p, 3), 1.0);
+        assert_eq!(residual(&p, &p), p);
     }
 
     #[test]
@@ -230,7 +357,7 @@ mod tests {
             ..Default::default()
         };
         let mut s = Sampler::new(config);
-        assert_eq!(s.sample(&mut [0.0, 2.0, 1.0], &[]), 1);
+        assert_eq!(s.sample(&mut [0.0, 2.0, 1.0], &[], 0), 1);
         let config = SamplingConfig {
             temperature: 1.0,
             seed: 7,
@@ -239,7 +366,7 @@ mod tests {
         let draws = |c: &SamplingConfig| {
             let mut s = Sampler::new(c.clone());
             (0..20)
-                .map(|_| s.sample(&mut [0.5, 0.4, 0.3, 0.2], &[]))
+                .map(|_| s.sample(&mut [0.5, 0.4, 0.3, 0.2], &[], 0))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draws(&config), draws(&config));

@@ -6,13 +6,15 @@
 //! it generates does not depend on what else shares the pass.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 
-use crate::sampling::Logprobs;
+use crate::draft::{DraftRow, Proposal};
+use crate::sampling::{acceptance, residual, Choice, Logprobs};
 use crate::{
-    DraftSettings, Drafter, Engine, Error, Finish, Generated, GenerationConfig, KvCache, Logits,
-    ModelDims, Result, Sampler, TokenControl,
+    DraftKind, Engine, Error, Finish, Generated, GenerationConfig, KvCache, Logits, ModelDims,
+    Result, Sampler, TokenControl,
 };
 
 /// A token a sequence generated.
@@ -53,10 +55,10 @@ struct Sequence<B: Backend> {
     sampler: Sampler,
     /// Allocated when the sequence starts running.
     kv: Option<KvCache<B>>,
-    /// Its drafter, when it drafts.
-    drafter: Option<Box<dyn Drafter>>,
-    /// The tokens drafted for the pass being run.
-    drafted: Vec<u32>,
+    /// Its drafter's state (a draft model's cache), when it drafts.
+    draft_cache: Option<KvCache<B>>,
+    /// What was drafted for the pass being run.
+    proposal: Proposal,
     /// Tokens it drafts next (adapted to how many the model keeps).
     draft_len: usize,
 }
@@ -71,28 +73,48 @@ impl<B: Backend> Sequence<B> {
         self.kv.as_ref().map_or(0, KvCache::positions)
     }
 
-    /// The tokens this pass feeds (the next chunk of the prompt, or the
-    /// last token generated and what the drafter proposes after it, kept
-    /// in `drafted`; no more than the sequence may still generate), and how
-    /// many of their positions choose tokens: none while the prompt is
-    /// still being read, else the last and each drafted.
-    fn next_tokens(&mut self, chunk: usize) -> (Vec<u32>, usize) {
-        let from = self.cached();
-        let mut tokens = self.history[from..(from + chunk).min(self.history.len())].to_vec();
-        self.drafted.clear();
-        if from + tokens.len() < self.history.len() {
-            return (tokens, 0);
-        }
+    /// Positions its caches hold: its prompt and answer.
+    fn room(&self) -> usize {
+        self.prompt + self.config.max_new_tokens
+    }
+
+    /// A request for proposals from a drafter of `kind`, when the sequence
+    /// drafts with it and generates this pass: no more than it may still
+    /// generate after the token the pass chooses anyway.
+    fn draft_row(&mut self, kind: DraftKind) -> Option<DraftRow<'_, B>> {
+        let settings = self.config.draft.as_ref()?;
         let left = self
             .config
             .max_new_tokens
             .saturating_sub(self.generated().len());
-        if let (true, Some(drafter)) = (from >= self.prompt, self.drafter.as_mut()) {
-            let count = self.draft_len.min(left.saturating_sub(1));
-            self.drafted = drafter.propose(&self.history, count);
-            tokens.extend_from_slice(&self.drafted);
+        let count = self.draft_len.min(left.saturating_sub(1));
+        if settings.kind != kind || self.cached() < self.prompt || count == 0 {
+            return None;
         }
-        (tokens, 1 + self.drafted.len())
+        let room = self.room();
+        Some(DraftRow {
+            history: &self.history,
+            prompt: self.prompt,
+            count,
+            room,
+            sampler: &mut self.sampler,
+            cache: &mut self.draft_cache,
+            proposal: &mut self.proposal,
+        })
+    }
+
+    /// The tokens this pass feeds (the next chunk of the prompt, or the
+    /// last token generated and what was drafted after it), and how many
+    /// of their positions choose tokens: none while the prompt is still
+    /// being read, else the last and each drafted.
+    fn next_tokens(&self, chunk: usize) -> (Vec<u32>, usize) {
+        let from = self.cached();
+        let mut tokens = self.history[from..(from + chunk).min(self.history.len())].to_vec();
+        if from + tokens.len() < self.history.len() {
+            return (tokens, 0);
+        }
+        tokens.extend_from_slice(&self.proposal.tokens);
+        (tokens, 1 + self.proposal.tokens.len())
     }
 
     /// Why the sequence ends after `token` (just pushed), if it does.
@@ -112,8 +134,9 @@ impl<B: Backend> Sequence<B> {
 
     /// Chooses tokens from `logits`, the model's logits at the last input
     /// token and at each drafted one: a drafted token is kept while it is
-    /// the token chosen there, and the first choice that differs (or the
-    /// one after the last drafted) ends the pass's tokens. The cache keeps
+    /// the token chosen there (with speculative sampling's test when a
+    /// model drew it at random), and the first choice that differs (or the
+    /// one after the last drafted) ends the pass's tokens. The caches keep
     /// the positions of the tokens kept. Why the sequence ends, if it does.
     fn verify(
         &mut self,
@@ -122,15 +145,17 @@ impl<B: Backend> Sequence<B> {
         max_positions: usize,
         counts: &mut DraftCounts,
     ) -> Option<Finish> {
-        let drafted = std::mem::take(&mut self.drafted);
+        let proposal = std::mem::take(&mut self.proposal);
         if logits.is_empty() {
             return None;
         }
+        let before = self.history.len();
+        let drafted = &proposal.tokens;
         counts.proposed += drafted.len() as u64;
         for (at, mut logits) in logits.into_iter().enumerate() {
             // Sampling settings change the logits: keep the model's own.
             let raw = self.config.logprobs.map(|top| (logits.clone(), top));
-            let token = self.sampler.sample(&mut logits, &self.history);
+            let token = self.choose(&mut logits, drafted.get(at), proposal.probabilities.get(at));
             self.history.push(token);
             let sampled = Sampled {
                 token,
@@ -146,13 +171,35 @@ impl<B: Backend> Sequence<B> {
             }
             counts.accepted += 1;
         }
+        let kept = self.history.len() - 1;
         if !drafted.is_empty() {
-            let kept = self.history.len() - 1;
             if let Some(kv) = self.kv.as_mut() {
                 kv.truncate(kept);
             }
         }
+        // The draft read the history and all it proposed but the last.
+        if let Some(cache) = self.draft_cache.as_mut() {
+            let agreed = before + (kept - before).min(drafted.len());
+            cache.truncate(cache.positions().min(agreed));
+        }
         None
+    }
+
+    /// The token at a checked position: drawn from the model's `logits`,
+    /// or for a token a model drafted at random from distribution `q`,
+    /// speculative sampling's choice (kept with min(1, p/q), else drawn
+    /// from what p has beyond q), which is distributed as the model's own.
+    fn choose(&mut self, logits: &mut [f32], drafted: Option<&u32>, q: Option<&Vec<f32>>) -> u32 {
+        let (Some(&drafted), Some(q)) = (drafted, q) else {
+            return self.sampler.sample(logits, &self.history, self.prompt);
+        };
+        match self.sampler.choice(logits, &self.history, self.prompt) {
+            Choice::Token(token) => token,
+            Choice::Probabilities(p) => match self.sampler.uniform() < acceptance(&p, q, drafted) {
+                true => drafted,
+                false => self.sampler.draw(&residual(&p, q)),
+            },
+        }
     }
 
     /// After a pass that proposed `proposed` tokens and kept `kept`: one
@@ -227,8 +274,8 @@ impl<B: Backend> Scheduler<B> {
             config: config.clone(),
             sampler: Sampler::new(config.sampling.clone()),
             kv: None,
-            drafter: config.draft.as_ref().map(DraftSettings::drafter),
-            drafted: Vec::new(),
+            draft_cache: None,
+            proposal: Proposal::default(),
             draft_len: config.draft.as_ref().map_or(0, |d| d.tokens),
         });
         Ok(())
@@ -278,12 +325,13 @@ impl<B: Backend> Scheduler<B> {
         if self.running.is_empty() {
             return Ok(ended);
         }
+        if let Err(error) = self.draft(engine) {
+            let failed = self.running.drain(..).map(|s| s.id).collect();
+            return Err(PassFailed { error, failed });
+        }
         let chunk = self.limits.prefill_chunk;
-        let (tokens, tails): (Vec<Vec<u32>>, Vec<usize>) = self
-            .running
-            .iter_mut()
-            .map(|s| s.next_tokens(chunk))
-            .unzip();
+        let (tokens, tails): (Vec<Vec<u32>>, Vec<usize>) =
+            self.running.iter().map(|s| s.next_tokens(chunk)).unzip();
         let mut caches: Vec<&mut KvCache<B>> = self
             .running
             .iter_mut()
@@ -316,6 +364,30 @@ impl<B: Backend> Scheduler<B> {
         Ok(ended)
     }
 
+    /// Fills the proposals of the running sequences that draft and
+    /// generate this pass, each drafter serving all of its sequences at
+    /// once; the time goes to the engine's telemetry.
+    fn draft(&mut self, engine: &mut Engine<B>) -> Result<()> {
+        let started = Instant::now();
+        let mut drafted = false;
+        for kind in [DraftKind::PromptLookup, DraftKind::Model] {
+            let mut rows: Vec<DraftRow<'_, B>> = self
+                .running
+                .iter_mut()
+                .filter_map(|s| s.draft_row(kind))
+                .collect();
+            if !rows.is_empty() {
+                drafted = true;
+                kind.drafter(self.limits.prefill_chunk)
+                    .propose(engine, &mut rows)?;
+            }
+        }
+        if drafted {
+            engine.record_draft_time(started.elapsed());
+        }
+        Ok(())
+    }
+
     /// Moves waiting sequences into the batch while it has room, giving
     /// each a cache with room for its prompt and answer; one that may
     /// generate nothing ends at once.
@@ -329,8 +401,7 @@ impl<B: Backend> Scheduler<B> {
                 ended.push(sequence.answer(Finish::Length));
                 continue;
             }
-            let room =
-                (sequence.prompt + sequence.config.max_new_tokens).min(self.dims.max_positions);
+            let room = sequence.room().min(self.dims.max_positions);
             sequence.kv = Some(KvCache::new(self.dims.layers, room));
             self.running.push(sequence);
         }

@@ -48,6 +48,8 @@ pub struct RunStats {
     pub peak_rss_file: u64,
     /// Tokens drafted and accepted (speculative decoding).
     pub drafts: DraftCounts,
+    /// Time drafting (a draft model's passes, or looking up proposals).
+    pub draft_time: Duration,
 }
 
 impl RunStats {

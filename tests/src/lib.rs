@@ -210,6 +210,27 @@ pub fn engine_with<B: Backend>(
     Engine::new(store, arch, backend, options)
 }
 
+/// Opens an engine on model `dir` drafted by the model at `draft` (held
+/// resident): `budget` as for [`engine`], with the draft's bytes on top.
+pub fn drafted_engine<B: Backend>(
+    dir: &Path,
+    draft: &Path,
+    backend: Arc<dyn ComputeBackend<B>>,
+    budget: Budget,
+    shape: BatchShape,
+) -> Result<Engine<B>> {
+    let draft = engine(draft, backend.clone(), Budget::Resident, 1, shape)?;
+    let draft_bytes = draft.resident_bytes(shape.batch, shape.chunk, shape.context);
+    let budget = match budget {
+        Budget::Resident => Budget::Resident,
+        Budget::StreamAll => Budget::AboveMinimum(draft_bytes),
+        Budget::AboveMinimum(extra) => Budget::AboveMinimum(extra + draft_bytes),
+    };
+    let mut target = engine(dir, backend, budget, 1, shape)?;
+    target.set_draft(draft)?;
+    Ok(target)
+}
+
 /// Splits fixture `name` into `out` and returns `out`.
 pub fn split_fixture(name: &str, out: &Path) -> PathBuf {
     split_to(&fixture(name), out)

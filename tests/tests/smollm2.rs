@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use airllm_backends::{dispatch, Activations, BackendJob, DeviceChoice, DeviceOptions};
-use airllm_core::{BatchShape, ComputeBackend, GenerationConfig, Result, TokenControl};
+use airllm_core::{
+    BatchShape, ComputeBackend, DraftCounts, DraftKind, DraftSettings, GenerationConfig, Result,
+    TokenControl,
+};
+use airllm_formats::split::{Compression, StorageSettings};
 use airllm_formats::{Message, ModelDir};
 use airllm_tests::*;
 use burn::tensor::backend::Backend;
@@ -186,4 +190,93 @@ fn split_of_the_gguf_gives_the_same_tokens() {
         greedy(out, Budget::StreamAll, Activations::F32),
         record.greedy
     );
+}
+
+/// Greedy decoding of the recorded prompt with every layer of `model`
+/// streamed, drafted as `kind` says (a draft model: the one at `draft`).
+struct Drafted {
+    model: PathBuf,
+    kind: Option<DraftKind>,
+    draft: PathBuf,
+}
+
+/// New tokens in the drafted runs: long enough for the drafts to matter.
+const DRAFTED_TOKENS: usize = 32;
+
+impl BackendJob for Drafted {
+    type Output = (Vec<u32>, DraftCounts);
+
+    fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<Self::Output> {
+        let prompt = record().prompt_ids;
+        let shape = BatchShape {
+            batch: 1,
+            chunk: prompt.len(),
+            context: prompt.len() + DRAFTED_TOKENS,
+        };
+        let mut engine = match self.kind {
+            Some(DraftKind::Model) => {
+                drafted_engine(&self.model, &self.draft, backend, Budget::StreamAll, shape)?
+            }
+            _ => engine(&self.model, backend, Budget::StreamAll, 1, shape)?,
+        };
+        let config = GenerationConfig {
+            max_new_tokens: DRAFTED_TOKENS,
+            draft: self.kind.map(|kind| DraftSettings { kind, tokens: 4 }),
+            ..Default::default()
+        };
+        let answer = engine.generate(&[prompt], &config, &mut |_, _| TokenControl::Continue)?;
+        Ok((answer[0].tokens.clone(), engine.stats().drafts))
+    }
+}
+
+/// Greedy tokens of `model` (every layer streamed) with each drafter and
+/// without, under `activations`: the Q4_1 GGUF drafting, and prompt lookup.
+fn drafted_runs(model: PathBuf, activations: Activations) -> Vec<(Vec<u32>, DraftCounts)> {
+    let options = DeviceOptions {
+        activations,
+        ..EXACT
+    };
+    [None, Some(DraftKind::Model), Some(DraftKind::PromptLookup)]
+        .into_iter()
+        .map(|kind| {
+            let job = Drafted {
+                model: model.clone(),
+                kind,
+                draft: smollm2(),
+            };
+            dispatch(DeviceChoice::Cpu, options, job).unwrap_or_else(|e| panic!("{kind:?}: {e}"))
+        })
+        .collect()
+}
+
+/// SmolLM2 at f32 (a split of the GGUF, every tensor widened), streamed:
+/// drafted by its Q4_1 GGUF, which is mostly right, and by prompt lookup,
+/// the greedy tokens are the undrafted ones.
+#[test]
+fn greedy_drafted_by_the_gguf_or_prompt_lookup_equals_greedy_without() {
+    let tmp = tempfile::tempdir().unwrap();
+    let split = tmp.path().join("f32");
+    split_stored(
+        &smollm2(),
+        &split,
+        StorageSettings::new(Compression::F32, None),
+    );
+    let runs = drafted_runs(split, Activations::F32);
+    let (plain, _) = &runs[0];
+    assert_eq!(plain[..record().greedy.len()], record().greedy);
+    for (drafted, counts) in &runs[1..] {
+        assert_eq!(drafted, plain, "{counts:?}");
+    }
+    let by_model = runs[1].1;
+    assert!(by_model.accepted * 2 > by_model.proposed, "{by_model:?}");
+}
+
+/// At the defaults (integer activations), the GGUF drafting for itself
+/// and prompt lookup keep its greedy tokens too.
+#[test]
+fn greedy_drafted_at_the_defaults_equals_greedy_without() {
+    let runs = drafted_runs(smollm2(), Activations::default());
+    for (drafted, counts) in &runs[1..] {
+        assert_eq!(drafted, &runs[0].0, "{counts:?}");
+    }
 }
