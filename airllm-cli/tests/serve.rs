@@ -115,6 +115,42 @@ fn complete(base: &str, prompt: &str, max_tokens: usize) -> String {
     answer["choices"][0]["text"].as_str().unwrap().to_string()
 }
 
+/// 16 prompts of different lengths, and their numbers of new tokens.
+fn requests() -> Vec<(String, usize)> {
+    let words = "the quick brown fox jumps over a lazy dog while it rains on the river bank";
+    (0..16)
+        .map(|i| {
+            let prompt: Vec<&str> = words.split(' ').cycle().skip(i).take(3 + i % 7).collect();
+            (prompt.join(" "), 4 + (i * 5) % 19)
+        })
+        .collect()
+}
+
+/// Each request's greedy answer, sent one after another.
+fn one_by_one(base: &str, requests: &[(String, usize)]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|(prompt, limit)| complete(base, prompt, *limit))
+        .collect()
+}
+
+/// Each request's greedy answer, all sent at once (some arriving while
+/// others run).
+fn all_at_once(base: &str, requests: &[(String, usize)]) -> Vec<String> {
+    let threads: Vec<_> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, (prompt, limit))| {
+            let (base, prompt, limit) = (base.to_string(), prompt.clone(), *limit);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(15 * (i % 4) as u64));
+                complete(&base, &prompt, limit)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 /// 16 requests of different lengths at once, 6 at most in a pass (so the
 /// rest join as others finish), each get the answer they get alone (f32
 /// activations: exact whatever the rows of a pass).
@@ -125,34 +161,38 @@ fn concurrent_greedy_requests_get_their_solo_answers() {
         model.to_str().unwrap(),
         &["--max-batch", "6", "--activations", "f32"],
     );
-    let words = "the quick brown fox jumps over a lazy dog while it rains on the river bank";
-    let requests: Vec<(String, usize)> = (0..16)
-        .map(|i| {
-            let prompt: Vec<&str> = words.split(' ').cycle().skip(i).take(3 + i % 7).collect();
-            (prompt.join(" "), 4 + (i * 5) % 19)
-        })
-        .collect();
-    let solo: Vec<String> = requests
-        .iter()
-        .map(|(prompt, limit)| complete(&base, prompt, *limit))
-        .collect();
-    let together: Vec<_> = requests
-        .iter()
-        .enumerate()
-        .map(|(i, (prompt, limit))| {
-            let (base, prompt, limit) = (base.clone(), prompt.clone(), *limit);
-            std::thread::spawn(move || {
-                // Some arrive while others are running.
-                std::thread::sleep(Duration::from_millis(15 * (i % 4) as u64));
-                complete(&base, &prompt, limit)
-            })
-        })
-        .collect();
-    for (i, (answer, solo)) in together.into_iter().zip(&solo).enumerate() {
-        assert_eq!(&answer.join().unwrap(), solo, "request {i}");
+    let requests = requests();
+    let solo = one_by_one(&base, &requests);
+    for (i, (answer, solo)) in all_at_once(&base, &requests).iter().zip(&solo).enumerate() {
+        assert_eq!(answer, solo, "request {i}");
     }
     server.kill().unwrap();
     let _ = server.wait();
+}
+
+/// With a draft model (the fixture's lossy GGUF conversion) or prompt
+/// lookup, the same concurrent requests get the undrafted solo answers:
+/// each row drafts, is checked and keeps its own caches.
+#[test]
+fn drafted_concurrent_requests_get_the_undrafted_answers() {
+    let model = fixture("llama-gqa");
+    let model = model.to_str().unwrap();
+    let settings = ["--max-batch", "6", "--activations", "f32"];
+    let requests = requests();
+    let (mut server, base) = serve(model, &settings);
+    let solo = one_by_one(&base, &requests);
+    server.kill().unwrap();
+    let _ = server.wait();
+    let draft = fixture("../gguf/llama-mixed.gguf");
+    for drafter in [draft.to_str().unwrap(), "prompt-lookup"] {
+        let (mut server, base) = serve(model, &[&settings[..], &["--draft", drafter]].concat());
+        let answers = all_at_once(&base, &requests);
+        for (i, (answer, solo)) in answers.iter().zip(&solo).enumerate() {
+            assert_eq!(answer, solo, "{drafter}: request {i}");
+        }
+        server.kill().unwrap();
+        let _ = server.wait();
+    }
 }
 
 /// `scripts/bench-serve --check`, bounded: 16 clients, 64 requests of

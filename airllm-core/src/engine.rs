@@ -401,6 +401,13 @@ impl<B: Backend> Engine<B> {
                 })
                 .collect(),
         };
+        let max_positions = self.arch.dims().max_positions;
+        if let Some(row) = pass.rows.iter().find(|r| r.cached + r.new > max_positions) {
+            return Err(Error::Request(format!(
+                "a pass would take a sequence to {} positions, past the model's context of {max_positions}",
+                row.cached + row.new
+            )));
+        }
         let tails: Vec<usize> = match logits {
             Logits::Skip => vec![0; tokens.len()],
             Logits::Last => vec![1; tokens.len()],

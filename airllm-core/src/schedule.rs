@@ -80,14 +80,18 @@ impl<B: Backend> Sequence<B> {
 
     /// A request for proposals from a drafter of `kind`, when the sequence
     /// drafts with it and generates this pass: no more than it may still
-    /// generate after the token the pass chooses anyway.
-    fn draft_row(&mut self, kind: DraftKind) -> Option<DraftRow<'_, B>> {
+    /// generate after the token the pass chooses anyway, within the
+    /// model's `max_positions`.
+    fn draft_row(&mut self, kind: DraftKind, max_positions: usize) -> Option<DraftRow<'_, B>> {
         let settings = self.config.draft.as_ref()?;
         let left = self
             .config
             .max_new_tokens
             .saturating_sub(self.generated().len());
-        let count = self.draft_len.min(left.saturating_sub(1));
+        let count = self
+            .draft_len
+            .min(left.saturating_sub(1))
+            .min(max_positions.saturating_sub(self.history.len()));
         if settings.kind != kind || self.cached() < self.prompt || count == 0 {
             return None;
         }
@@ -369,12 +373,13 @@ impl<B: Backend> Scheduler<B> {
     /// once; the time goes to the engine's telemetry.
     fn draft(&mut self, engine: &mut Engine<B>) -> Result<()> {
         let started = Instant::now();
+        let max_positions = self.dims.max_positions;
         let mut drafted = false;
         for kind in [DraftKind::PromptLookup, DraftKind::Model] {
             let mut rows: Vec<DraftRow<'_, B>> = self
                 .running
                 .iter_mut()
-                .filter_map(|s| s.draft_row(kind))
+                .filter_map(|s| s.draft_row(kind, max_positions))
                 .collect();
             if !rows.is_empty() {
                 drafted = true;

@@ -222,6 +222,8 @@ struct Drafted {
     name: &'static str,
     budget: Budget,
     drafting: Drafting,
+    /// Each prompt repeated to this many tokens (`None`: as recorded).
+    prompt_len: Option<usize>,
 }
 
 impl BackendJob for Drafted {
@@ -231,21 +233,28 @@ impl BackendJob for Drafted {
         let prompts: Vec<Vec<u32>> = reference(self.name)
             .prompts
             .into_iter()
-            .map(|r| r.ids)
+            .map(|r| match self.prompt_len {
+                Some(len) => r.ids.iter().copied().cycle().take(len).collect(),
+                None => r.ids,
+            })
             .collect();
+        let shape = BatchShape {
+            context: self.prompt_len.map_or(LONGEST, |len| len + 20),
+            ..SHAPE
+        };
         let target = fixture(self.name);
         let (mut engine, kind) = match self.drafting {
-            Drafting::None => (engine(&target, backend, self.budget, 1, SHAPE)?, None),
+            Drafting::None => (engine(&target, backend, self.budget, 1, shape)?, None),
             Drafting::PromptLookup => (
-                engine(&target, backend, self.budget, 1, SHAPE)?,
+                engine(&target, backend, self.budget, 1, shape)?,
                 Some(DraftKind::PromptLookup),
             ),
             Drafting::Model(draft) => (
-                drafted_engine(&target, &fixture(draft), backend, self.budget, SHAPE)?,
+                drafted_engine(&target, &fixture(draft), backend, self.budget, shape)?,
                 Some(DraftKind::Model),
             ),
         };
-        engine.prepare(MAX_BATCH, CHUNK, LONGEST)?;
+        engine.prepare(shape.batch, shape.chunk, shape.context)?;
         let limits = SchedulerLimits {
             max_batch: MAX_BATCH,
             prefill_chunk: CHUNK,
@@ -296,6 +305,7 @@ fn greedy_equals_undrafted(drafting: impl Fn(usize) -> Drafting) -> DraftCounts 
                         name,
                         budget,
                         drafting,
+                        prompt_len: None,
                     },
                 )
                 .unwrap_or_else(|e| panic!("{name} {budget:?} {drafting:?}: {e}"))
@@ -343,4 +353,34 @@ fn a_model_drafting_for_itself_is_nearly_always_kept() {
         total.accepted * 10 >= total.proposed * 9 && total.proposed > 100,
         "{total:?}"
     );
+}
+
+/// Drafts stop at the model's context: prompts 7 positions short of it
+/// (these fixtures take 128), a model drafting for itself (which proposes
+/// all it may) and prompt lookup end at the context with the undrafted
+/// tokens, and never run a position past it.
+#[test]
+fn drafts_stop_at_the_context() {
+    for name in ["llama-gqa", "baichuan-alibi", "qwen-v1"] {
+        let run = |drafting| {
+            let job = Drafted {
+                name,
+                budget: Budget::Resident,
+                drafting,
+                prompt_len: Some(121),
+            };
+            dispatch(DeviceChoice::Cpu, EXACT, job).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let (plain, _) = run(Drafting::None);
+        assert!(
+            plain
+                .iter()
+                .all(|a| a.finish == airllm_core::Finish::Context && a.tokens.len() == 7),
+            "{name}: {plain:?}"
+        );
+        for drafting in [Drafting::Model(name), Drafting::PromptLookup] {
+            let (drafted, counts) = run(drafting);
+            assert_eq!(drafted, plain, "{name} {drafting:?} {counts:?}");
+        }
+    }
 }
