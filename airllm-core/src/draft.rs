@@ -75,7 +75,8 @@ pub trait Drafter<B: Backend> {
 
 /// Proposals from the sequence itself (prompt lookup decoding): the tokens
 /// that followed the latest earlier occurrence of its last `n` tokens, the
-/// longest `n` first. Documents, retrieved passages, code edits and
+/// longest `n` first (an occurrence close to the end repeats, as a loop
+/// in the text would). Documents, retrieved passages, code edits and
 /// summaries repeat their input, so these are often right, and cost nothing.
 #[derive(Clone, Debug)]
 pub struct PromptLookup {
@@ -115,8 +116,18 @@ impl PromptLookup {
             let tail = &history[len - n..];
             // Occurrences that end before the tail itself, latest first.
             if let Some(start) = (0..len - n).rev().find(|&s| &history[s..s + n] == tail) {
+                // Copied as an overlapping copy is: past the end of the
+                // history, the proposal repeats itself (a loop continues).
                 let from = start + n;
-                return history[from..(from + count).min(len)].to_vec();
+                let mut proposal: Vec<u32> = Vec::with_capacity(count);
+                for at in from..from + count {
+                    let token = match at < len {
+                        true => history[at],
+                        false => proposal[at - len],
+                    };
+                    proposal.push(token);
+                }
+                return proposal;
             }
         }
         Vec::new()
@@ -139,6 +150,9 @@ mod tests {
         assert_eq!(lookup.lookup(&history, 5), [8, 9, 7, 1, 2]);
         assert_eq!(lookup.lookup(&[3, 7, 1, 2, 7], 3), [1, 2, 7]);
         assert!(lookup.lookup(&[1, 2, 3], 4).is_empty());
+        // A match that ends near the end continues the loop it found.
+        assert_eq!(lookup.lookup(&[1, 2, 1, 2, 1], 4), [2, 1, 2, 1]);
+        assert_eq!(lookup.lookup(&[4, 5, 5, 5], 3), [5, 5, 5]);
         assert!(lookup.lookup(&history, 0).is_empty());
         // By default one token in common is too weak a hint.
         assert!(PromptLookup::default()
