@@ -23,15 +23,19 @@ pub fn open_engine<B: Backend>(
     backend: Arc<dyn ComputeBackend<B>>,
     args: &EngineArgs,
 ) -> Result<Engine<B>> {
-    let options = EngineOptions {
+    let mut engine = engine_with(dir, backend, engine_options(args))?;
+    engine.on_load(load_bar());
+    Ok(engine)
+}
+
+/// The engine settings the flags give.
+fn engine_options(args: &EngineArgs) -> EngineOptions {
+    EngineOptions {
         prefetch: args.prefetch,
         max_memory: args.max_memory.map(|m| m.0),
         verify: args.verify,
         expert_cache: args.expert_cache == Switch::On,
-    };
-    let mut engine = engine_with(dir, backend, options)?;
-    engine.on_load(load_bar());
-    Ok(engine)
+    }
 }
 
 /// [`open_engine`], with the draft model `--draft` names (if it names
@@ -47,11 +51,11 @@ pub fn open_drafted_engine<B: Backend>(
     if let Some(path) = draft.model() {
         let draft_dir = open_dir(path)?;
         check_same_tokenizer(dir, &draft_dir)?;
+        // Its budget is set when the model's plan places it.
         let options = EngineOptions {
-            prefetch: args.prefetch,
             max_memory: None,
-            verify: args.verify,
             expert_cache: false,
+            ..engine_options(args)
         };
         engine.set_draft(engine_with(&draft_dir, backend, options)?)?;
     }

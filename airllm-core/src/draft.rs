@@ -69,7 +69,7 @@ pub struct DraftRow<'a, B: Backend> {
 pub trait Drafter<B: Backend> {
     /// Fills each row's proposal with up to its `count` tokens (fewer, or
     /// none, when it has no guess). `engine` runs the model being drafted
-    /// for (a draft model is its [`Engine::draft_mut`]).
+    /// for (a draft model is the one [`Engine::set_draft`] gave it).
     fn propose(&mut self, engine: &mut Engine<B>, rows: &mut [DraftRow<'_, B>]) -> Result<()>;
 }
 

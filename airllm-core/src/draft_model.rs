@@ -24,6 +24,8 @@ struct Pending {
     feed: Vec<u32>,
     /// Most tokens it proposes.
     count: usize,
+    /// Its history and what it proposed so far (the sampler's context).
+    seen: Vec<u32>,
 }
 
 impl<B: Backend> Drafter<B> for DraftModel {
@@ -53,6 +55,7 @@ impl<B: Backend> Drafter<B> for DraftModel {
                     row: index,
                     feed,
                     count,
+                    seen: row.history.to_vec(),
                 });
             }
         }
@@ -84,7 +87,7 @@ impl<B: Backend> Drafter<B> for DraftModel {
                 }
                 let mut logits = logits.next().expect("one logit row per row asked");
                 let row = &mut rows[p.row];
-                let token = draw(row, &mut logits);
+                let token = draw(row, &p.seen, &mut logits);
                 if token as usize >= target_vocab {
                     row.proposal
                         .probabilities
@@ -92,6 +95,7 @@ impl<B: Backend> Drafter<B> for DraftModel {
                     continue;
                 }
                 row.proposal.tokens.push(token);
+                p.seen.push(token);
                 if row.proposal.tokens.len() < p.count {
                     p.feed = vec![token];
                     next.push(p);
@@ -104,12 +108,10 @@ impl<B: Backend> Drafter<B> for DraftModel {
 }
 
 /// The draft's next token for `row` from `logits`, with the sequence's
-/// sampling settings over its history and what it proposed so far; a
-/// random draw keeps its distribution in the proposal.
-fn draw<B: Backend>(row: &mut DraftRow<'_, B>, logits: &mut [f32]) -> u32 {
-    let mut history = row.history.to_vec();
-    history.extend_from_slice(&row.proposal.tokens);
-    match row.sampler.choice(logits, &history, row.prompt) {
+/// sampling settings over `seen` (its history and what it proposed so
+/// far); a random draw keeps its distribution in the proposal.
+fn draw<B: Backend>(row: &mut DraftRow<'_, B>, seen: &[u32], logits: &mut [f32]) -> u32 {
+    match row.sampler.choice(logits, seen, row.prompt) {
         Choice::Token(token) => token,
         Choice::Probabilities(q) => {
             let token = row.sampler.draw(&q);

@@ -208,13 +208,8 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// The model that drafts for this one, if any.
-    pub fn draft(&self) -> Option<&Engine<B>> {
-        self.draft.as_deref()
-    }
-
     /// The model that drafts for this one, to run its passes.
-    pub fn draft_mut(&mut self) -> Option<&mut Engine<B>> {
+    pub(crate) fn draft_mut(&mut self) -> Option<&mut Engine<B>> {
         self.draft.as_deref_mut()
     }
 

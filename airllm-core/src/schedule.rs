@@ -330,8 +330,7 @@ impl<B: Backend> Scheduler<B> {
             return Ok(ended);
         }
         if let Err(error) = self.draft(engine) {
-            let failed = self.running.drain(..).map(|s| s.id).collect();
-            return Err(PassFailed { error, failed });
+            return Err(self.fail_running(error));
         }
         let chunk = self.limits.prefill_chunk;
         let (tokens, tails): (Vec<Vec<u32>>, Vec<usize>) =
@@ -343,10 +342,7 @@ impl<B: Backend> Scheduler<B> {
             .collect();
         let logits = match engine.forward(&tokens, &mut caches, Logits::Tails(tails.clone())) {
             Ok(logits) => logits.unwrap_or_default(),
-            Err(error) => {
-                let failed = self.running.drain(..).map(|s| s.id).collect();
-                return Err(PassFailed { error, failed });
-            }
+            Err(error) => return Err(self.fail_running(error)),
         };
         let max_positions = self.dims.max_positions;
         let mut finishes = Vec::with_capacity(self.running.len());
@@ -366,6 +362,13 @@ impl<B: Backend> Scheduler<B> {
             }
         }
         Ok(ended)
+    }
+
+    /// Ends every running sequence after `error` in their pass (their
+    /// caches are dropped half-written).
+    fn fail_running(&mut self, error: Error) -> PassFailed {
+        let failed = self.running.drain(..).map(|s| s.id).collect();
+        PassFailed { error, failed }
     }
 
     /// Fills the proposals of the running sequences that draft and
