@@ -111,6 +111,18 @@ pub struct EngineArgs {
     pub expert_cache: Switch,
 }
 
+impl Default for EngineArgs {
+    /// The settings `airllm run` uses when no flag is given.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            engine: EngineArgs,
+        }
+        Defaults::parse_from(["airllm"]).engine
+    }
+}
+
 impl EngineArgs {
     /// The device options these arguments give.
     pub fn device_options(&self) -> DeviceOptions {

@@ -1,20 +1,8 @@
 //! `airllm`: run language models larger than memory, layer by layer.
 
-mod bench;
-mod chat;
-mod cli;
-mod eval;
-mod generation;
-mod inspect;
-mod model;
-mod prompts;
-mod run;
-mod serve;
-mod split;
-mod storage_report;
-mod text;
-
 use std::process::ExitCode;
+
+use airllm_cli::{bench, chat, cli, eval, inspect, run, serve, split};
 
 use clap::Parser;
 

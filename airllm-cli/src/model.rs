@@ -14,7 +14,16 @@ use crate::text::check_same_tokenizer;
 
 /// Recognises the model at `path`.
 pub fn open_dir(path: &Path) -> Result<ModelDir> {
-    Ok(ModelDir::open(path, &airllm_models::catalog())?)
+    open_dir_with_token(path, None)
+}
+
+/// [`open_dir`], with `token` as the hub's access token (else `HF_TOKEN`).
+pub fn open_dir_with_token(path: &Path, token: Option<&str>) -> Result<ModelDir> {
+    Ok(ModelDir::open_with_token(
+        path,
+        &airllm_models::catalog(),
+        token,
+    )?)
 }
 
 /// Builds the architecture, opens the store and returns the engine.

@@ -71,6 +71,19 @@ impl TextStream {
         self.emitted = text.len();
         Ok((fresh, false))
     }
+
+    /// The text not yet returned, once the sequence has ended (an
+    /// incomplete character held back at the end), up to a stop string.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let text = decode(tokenizer, &self.tokens)?;
+        let end = first_stop(&text, &self.stops).unwrap_or(text.len());
+        let fresh = text
+            .get(self.emitted.min(end)..end)
+            .unwrap_or_default()
+            .to_string();
+        self.emitted = self.emitted.max(end);
+        Ok(fresh)
+    }
 }
 
 /// Byte offset of the earliest stop string in `text`.

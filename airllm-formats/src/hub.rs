@@ -45,8 +45,9 @@ fn offline() -> bool {
 }
 
 /// The local directory of model `id`: its cached snapshot, downloaded first
-/// when it is not complete in the cache (unless `HF_HUB_OFFLINE` is set).
-pub fn resolve(id: &str) -> Result<PathBuf> {
+/// when it is not complete in the cache (unless `HF_HUB_OFFLINE` is set),
+/// with `token` as the access token (else `HF_TOKEN`, else the cache's).
+pub fn resolve(id: &str, token: Option<&str>) -> Result<PathBuf> {
     let cache = cache_dir();
     if let Some(dir) = cached_snapshot(&cache, id)? {
         return Ok(dir);
@@ -54,7 +55,7 @@ pub fn resolve(id: &str) -> Result<PathBuf> {
     if offline() {
         return Err(not_cached(&cache, id, "HF_HUB_OFFLINE is set"));
     }
-    download(&cache, id)
+    download(&cache, id, token)
 }
 
 /// The snapshot `refs/main` of model `id` points at in `cache`, if every
@@ -108,8 +109,9 @@ fn not_cached(cache: &Path, id: &str, why: &str) -> FormatError {
     }
 }
 
-/// Says what a failed hub request means for model `id`.
-fn hub_error(cache: &Path, id: &str, error: ApiError) -> FormatError {
+/// Says what a failed hub request means for model `id` (asked `with_token`
+/// or without one).
+fn hub_error(cache: &Path, id: &str, with_token: bool, error: ApiError) -> FormatError {
     let status = match &error {
         ApiError::RequestError(e) => match e.as_ref() {
             ureq::Error::Status(code, _) => Some(*code),
@@ -118,12 +120,12 @@ fn hub_error(cache: &Path, id: &str, error: ApiError) -> FormatError {
         _ => None,
     };
     let detail = match status {
-        Some(401 | 403) => match std::env::var_os("HF_TOKEN") {
-            None => format!(
-                "`{id}` is gated or private and no HF_TOKEN is set: accept its terms on https://huggingface.co/{id}, then set HF_TOKEN to an access token"
+        Some(401 | 403) => match with_token {
+            false => format!(
+                "`{id}` is gated or private and no access token is set: accept its terms on https://huggingface.co/{id}, then set HF_TOKEN (or pass hf_token) to an access token"
             ),
-            Some(_) => format!(
-                "`{id}` is gated or private and the token in HF_TOKEN has no access to it: accept its terms on https://huggingface.co/{id} with that account"
+            true => format!(
+                "`{id}` is gated or private and the access token given (hf_token, HF_TOKEN or the cache's) has no access to it: accept its terms on https://huggingface.co/{id} with that account"
             ),
         },
         Some(404) => format!("there is no model `{id}` on the Hugging Face hub"),
@@ -137,18 +139,27 @@ fn hub_error(cache: &Path, id: &str, error: ApiError) -> FormatError {
 
 /// Downloads the config, tokenizer files and safetensors weights of `id`
 /// into `cache`; returns the snapshot directory.
-fn download(cache: &Path, id: &str) -> Result<PathBuf> {
+fn download(cache: &Path, id: &str, token: Option<&str>) -> Result<PathBuf> {
     let hub_cache = Cache::new(cache.to_path_buf());
-    let token = std::env::var("HF_TOKEN").ok().or_else(|| hub_cache.token());
+    let token = token
+        .map(str::to_string)
+        .or_else(|| std::env::var("HF_TOKEN").ok())
+        .or_else(|| hub_cache.token());
+    let with_token = token.is_some();
     let api = ApiBuilder::from_cache(hub_cache)
         .with_token(token)
         .with_progress(true)
         .build()
-        .map_err(|e| hub_error(cache, id, e))?;
+        .map_err(|e| hub_error(cache, id, with_token, e))?;
     let repo = api.model(id.to_string());
-    let info = repo.info().map_err(|e| hub_error(cache, id, e))?;
+    let info = repo
+        .info()
+        .map_err(|e| hub_error(cache, id, with_token, e))?;
     let files: BTreeSet<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-    let get = |name: &str| repo.get(name).map_err(|e| hub_error(cache, id, e));
+    let get = |name: &str| {
+        repo.get(name)
+            .map_err(|e| hub_error(cache, id, with_token, e))
+    };
     let mut wanted: Vec<String> = SIDE_FILES
         .iter()
         .filter(|f| files.contains(**f))

@@ -63,9 +63,19 @@ impl ModelDir {
     /// reads as a hub id (`org/name`) is looked up in the Hugging Face
     /// cache, and downloaded when missing there (see [`crate::hub`]).
     pub fn open(path: &Path, families: &[&'static FamilyFiles]) -> Result<Self> {
+        Self::open_with_token(path, families, None)
+    }
+
+    /// [`ModelDir::open`], downloading from the hub with `token` (else
+    /// `HF_TOKEN`, else the token the cache holds).
+    pub fn open_with_token(
+        path: &Path,
+        families: &[&'static FamilyFiles],
+        token: Option<&str>,
+    ) -> Result<Self> {
         let mut dir = match path.to_str() {
             Some(id) if !path.exists() && is_hub_id(id) => {
-                Self::open_local(&hub::resolve(id)?, families)?
+                Self::open_local(&hub::resolve(id, token)?, families)?
             }
             _ => Self::open_local(path, families)?,
         };
