@@ -7,7 +7,9 @@ tokens, end tokens ignored), alternating runs, and prints the medians.
 `complete`'s time is its wall time from Python; bench's is its prefill plus
 decode time (load excluded, as `complete` runs on an open model). The
 decode rate from Python is its new tokens after the first over its time
-less bench's prefill time.
+less bench's prefill time. `model.profile` (bench's measurement, run in
+this process on the same warm engine) is timed alongside, since a fresh
+`airllm bench` process also pays for its first touches of memory.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def main() -> None:
     results = []
     for batch in [int(b) for b in args.batches.split(",")]:
         model.complete([prompt] * batch, max_new_tokens=4, ignore_eos=True)  # warm
-        python_s, bench_s, bench_prefill_s, bench_decode = [], [], [], []
+        python_s, bench_s, bench_prefill_s, bench_decode, profile_decode = [], [], [], [], []
         for _ in range(args.runs):
             started = time.perf_counter()
             model.complete([prompt] * batch, max_new_tokens=args.new_tokens, ignore_eos=True)
@@ -79,6 +81,8 @@ def main() -> None:
             bench_prefill_s.append(prefill)
             bench_s.append(prefill + decode_tokens / report["decode_tokens_per_s"])
             bench_decode.append(report["decode_tokens_per_s"])
+            profile = model.profile(batch=batch, prompt=prompt, new_tokens=args.new_tokens)
+            profile_decode.append(profile["decode_tokens_per_s"])
         decode_tokens = batch * (args.new_tokens - 1)
         py = statistics.median(python_s)
         be = statistics.median(bench_s)
@@ -92,6 +96,8 @@ def main() -> None:
                 "complete_decode_tokens_per_s": py_decode,
                 "bench_decode_tokens_per_s": statistics.median(bench_decode),
                 "decode_ratio": py_decode / statistics.median(bench_decode),
+                "profile_decode_tokens_per_s": statistics.median(profile_decode),
+                "decode_ratio_to_profile": py_decode / statistics.median(profile_decode),
                 "runs": args.runs,
             }
         )
