@@ -40,3 +40,13 @@ def test_a_prompt_past_the_context_is_a_request_error(model):
     ids = [[1] * (model.config["max_position_embeddings"] + 1)]
     with pytest.raises(RequestError, match="context|longer|positions"):
         model.generate(ids, max_new_tokens=1)
+
+
+def test_torch_tensors_without_torch_are_a_request_error(model):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(RequestError, match="needs torch"):
+            model.tokenizer("Hello", return_tensors="pt")
+    else:
+        assert model.tokenizer("Hello", return_tensors="pt")["input_ids"].shape[0] == 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
 
 import pytest
 from airllm_rs import AutoModel
+from conftest import FIXTURES
 
 STORY = "Write a long story about a dragon who learns to paint."
 
@@ -78,3 +80,23 @@ def test_profile_reports_the_bench_figures(model):
     assert report["batch"] == 2 and report["prompt_tokens"] == 8 and report["new_tokens"] == 4
     assert report["decode_tokens_per_s"] > 0
     assert len(report["units"]) > 2
+
+
+def test_delete_original_keeps_the_split_and_the_tokenizer(tmp_path):
+    source = tmp_path / "llama-gqa"
+    shutil.copytree(FIXTURES / "llama-gqa", source)
+    answer = AutoModel.from_pretrained(source).complete("Hello", max_new_tokens=4)
+    model = AutoModel.from_pretrained(source, compression="8bit", delete_original=True)
+    assert not list(source.glob("*.safetensors")), "the original weights are gone"
+    assert (source / "config.json").is_file() and (source / "tokenizer.json").is_file()
+    assert model.path == str(source / "airllm-split-q8_0")
+    assert isinstance(model.complete("Hello", max_new_tokens=4)[0], str) and answer
+    again = AutoModel.from_pretrained(source, compression="8bit")
+    assert again.complete("Hello", max_new_tokens=4) == model.complete("Hello", max_new_tokens=4)
+
+
+def test_profiling_mode_prints_each_layer(smollm2, capfd):
+    model = AutoModel.from_pretrained(smollm2, profiling_mode=True)
+    model.complete("Hello", max_new_tokens=2)
+    printed = capfd.readouterr().out
+    assert "compute ms" in printed and "layer" in printed
