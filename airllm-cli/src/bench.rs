@@ -280,6 +280,8 @@ pub fn measure<B: Backend>(engine: &mut Engine<B>, run: Measurement<'_>) -> Resu
         "expert_cache_hit_rate": stats.expert_cache_hit_rate(),
         "expert_cache_bytes": expert_cache_bytes,
         "units_streamed": plan.streamed(),
+        "units_on_host": plan.on_host(),
+        "host_bytes": plan.host_bytes,
         "peak_streamed_units": stats.peak_streamed_units,
         "passes": stats.passes,
         "tokens_per_pass": generated as f64 / stats.passes.max(1) as f64,

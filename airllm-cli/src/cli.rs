@@ -93,9 +93,16 @@ pub struct EngineArgs {
     /// batches and prompts); f32 keeps them in floats.
     #[arg(long, default_value = "reduced")]
     pub activations: Activations,
-    /// Memory budget (e.g. 64MiB, 2GiB); default: 80% of available RAM.
+    /// Device memory budget (e.g. 64MiB, 2GiB); default: 80% of available
+    /// RAM.
     #[arg(long)]
     pub max_memory: Option<ByteSize>,
+    /// Host memory for the host tier of a wgpu or cuda device: staging for
+    /// uploads, and units kept in host memory between passes (uploaded
+    /// every pass, not read from disk); default: none. The cpu computes in
+    /// host memory and takes --max-memory alone.
+    #[arg(long)]
+    pub max_host_memory: Option<ByteSize>,
     /// Layers read ahead of compute.
     #[arg(long, default_value_t = 1)]
     pub prefetch: usize,

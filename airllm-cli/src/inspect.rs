@@ -92,8 +92,13 @@ impl<B: Backend> Report<'_, B> {
             "file_bytes": self.engine.store().units().iter().map(|u| u.bytes).sum::<u64>(),
             "budget_bytes": self.engine.budget(),
             "resident_bytes": self.plan.resident_bytes,
+            "stream_buffer_bytes": self.plan.stream_buffer_bytes,
             "units_streamed": self.plan.streamed(),
             "predicted_peak_bytes": self.plan.predicted_peak(),
+            "host_budget_bytes": self.plan.host_budget,
+            "host_bytes": self.plan.host_bytes,
+            "units_on_host": self.plan.on_host(),
+            "units_from_disk": self.plan.streamed() - self.plan.on_host(),
             "draft": self.draft.map(|path| json!({
                 "path": path,
                 "resident_bytes": self.plan.draft_bytes,
@@ -135,16 +140,35 @@ impl<B: Backend> Report<'_, B> {
                 ByteSize(self.plan.draft_bytes)
             );
         }
+        let plan = self.plan;
         println!(
-        "total {} on disk; budget {}: {} resident, {} units streamed, KV cache {}, activations {}, predicted peak {}{}",
-        ByteSize(units.iter().map(|u| u.bytes).sum()),
-        ByteSize(self.engine.budget()),
-        ByteSize(self.plan.resident_bytes),
-        self.plan.streamed(),
-        ByteSize(self.plan.kv_bytes),
-        ByteSize(self.plan.activation_bytes),
-        ByteSize(self.plan.predicted_peak()),
-        if self.verified { "; all checksums verified" } else { "" }
-    );
+            "total {} on disk{}",
+            ByteSize(units.iter().map(|u| u.bytes).sum()),
+            if self.verified {
+                "; all checksums verified"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "device {}: budget {}, {} resident, stream window {}, KV cache {}, activations {}, predicted peak {}",
+            self.engine.backend().name(),
+            ByteSize(self.engine.budget()),
+            ByteSize(plan.resident_bytes),
+            ByteSize(plan.stream_buffer_bytes),
+            ByteSize(plan.kv_bytes),
+            ByteSize(plan.activation_bytes),
+            ByteSize(plan.predicted_peak()),
+        );
+        println!(
+            "host tier: budget {}, {} units kept ({})",
+            ByteSize(plan.host_budget),
+            plan.on_host(),
+            ByteSize(plan.host_bytes),
+        );
+        println!(
+            "disk: {} units read every pass",
+            plan.streamed() - plan.on_host()
+        );
     }
 }

@@ -42,6 +42,7 @@ fn engine_options(args: &EngineArgs) -> EngineOptions {
     EngineOptions {
         prefetch: args.prefetch,
         max_memory: args.max_memory.map(|m| m.0),
+        max_host_memory: args.max_host_memory.map(|m| m.0),
         verify: args.verify,
         expert_cache: args.expert_cache == Switch::On,
     }

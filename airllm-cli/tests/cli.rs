@@ -149,9 +149,10 @@ fn bench_synthetic_mixtral_reads_routed_experts_and_caches_them() {
         "bench", "--synthetic", "mixtral-8x7b", "--out", out.to_str().unwrap(),
         "--layers", "2", "--hidden", "64", "--intermediate", "128", "--heads", "4",
         "--kv-heads", "2", "--vocab", "256", "--prompt-len", "1", "--new-tokens", "6",
-        // Each layer (about 418 KiB, 8 experts of 48 KiB) streams; what is
-        // left above the minimum working set caches experts.
-        "--max-memory", "600KiB", "--json",
+        // Each layer (about 418 KiB, 8 experts of 48 KiB) streams (one
+        // resident takes 576 KiB); what is left above the minimum working
+        // set caches experts.
+        "--max-memory", "560KiB", "--json",
     ];
     let report = &json_lines(&airllm(&args))[0];
     assert_eq!(report["units_streamed"], 2, "{report}");
@@ -215,15 +216,45 @@ fn inspect_reports_the_plan() {
         "inspect",
         fixture("llama-gqa").to_str().unwrap(),
         "--max-memory",
-        "1MiB",
+        // Everything takes 962 KiB, the head beside streamed layers 817.
+        "800KiB",
         "--context",
         "64",
         "--json",
     ]);
     let report = &json_lines(&output)[0];
     assert_eq!(report["family"], "llama");
-    assert_eq!(report["units"].as_array().unwrap().len(), 5);
-    assert!(report["units_streamed"].as_u64().unwrap() >= 1);
+    let placements: Vec<_> = report["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["placement"].as_str().unwrap())
+        .collect();
+    // The embedding table stays on the host; every layer and the head stream.
+    assert_eq!(
+        placements,
+        ["resident", "streamed", "streamed", "streamed", "streamed"]
+    );
+    assert_eq!(report["units"][0]["device_bytes"], 0, "{report}");
+    assert_eq!(report["units_streamed"], 4);
+    assert_eq!(report["units_from_disk"], 4);
+    assert!(report["predicted_peak_bytes"].as_u64().unwrap() <= 800 << 10);
+}
+
+#[test]
+fn a_host_tier_on_the_cpu_is_refused() {
+    let output = airllm(&[
+        "inspect",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--max-host-memory",
+        "1MiB",
+    ]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("--max-host-memory") && err.contains("--max-memory"),
+        "{err}"
+    );
 }
 
 /// `split --compress` writes what `inspect` reports: each encoding beside
@@ -309,10 +340,11 @@ fn bench_synthetic_reports_the_contract_fields() {
         "4",
         "--new-tokens",
         "3",
-        // Below the 242 KiB that holds everything (bf16 matrices stay bf16
-        // on the cpu), above the 170 KiB minimum: both layers stream.
+        // Below the 198 KiB that holds everything (bf16 matrices stay bf16
+        // on the cpu; the embedding table stays in its file), above the 138
+        // KiB of the head beside streamed layers: both layers stream.
         "--max-memory",
-        "200KiB",
+        "180KiB",
         "--prefetch",
         "0",
         "--json",

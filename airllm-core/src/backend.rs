@@ -35,7 +35,7 @@ impl std::str::FromStr for ComputeDType {
 
 /// A tensor prepared on the reader thread, ready to upload, so the compute
 /// thread only hands it to the device.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum StagedTensor {
     /// Decoded values with their shape.
     Decoded {
@@ -197,6 +197,19 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
 
     /// Memory the device can give to the model when no budget is set.
     fn default_budget(&self) -> u64;
+
+    /// Host memory for the host tier (staging, and units kept in host
+    /// memory in their upload encoding between passes) when no host budget
+    /// is set. By default none: the tier is used only when asked for.
+    fn default_host_budget(&self) -> u64 {
+        0
+    }
+
+    /// Whether the device computes in host memory itself (the cpu), so
+    /// that a host tier apart from its budget means nothing.
+    fn computes_in_host_memory(&self) -> bool {
+        false
+    }
 
     /// How uploaded weights are held (by default widened to f32).
     fn weight_layout(&self) -> WeightLayout {

@@ -25,8 +25,11 @@ use crate::{
 pub struct EngineOptions {
     /// Units the reader thread may run ahead of compute (0: read, then compute).
     pub prefetch: usize,
-    /// Memory budget in bytes; `None` asks the backend for its default.
+    /// Device memory budget in bytes; `None` asks the backend for its default.
     pub max_memory: Option<u64>,
+    /// Host-tier budget in bytes (staging, and units kept in host memory
+    /// between passes); `None` asks the backend for its default.
+    pub max_host_memory: Option<u64>,
     /// Check every unit's checksum once before first use.
     pub verify: bool,
     /// Keep recently routed experts of streamed mixture-of-experts layers
@@ -39,6 +42,7 @@ impl Default for EngineOptions {
         EngineOptions {
             prefetch: 1,
             max_memory: None,
+            max_host_memory: None,
             verify: false,
             expert_cache: true,
         }
@@ -120,6 +124,8 @@ pub struct Engine<B: Backend> {
     backend: Arc<dyn ComputeBackend<B>>,
     options: EngineOptions,
     resident: Vec<Option<DeviceUnit<B>>>,
+    /// Units of the host tier, staged once and uploaded every pass.
+    kept: Arc<Vec<Option<Vec<StagedTensor>>>>,
     /// The plan the resident units were loaded under.
     plan: Option<ResidencyPlan>,
     stats: RunStats,
@@ -144,6 +150,12 @@ impl<B: Backend> Engine<B> {
         options: EngineOptions,
     ) -> Result<Self> {
         check_units(store.units(), arch.units())?;
+        if options.max_host_memory.is_some() && backend.computes_in_host_memory() {
+            return Err(Error::Request(format!(
+                "device `{}` computes in host memory, so it has no host tier apart from its budget: leave out --max-host-memory and bound it with --max-memory",
+                backend.name()
+            )));
+        }
         if options.verify {
             for index in 0..store.units().len() {
                 store.verify_unit(index)?;
@@ -181,6 +193,7 @@ impl<B: Backend> Engine<B> {
             backend,
             options,
             resident: (0..count).map(|_| None).collect(),
+            kept: Arc::new((0..count).map(|_| None).collect()),
             plan: None,
             stats,
             on_load: None,
@@ -241,11 +254,18 @@ impl<B: Backend> Engine<B> {
         &*self.store
     }
 
-    /// The memory budget in force.
+    /// The device memory budget in force.
     pub fn budget(&self) -> u64 {
         self.options
             .max_memory
             .unwrap_or_else(|| self.backend.default_budget())
+    }
+
+    /// The host tier's budget in force.
+    pub fn host_budget(&self) -> u64 {
+        self.options
+            .max_host_memory
+            .unwrap_or_else(|| self.backend.default_host_budget())
     }
 
     /// Telemetry since creation or the last [`Engine::reset_stats`].
@@ -285,7 +305,7 @@ impl<B: Backend> Engine<B> {
     }
 
     fn plan_input(&self, batch: usize, chunk: usize, context: usize) -> PlanInput {
-        PlanInput::for_model(
+        let input = PlanInput::for_model(
             self.store.units(),
             self.arch.units(),
             self.arch.dims(),
@@ -297,7 +317,11 @@ impl<B: Backend> Engine<B> {
             self.options.prefetch,
             self.budget(),
             self.backend.weight_layout(),
-        )
+        );
+        PlanInput {
+            host_budget: self.host_budget(),
+            ..input
+        }
     }
 
     /// Plans for the given batch shape and loads (or evicts) resident units
@@ -310,14 +334,20 @@ impl<B: Backend> Engine<B> {
             draft.prepare(batch, chunk, context)?;
         }
         let mut to_load = Vec::new();
+        let kept = Arc::make_mut(&mut self.kept);
         for (index, placement) in plan.placements.iter().enumerate() {
             let loaded_as = self.plan.as_ref().map(|old| old.placements[index]);
+            let loaded = self.resident[index].is_some() || kept[index].is_some();
             match placement {
-                UnitPlacement::Streamed => self.resident[index] = None,
-                _ if self.resident[index].is_some() && loaded_as == Some(*placement) => {}
+                UnitPlacement::Streamed => {
+                    self.resident[index] = None;
+                    kept[index] = None;
+                }
+                _ if loaded && loaded_as == Some(*placement) => {}
                 _ => {
                     // Dropped first, so a failed load leaves nothing half-kept.
                     self.resident[index] = None;
+                    kept[index] = None;
                     to_load.push(index);
                 }
             }
@@ -337,7 +367,10 @@ impl<B: Backend> Engine<B> {
             let loaded = load_unit(&*self.store, &*self.backend, index, shared.as_deref())?;
             progress.units += 1;
             progress.bytes += loaded.bytes;
-            self.resident[index] = Some(self.upload(loaded)?);
+            match plan.placements[index] {
+                UnitPlacement::Host => Arc::make_mut(&mut self.kept)[index] = Some(loaded.tensors),
+                _ => self.resident[index] = Some(self.upload(loaded)?),
+            }
             if let Some(observer) = self.on_load.as_mut() {
                 observer(progress);
             }
@@ -443,7 +476,9 @@ impl<B: Backend> Engine<B> {
         let wanted =
             |index: usize| tails.is_some() || self.store.units()[index].kind != UnitKind::Head;
         let streamed: Vec<usize> = (0..placements.len())
-            .filter(|&i| wanted(i) && placements[i] == UnitPlacement::Streamed)
+            .filter(|&i| {
+                wanted(i) && matches!(placements[i], UnitPlacement::Streamed | UnitPlacement::Host)
+            })
             .collect();
         let prefetch = self.options.prefetch;
         let in_flight = Arc::new(InFlight::default());
@@ -459,6 +494,7 @@ impl<B: Backend> Engine<B> {
             store: self.store.clone(),
             backend: self.backend.clone(),
             shared: self.streamed_reads.clone(),
+            kept: self.kept.clone(),
             in_flight: in_flight.clone(),
         };
         let result = std::thread::scope(|scope| {
@@ -636,6 +672,8 @@ struct Reader<B: Backend> {
     /// Per unit, the tensors a streamed read takes when it is a
     /// mixture-of-experts layer (its experts come on request).
     shared: Arc<Vec<Option<Vec<String>>>>,
+    /// The host tier's units, staged already.
+    kept: Arc<Vec<Option<Vec<StagedTensor>>>>,
     in_flight: Arc<InFlight>,
 }
 
@@ -685,13 +723,35 @@ impl<B: Backend> Reader<B> {
                     let index = pending.next().expect("a unit is pending");
                     permits -= 1;
                     self.in_flight.enter();
-                    let only = shared_names(&self.shared, index);
-                    let loaded = load_unit(&*self.store, &*self.backend, index, only.as_deref());
+                    let loaded = self.load(index);
                     self.in_flight.sample_rss();
                     if units.send(loaded).is_err() {
                         return;
                     }
                 }
+            }
+        }
+    }
+}
+
+impl<B: Backend> Reader<B> {
+    /// Unit `index` staged for upload: a copy of the host tier's, or read
+    /// from the store.
+    fn load(&self, index: usize) -> Result<LoadedUnit> {
+        match &self.kept[index] {
+            Some(tensors) => {
+                let started = Instant::now();
+                Ok(LoadedUnit {
+                    index,
+                    tensors: tensors.clone(),
+                    bytes: 0,
+                    decompress: Duration::ZERO,
+                    read: started.elapsed(),
+                })
+            }
+            None => {
+                let only = shared_names(&self.shared, index);
+                load_unit(&*self.store, &*self.backend, index, only.as_deref())
             }
         }
     }
@@ -756,7 +816,8 @@ pub(crate) struct StagedUnit {
 }
 
 /// Reads unit `index` (or its tensors named in `only`) and stages each
-/// tensor for upload.
+/// tensor for upload; what stays on the host ([`UnitKind::stays_on_host`])
+/// is staged as stored.
 pub(crate) fn read_staged<B: Backend>(
     store: &dyn LayerStore,
     backend: &dyn ComputeBackend<B>,
@@ -764,10 +825,14 @@ pub(crate) fn read_staged<B: Backend>(
     only: Option<&[&str]>,
 ) -> Result<StagedUnit> {
     let host = store.read_unit(index, only)?;
+    let kind = store.units()[index].kind;
     let tensors = host
         .tensors
         .iter()
-        .map(|t| backend.stage(t))
+        .map(|t| match kind.stays_on_host(t.shape.len()) {
+            true => Ok(StagedTensor::Host(t.clone())),
+            false => backend.stage(t),
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(StagedUnit {
         tensors,

@@ -3,23 +3,28 @@
 
 use crate::{ByteSize, Error, ModelDims, Result, UnitInfo, UnitKind, UnitSpec, WeightLayout};
 
-/// Where a unit lives between passes.
+/// Where a unit lives between passes: on the device, in host memory, or
+/// on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitPlacement {
     /// Loaded once and kept on the device.
     Resident,
-    /// Read from the store on every pass that needs it.
-    Streamed,
     /// A mixture-of-experts layer whose shared tensors (attention, norms,
     /// router) are kept on the device, its routed experts read on request
     /// every pass.
     SharedResident,
+    /// Kept in host memory in its upload encoding (the host tier) and
+    /// uploaded on every pass that needs it.
+    Host,
+    /// Read from the store on every pass that needs it.
+    Streamed,
 }
 
 /// What the plan is computed from.
 #[derive(Clone, Debug)]
 pub struct PlanInput {
-    /// Each unit's role and device bytes, in forward order.
+    /// Each unit's role and device bytes, in forward order (the embedding
+    /// table counts nothing: it stays on the host).
     pub units: Vec<(UnitKind, u64)>,
     /// Device bytes one pass brings in when the unit streams: the whole
     /// unit, or for a mixture-of-experts layer its shared tensors plus as
@@ -41,8 +46,11 @@ pub struct PlanInput {
     /// Bytes of a draft model held wholly resident beside this one
     /// (planned first; 0 without one).
     pub draft_bytes: u64,
-    /// The memory budget.
+    /// The device's memory budget.
     pub budget: u64,
+    /// The host tier's budget: staging for the stream window, then units
+    /// kept in host memory (0: no host tier).
+    pub host_budget: u64,
 }
 
 /// The outcome: a placement per unit and the memory it predicts.
@@ -50,11 +58,11 @@ pub struct PlanInput {
 pub struct ResidencyPlan {
     /// Placement of each unit, in forward order.
     pub placements: Vec<UnitPlacement>,
-    /// Bytes of the resident units.
+    /// Device bytes of the resident units.
     pub resident_bytes: u64,
-    /// Bytes of the buffers for units being read: prefetch + 1 streamed
-    /// units of the largest size, and the compressed frames and scratch of
-    /// the one being decoded.
+    /// Device bytes of the buffers for units being uploaded: the largest
+    /// run of prefetch + 1 consecutive units that are uploaded every pass,
+    /// and the compressed frames and scratch of the one being decoded.
     pub stream_buffer_bytes: u64,
     /// KV-cache bytes.
     pub kv_bytes: u64,
@@ -65,8 +73,12 @@ pub struct ResidencyPlan {
     pub expert_cache_bytes: u64,
     /// Bytes of the draft model, all of it resident.
     pub draft_bytes: u64,
-    /// The budget planned against.
+    /// The device budget planned against.
     pub budget: u64,
+    /// Host bytes of the units kept in the host tier.
+    pub host_bytes: u64,
+    /// The host tier's budget planned against.
+    pub host_budget: u64,
 }
 
 /// Device bytes one pass brings in for unit `info` of spec `spec` when it
@@ -132,6 +144,7 @@ impl PlanInput {
             prefetch,
             draft_bytes: 0,
             budget,
+            host_budget: 0,
         }
     }
 
@@ -149,27 +162,86 @@ fn is_layer(kind: UnitKind) -> bool {
     matches!(kind, UnitKind::Layer(_))
 }
 
+/// Which units stay on the device: the leading `layers` of the decoder
+/// layers, and the head or not.
+#[derive(Clone, Copy)]
+struct DeviceSet {
+    layers: usize,
+    head: bool,
+}
+
 impl PlanInput {
-    /// Bytes of the units that never stream: embedding and head.
-    fn end_bytes(&self) -> u64 {
+    /// Indices of the decoder layers, in order.
+    fn layer_indices(&self) -> Vec<usize> {
+        (0..self.units.len())
+            .filter(|&i| is_layer(self.units[i].0))
+            .collect()
+    }
+
+    /// Index of the head unit, where the model has one.
+    fn head_index(&self) -> Option<usize> {
+        self.units.iter().position(|u| u.0 == UnitKind::Head)
+    }
+
+    /// Bytes of the units that are always resident: all but the layers
+    /// and the head (the embedding's vectors; its table stays on the host).
+    fn fixed_unit_bytes(&self) -> u64 {
         self.units
             .iter()
-            .filter(|u| !is_layer(u.0))
+            .filter(|u| !is_layer(u.0) && u.0 != UnitKind::Head)
             .map(|u| u.1)
             .sum()
     }
 
-    /// Buffers for prefetch + 1 streamed layers of the largest size, and
-    /// for decoding one.
-    fn stream_buffer_bytes(&self) -> u64 {
-        let largest = self
-            .units
+    /// Buffers for the largest run of prefetch + 1 consecutive units of
+    /// `streamed` (indices in forward order), and for decoding one.
+    fn stream_window_bytes(&self, streamed: &[usize]) -> u64 {
+        let sizes: Vec<u64> = streamed
             .iter()
-            .zip(&self.stream_unit_bytes)
-            .filter(|(u, _)| is_layer(u.0))
-            .map(|(_, streamed)| *streamed)
-            .max();
-        (self.prefetch as u64 + 1) * largest.unwrap_or(0) + self.decode_bytes
+            .map(|&i| self.stream_unit_bytes[i])
+            .collect();
+        let run = (self.prefetch + 1).min(sizes.len()).max(1);
+        let largest = sizes
+            .windows(run)
+            .map(|w| w.iter().sum::<u64>())
+            .max()
+            .unwrap_or(0);
+        largest + self.decode_bytes
+    }
+
+    /// The units `choice` leaves to stream, in forward order.
+    fn streamed_under(&self, choice: DeviceSet) -> Vec<usize> {
+        let mut streamed: Vec<usize> = self.layer_indices().split_off(choice.layers);
+        streamed.extend(self.head_index().filter(|_| !choice.head));
+        streamed
+    }
+
+    /// Device bytes of the stream window under `choice`.
+    fn window_under(&self, choice: DeviceSet) -> u64 {
+        self.stream_window_bytes(&self.streamed_under(choice))
+    }
+
+    /// Device bytes of the units `choice` keeps resident.
+    fn resident_under(&self, choice: DeviceSet) -> u64 {
+        let layers: u64 = self.layer_indices()[..choice.layers]
+            .iter()
+            .map(|&i| self.units[i].1)
+            .sum();
+        let head = match (choice.head, self.head_index()) {
+            (true, Some(i)) => self.units[i].1,
+            _ => 0,
+        };
+        self.fixed_unit_bytes() + layers + head
+    }
+
+    /// Device bytes of everything `choice` needs: the draft, resident
+    /// units, stream window, KV cache and activations.
+    fn device_bytes_under(&self, choice: DeviceSet) -> u64 {
+        self.draft_bytes
+            + self.resident_under(choice)
+            + self.window_under(choice)
+            + self.kv_bytes
+            + self.activation_bytes
     }
 }
 
@@ -185,22 +257,33 @@ pub struct BatchShape {
 }
 
 impl ResidencyPlan {
-    /// The smallest budget `input` can run in: a draft model, embedding,
-    /// head, prefetch + 1 of the largest layers, KV cache and activations.
+    /// The smallest budget `input` can run in: a draft model, the
+    /// embedding's vectors, the stream window with every layer and the head
+    /// streamed, KV cache and activations.
     pub fn minimum_budget(input: &PlanInput) -> u64 {
-        input.draft_bytes
-            + input.end_bytes()
-            + input.stream_buffer_bytes()
-            + input.kv_bytes
-            + input.activation_bytes
+        input.device_bytes_under(DeviceSet {
+            layers: 0,
+            head: false,
+        })
+    }
+
+    /// The smallest budget that keeps the head on the device (below it,
+    /// the head streams like a layer).
+    pub fn head_resident_budget(input: &PlanInput) -> u64 {
+        input.device_bytes_under(DeviceSet {
+            layers: 0,
+            head: true,
+        })
     }
 
     /// Plans residency: everything resident when it fits; otherwise the
-    /// embedding and head stay, then layers in order while they fit, and the
-    /// rest stream through prefetch + 1 buffers. Of the streamed
-    /// mixture-of-experts layers, the shared tensors stay while they fit
-    /// (read every pass, they are worth more than any cached expert); what
-    /// is left holds the cache of routed experts.
+    /// head stays if it fits beside the layers streaming, then layers in
+    /// order while they fit, and the rest stream through a window of
+    /// prefetch + 1 units. Of the streamed mixture-of-experts layers, the
+    /// shared tensors stay while they fit (read every pass, they are worth
+    /// more than any cached expert); what is left holds the cache of routed
+    /// experts. Streamed dense units then go to the host tier, in order,
+    /// while it holds them beside the staging of the stream window.
     pub fn new(input: &PlanInput) -> Result<Self> {
         if input.draft_bytes + input.all_resident_bytes() <= input.budget {
             return Ok(ResidencyPlan {
@@ -212,79 +295,76 @@ impl ResidencyPlan {
                 expert_cache_bytes: 0,
                 draft_bytes: input.draft_bytes,
                 budget: input.budget,
+                host_bytes: 0,
+                host_budget: input.host_budget,
             });
         }
         let minimum = Self::minimum_budget(input);
-        let ends = input.end_bytes();
-        let buffers = input.stream_buffer_bytes();
         if minimum > input.budget {
             return Err(Error::Budget {
                 budget: ByteSize(input.budget),
                 minimum: ByteSize(minimum),
-                detail: format!(
-                    "{}embedding + head {}, {} streamed layer buffers {}{}, KV cache {}, activations {}",
-                    match input.draft_bytes {
-                        0 => String::new(),
-                        bytes => format!("draft model (all resident) {}, ", ByteSize(bytes)),
-                    },
-                    ByteSize(ends),
-                    input.prefetch + 1,
-                    ByteSize(buffers),
-                    match input.decode_bytes {
-                        0 => String::new(),
-                        bytes => format!(" (of which {} to decode one)", ByteSize(bytes)),
-                    },
-                    ByteSize(input.kv_bytes),
-                    ByteSize(input.activation_bytes)
-                ),
+                detail: budget_detail(input),
             });
         }
-        let mut room = input.budget - minimum;
-        let mut resident_bytes = ends;
-        let mut streamed_experts = false;
-        let mut streaming = false;
-        let mut placements: Vec<UnitPlacement> = input
-            .units
-            .iter()
-            .zip(&input.stream_unit_bytes)
-            .map(|(&(kind, bytes), &streamed)| {
-                if !is_layer(kind) {
-                    UnitPlacement::Resident
-                } else if !streaming && bytes <= room {
-                    room -= bytes;
-                    resident_bytes += bytes;
-                    UnitPlacement::Resident
-                } else {
-                    streaming = true;
-                    streamed_experts |= streamed < bytes;
-                    UnitPlacement::Streamed
-                }
+        let fits = |choice: DeviceSet| input.device_bytes_under(choice) <= input.budget;
+        let mut choice = DeviceSet {
+            layers: 0,
+            head: input.head_index().is_some(),
+        };
+        choice.head &= fits(choice);
+        let layers = input.layer_indices();
+        while choice.layers < layers.len()
+            && fits(DeviceSet {
+                layers: choice.layers + 1,
+                ..choice
             })
-            .collect();
-        for (placement, shared) in placements.iter_mut().zip(&input.shared_bytes) {
-            match shared {
-                Some(shared) if *placement == UnitPlacement::Streamed && *shared <= room => {
+        {
+            choice.layers += 1;
+        }
+        let streamed = input.streamed_under(choice);
+        let mut room = input.budget - input.device_bytes_under(choice);
+        let mut resident_bytes = input.resident_under(choice);
+        let mut placements = vec![UnitPlacement::Resident; input.units.len()];
+        let mut streamed_experts = false;
+        for &index in &streamed {
+            placements[index] = match input.shared_bytes[index] {
+                Some(shared) if shared <= room => {
                     room -= shared;
                     resident_bytes += shared;
-                    *placement = UnitPlacement::SharedResident;
+                    UnitPlacement::SharedResident
                 }
-                _ => {}
+                _ => UnitPlacement::Streamed,
+            };
+            streamed_experts |= input.stream_unit_bytes[index] < input.units[index].1;
+        }
+        let stream_buffer_bytes = input.stream_window_bytes(&streamed);
+        let mut host_room = input.host_budget.saturating_sub(stream_buffer_bytes);
+        let mut host_bytes = 0;
+        for &index in &streamed {
+            let bytes = input.units[index].1;
+            if input.shared_bytes[index].is_none() && bytes <= host_room {
+                host_room -= bytes;
+                host_bytes += bytes;
+                placements[index] = UnitPlacement::Host;
             }
         }
         Ok(ResidencyPlan {
             placements,
             resident_bytes,
-            stream_buffer_bytes: buffers,
+            stream_buffer_bytes,
             kv_bytes: input.kv_bytes,
             activation_bytes: input.activation_bytes,
             expert_cache_bytes: if streamed_experts { room } else { 0 },
             draft_bytes: input.draft_bytes,
             budget: input.budget,
+            host_bytes,
+            host_budget: input.host_budget,
         })
     }
 
-    /// Number of units that read from storage on every pass: whole, or
-    /// (with their shared tensors resident) their routed experts.
+    /// Number of units uploaded on every pass that needs them: read from
+    /// storage (whole, or their routed experts) or kept in the host tier.
     pub fn streamed(&self) -> usize {
         self.placements
             .iter()
@@ -292,7 +372,15 @@ impl ResidencyPlan {
             .count()
     }
 
-    /// Peak memory the plan predicts.
+    /// Number of units kept in the host tier.
+    pub fn on_host(&self) -> usize {
+        self.placements
+            .iter()
+            .filter(|p| **p == UnitPlacement::Host)
+            .count()
+    }
+
+    /// Peak device memory the plan predicts.
     pub fn predicted_peak(&self) -> u64 {
         self.draft_bytes
             + self.resident_bytes
@@ -301,6 +389,34 @@ impl ResidencyPlan {
             + self.activation_bytes
             + self.expert_cache_bytes
     }
+}
+
+/// What the minimum working set of `input` is made of, for the budget error.
+fn budget_detail(input: &PlanInput) -> String {
+    let streamed = input.streamed_under(DeviceSet {
+        layers: 0,
+        head: false,
+    });
+    let fixed = input.fixed_unit_bytes();
+    format!(
+        "{}{}stream window of {} consecutive units {}{}, KV cache {}, activations {}",
+        match input.draft_bytes {
+            0 => String::new(),
+            bytes => format!("draft model (all resident) {}, ", ByteSize(bytes)),
+        },
+        match fixed {
+            0 => String::new(),
+            bytes => format!("embedding {}, ", ByteSize(bytes)),
+        },
+        (input.prefetch + 1).min(streamed.len()),
+        ByteSize(input.stream_window_bytes(&streamed)),
+        match input.decode_bytes {
+            0 => String::new(),
+            bytes => format!(" (of which {} to decode one)", ByteSize(bytes)),
+        },
+        ByteSize(input.kv_bytes),
+        ByteSize(input.activation_bytes)
+    )
 }
 
 #[cfg(test)]
@@ -325,8 +441,11 @@ mod tests {
             prefetch,
             draft_bytes: 0,
             budget,
+            host_budget: 0,
         }
     }
+
+    use UnitPlacement::*;
 
     #[test]
     fn everything_resident_when_it_fits() {
@@ -350,11 +469,78 @@ mod tests {
 
     #[test]
     fn streams_the_remainder() {
-        // minimum = 200 ends + 2×50 buffers + 20 = 320; 50 more keeps one layer.
+        // The head beside two streamed layers: 100 embedding + 100 head +
+        // 2×50 window + 20 = 320; 50 more keeps one layer.
+        assert_eq!(ResidencyPlan::head_resident_budget(&input(0, 1)), 320);
         let plan = ResidencyPlan::new(&input(370, 1)).unwrap();
-        assert_eq!(plan.placements[1], UnitPlacement::Resident);
-        assert_eq!(plan.streamed(), 3);
+        assert_eq!(
+            plan.placements,
+            [Resident, Resident, Streamed, Streamed, Streamed, Resident]
+        );
         assert_eq!(plan.predicted_peak(), 370);
+    }
+
+    #[test]
+    fn the_head_streams_when_it_does_not_fit_beside_the_layers() {
+        // Everything streamed: 100 embedding + the largest two neighbours
+        // (layer 3 and the head, 150) + 20 = 270; the head needs 320.
+        assert_eq!(ResidencyPlan::minimum_budget(&input(0, 1)), 270);
+        let plan = ResidencyPlan::new(&input(300, 1)).unwrap();
+        assert_eq!(plan.placements[1..], [Streamed; 5]);
+        assert_eq!(plan.stream_buffer_bytes, 150);
+        assert_eq!(plan.predicted_peak(), 270);
+        // With no prefetch the window is one unit: the head's 100.
+        let plan = ResidencyPlan::new(&input(220, 0)).unwrap();
+        assert_eq!(plan.streamed(), 5);
+        assert_eq!(plan.predicted_peak(), 220);
+    }
+
+    #[test]
+    fn the_stream_window_is_the_largest_run_of_neighbours() {
+        // Layers of 10, 80, 10, 80: two neighbours never hold two 80s.
+        let mut uneven = input(0, 1);
+        for (i, bytes) in [10, 80, 10, 80].into_iter().enumerate() {
+            uneven.units[i + 1].1 = bytes;
+            uneven.stream_unit_bytes[i + 1] = bytes;
+        }
+        assert_eq!(uneven.stream_window_bytes(&[1, 2, 3, 4]), 90);
+        uneven.prefetch = 2;
+        assert_eq!(uneven.stream_window_bytes(&[1, 2, 3, 4]), 170);
+        assert_eq!(uneven.stream_window_bytes(&[4, 5]), 180);
+        uneven.prefetch = 1;
+        // Head resident (100) beside the layers' window of 90.
+        uneven.budget = 100 + 100 + 90 + 20;
+        let plan = ResidencyPlan::new(&uneven).unwrap();
+        assert_eq!(plan.placements[5], Resident);
+        assert_eq!(plan.stream_buffer_bytes, 90);
+    }
+
+    #[test]
+    fn streamed_units_go_to_the_host_tier_beside_its_staging() {
+        // All stream (window 150); 250 of host memory stages the window and
+        // keeps two layers of 50.
+        let tiered = PlanInput {
+            host_budget: 250,
+            ..input(300, 1)
+        };
+        let plan = ResidencyPlan::new(&tiered).unwrap();
+        assert_eq!(
+            plan.placements,
+            [Resident, Host, Host, Streamed, Streamed, Streamed]
+        );
+        assert_eq!(
+            (plan.host_bytes, plan.on_host(), plan.streamed()),
+            (100, 2, 5)
+        );
+        // The device's figures do not change with the host tier.
+        assert_eq!(plan.predicted_peak(), 270);
+        // Less host memory than the window stages keeps nothing.
+        let plan = ResidencyPlan::new(&PlanInput {
+            host_budget: 140,
+            ..tiered
+        })
+        .unwrap();
+        assert_eq!(plan.on_host(), 0);
     }
 
     #[test]
@@ -363,11 +549,13 @@ mod tests {
         let mut moe = input(0, 1);
         moe.stream_unit_bytes = vec![100, 20, 20, 20, 20, 100];
         moe.shared_bytes = vec![None, Some(10), Some(10), Some(10), Some(10), None];
-        // minimum = 200 ends + 2×20 buffers + 20 = 260; 25 more keeps two
-        // layers' shared parts and leaves 5 for the expert cache.
+        // The head beside the layers: 200 + 2×20 window + 20 = 260; 25 more
+        // keeps two layers' shared parts and leaves 5 for the expert cache.
         moe.budget = 285;
+        // Expert layers stay out of the host tier (their experts are read on
+        // request).
+        moe.host_budget = 1000;
         let plan = ResidencyPlan::new(&moe).unwrap();
-        use UnitPlacement::*;
         assert_eq!(
             plan.placements,
             [
@@ -385,10 +573,13 @@ mod tests {
 
     #[test]
     fn below_minimum_names_it_and_prefetch_zero_lowers_it() {
-        let err = ResidencyPlan::new(&input(300, 1)).unwrap_err().to_string();
-        assert!(err.contains("320 B"), "{err}");
-        let plan = ResidencyPlan::new(&input(300, 0)).unwrap();
-        assert_eq!(plan.streamed(), 4);
+        let err = ResidencyPlan::new(&input(260, 1)).unwrap_err().to_string();
+        assert!(
+            err.contains("270 B") && err.contains("stream window of 2 consecutive units 150 B"),
+            "{err}"
+        );
+        let plan = ResidencyPlan::new(&input(260, 0)).unwrap();
+        assert_eq!(plan.streamed(), 5);
     }
 
     #[test]
@@ -397,16 +588,16 @@ mod tests {
             draft_bytes: 60,
             ..input(budget, 1)
         };
-        // 420 held everything; with the draft's 60 every layer but none of
-        // the 50 spare bytes fits: minimum 320 + 60 = 380, 40 left.
+        // 420 held everything; with the draft's 60 the head and no layer
+        // fit: 60 + 320 = 380, 40 left.
         let plan = ResidencyPlan::new(&drafted(420)).unwrap();
         assert_eq!(plan.streamed(), 4);
         assert_eq!(plan.draft_bytes, 60);
         assert_eq!(plan.predicted_peak(), 380);
         assert_eq!(ResidencyPlan::new(&drafted(480)).unwrap().streamed(), 0);
-        let err = ResidencyPlan::new(&drafted(370)).unwrap_err().to_string();
+        let err = ResidencyPlan::new(&drafted(320)).unwrap_err().to_string();
         assert!(
-            err.contains("380 B") && err.contains("draft model (all resident) 60 B"),
+            err.contains("330 B") && err.contains("draft model (all resident) 60 B"),
             "{err}"
         );
     }

@@ -14,6 +14,16 @@ pub enum UnitKind {
     Head,
 }
 
+impl UnitKind {
+    /// Whether a tensor of `rank` in a unit of this kind stays in host
+    /// memory as stored on every backend: the embedding table, of which a
+    /// pass uploads only the rows it looks up
+    /// ([`ComputeBackend::embedding`](crate::ComputeBackend::embedding)).
+    pub fn stays_on_host(self, rank: usize) -> bool {
+        self == UnitKind::Embedding && rank == 2
+    }
+}
+
 /// A tensor an architecture needs, with the shape its config implies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
@@ -136,10 +146,12 @@ impl TensorInfo {
 }
 
 impl UnitInfo {
-    /// Bytes the unit takes once uploaded under `layout`.
+    /// Bytes the unit takes once uploaded under `layout` (none for what
+    /// stays on the host, see [`UnitKind::stays_on_host`]).
     pub fn device_bytes(&self, layout: WeightLayout) -> u64 {
         self.tensors
             .iter()
+            .filter(|t| !self.kind.stays_on_host(t.shape.len()))
             .map(|t| t.device_bytes(layout))
             .fold(0, u64::saturating_add)
     }

@@ -153,9 +153,10 @@ where
 pub enum Budget {
     /// Plenty: everything resident.
     Resident,
-    /// The minimum working set: every layer streams.
+    /// The minimum working set: every layer and the head stream.
     StreamAll,
-    /// The minimum working set and this many bytes more.
+    /// The head resident beside streamed layers (the smallest budget that
+    /// keeps it), and this many bytes more.
     AboveMinimum(u64),
 }
 
@@ -187,21 +188,19 @@ pub fn engine_with<B: Backend>(
     let model = ModelDir::open(dir, &airllm_models::catalog())?;
     let arch = airllm_models::architecture::<B>(&model.config)?;
     let store = model.open_store(arch.units())?;
-    let minimum = || {
-        ResidencyPlan::minimum_budget(&PlanInput::for_model(
-            store.units(),
-            arch.units(),
-            arch.dims(),
-            shape,
-            options.prefetch,
-            0,
-            backend.weight_layout(),
-        ))
-    };
+    let input = PlanInput::for_model(
+        store.units(),
+        arch.units(),
+        arch.dims(),
+        shape,
+        options.prefetch,
+        0,
+        backend.weight_layout(),
+    );
     let max_memory = match budget {
         Budget::Resident => 1 << 40,
-        Budget::StreamAll => minimum(),
-        Budget::AboveMinimum(extra) => minimum() + extra,
+        Budget::StreamAll => ResidencyPlan::minimum_budget(&input),
+        Budget::AboveMinimum(extra) => ResidencyPlan::head_resident_budget(&input) + extra,
     };
     let options = EngineOptions {
         max_memory: Some(max_memory),

@@ -6,9 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use airllm_backends::BackendJob;
-use airllm_core::{BatchShape, ComputeBackend, GenerationConfig, Result, TokenControl};
+use airllm_backends::{BackendJob, BurnBackend, DeviceChoice};
+use airllm_core::{
+    BatchShape, ComputeBackend, EngineOptions, GenerationConfig, Result, TokenControl,
+    UnitPlacement,
+};
 use airllm_tests::*;
+use burn::backend::flex::{Flex, FlexDevice};
 use burn::tensor::backend::Backend;
 
 const NEW_TOKENS: usize = 24;
@@ -36,6 +40,8 @@ struct CheckModel {
     dir: PathBuf,
     budget: Budget,
     prefetch: usize,
+    /// Keep every streamed unit that can be in the host tier.
+    host_tier: bool,
 }
 
 impl BackendJob for CheckModel {
@@ -43,12 +49,19 @@ impl BackendJob for CheckModel {
 
     fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<()> {
         let reference = reference(self.name);
-        let mut engine = engine(&self.dir, backend, self.budget, self.prefetch, SHAPE)?;
+        let options = EngineOptions {
+            prefetch: self.prefetch,
+            verify: true,
+            max_host_memory: self.host_tier.then_some(1 << 40),
+            ..Default::default()
+        };
+        let mut engine = engine_with(&self.dir, backend, self.budget, SHAPE, options)?;
         let label = format!(
-            "{} {:?} prefetch {}",
+            "{} {:?} prefetch {}{}",
             self.dir.display(),
             self.budget,
-            self.prefetch
+            self.prefetch,
+            if self.host_tier { " host tier" } else { "" }
         );
         for record in &reference.prompts {
             // Chunks of 5 exercise chunked prefill over the KV cache.
@@ -70,6 +83,7 @@ impl BackendJob for CheckModel {
             assert_eq!(answer[0].tokens, record.greedy, "{label}: greedy tokens");
         }
         let prompts: Vec<Vec<u32>> = reference.prompts.iter().map(|r| r.ids.clone()).collect();
+        engine.reset_stats();
         let answers = engine.generate(&prompts, &greedy(), &mut |_, _| TokenControl::Continue)?;
         for (answer, record) in answers.iter().zip(&reference.prompts) {
             assert_eq!(
@@ -85,12 +99,23 @@ impl BackendJob for CheckModel {
         } else {
             assert_eq!(
                 plan.streamed(),
-                engine.arch().dims().layers,
-                "{label}: all layers stream"
+                engine.arch().dims().layers + 1,
+                "{label}: all layers and the head stream"
             );
             assert!(
                 stats.peak_streamed_units >= 1,
                 "{label}: streaming happened"
+            );
+            let on_host: Vec<_> = (plan.placements.iter().zip(&stats.units))
+                .filter(|(p, _)| **p == UnitPlacement::Host)
+                .map(|(_, unit)| (unit.reads, unit.bytes_read))
+                .collect();
+            assert_eq!(!on_host.is_empty(), self.host_tier, "{label}: {on_host:?}");
+            assert!(
+                on_host
+                    .iter()
+                    .all(|&(reads, bytes)| reads > 0 && bytes == 0),
+                "{label}: host-tier units are uploaded every pass, never read: {on_host:?}"
             );
             assert!(
                 stats.peak_streamed_units <= self.prefetch + 1,
@@ -109,6 +134,7 @@ fn check(name: &'static str, dir: &Path, budget: Budget, prefetch: usize) {
         dir: dir.to_path_buf(),
         budget,
         prefetch,
+        host_tier: false,
     })
     .unwrap_or_else(|e| panic!("{name}: {e}"));
 }
@@ -140,4 +166,29 @@ fn streaming_and_resident_from_split_dir() {
 #[test]
 fn streaming_with_prefetch_zero() {
     check("llama-gqa", &fixture("llama-gqa"), Budget::StreamAll, 0);
+}
+
+/// The host tier: streamed units kept in host memory and uploaded every
+/// pass answer as when read from disk, and are never read again. The cpu
+/// computes in host memory, so there the tier runs on burn's flex device
+/// behind the generic backend.
+#[test]
+fn streaming_from_the_host_tier() {
+    for name in ["llama-gqa", "llama-mixed.gguf", "mixtral-moe"] {
+        let job = CheckModel {
+            name,
+            dir: fixture(name),
+            budget: Budget::StreamAll,
+            prefetch: 1,
+            host_tier: true,
+        };
+        match test_device() {
+            DeviceChoice::Cpu => {
+                let flex = BurnBackend::<Flex>::new(FlexDevice, "flex".into());
+                job.run::<Flex>(Arc::new(flex))
+            }
+            _ => on_test_device(job),
+        }
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }

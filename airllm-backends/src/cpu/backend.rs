@@ -77,6 +77,10 @@ impl ComputeBackend<Flex> for CpuBackend {
         airllm_core::memory::default_host_budget()
     }
 
+    fn computes_in_host_memory(&self) -> bool {
+        true
+    }
+
     fn weight_layout(&self) -> WeightLayout {
         CPU_WEIGHT_LAYOUT
     }
