@@ -191,12 +191,9 @@ fn not_built(choice: DeviceChoice, feature: &str) -> Error {
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn probe<B: Backend>(device: &Device<B>, choice: DeviceChoice, remedy: &str) -> Result<()> {
     use burn::tensor::{Tensor, TensorData};
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let outcome = quiet_panics(|| {
         Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32], [1]), device).into_data()
-    }));
-    std::panic::set_hook(quiet);
+    });
     outcome.map(|_| ()).map_err(|panic| {
         let reason = panic
             .downcast_ref::<String>()
@@ -207,6 +204,30 @@ fn probe<B: Backend>(device: &Device<B>, choice: DeviceChoice, remedy: &str) -> 
             "device `{choice}` could not start: {reason}. {remedy}"
         ))
     })
+}
+
+/// Runs `f`, catching a panic without the panic hook's message on this
+/// thread. The process's hook is wrapped once and never swapped back and
+/// forth, so threads probing at once cannot leave it silenced for others.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn quiet_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    use std::cell::Cell;
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static WRAP_HOOK: std::sync::Once = std::sync::Once::new();
+    WRAP_HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                report(info)
+            }
+        }));
+    });
+    QUIET.with(|quiet| quiet.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|quiet| quiet.set(false));
+    outcome
 }
 
 /// What to install when a wgpu adapter is missing.
@@ -318,6 +339,32 @@ mod tests {
         assert_eq!("wgpu".parse(), Ok(DeviceChoice::Wgpu(0)));
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    /// Probes on several threads at once silence only their own panics:
+    /// a later panic elsewhere still reaches the process's hook.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    #[test]
+    fn quiet_panics_leave_the_hook_to_other_threads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static REPORTED: AtomicUsize = AtomicUsize::new(0);
+        std::panic::set_hook(Box::new(|_| {
+            REPORTED.fetch_add(1, Ordering::SeqCst);
+        }));
+        let probes: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(|| quiet_panics(|| panic!("no adapter")).is_err()))
+            .collect();
+        for probe in probes {
+            assert!(probe.join().unwrap(), "the panic is caught");
+        }
+        assert_eq!(REPORTED.load(Ordering::SeqCst), 0, "probes are quiet");
+        let loud = std::thread::spawn(|| panic!("a real failure")).join();
+        assert!(loud.is_err());
+        assert_eq!(
+            REPORTED.load(Ordering::SeqCst),
+            1,
+            "other panics are reported"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use airllm_backends::{dispatch, BackendJob};
 use airllm_core::memory::Rss;
@@ -226,6 +226,7 @@ pub fn measure<B: Backend>(engine: &mut Engine<B>, run: Measurement<'_>) -> Resu
         draft,
     };
     let chunk = config.prefill_chunk.clamp(1, prompt_len.max(1));
+    engine.set_sync_units(true);
     let load_started = Instant::now();
     engine.prepare(batch, chunk, prompt_len + new_tokens)?;
     let load_s = load_started.elapsed().as_secs_f64();
@@ -250,7 +251,7 @@ pub fn measure<B: Backend>(engine: &mut Engine<B>, run: Measurement<'_>) -> Resu
     let stats = engine.stats();
     let plan = engine.plan().expect("prepared").clone();
     let bytes_read = stats.bytes_read();
-    let read_s = stats.read_time().as_secs_f64();
+    let uploaded_bytes = stats.uploaded_bytes();
     let rss = Rss::now();
     let expert_cache_bytes = match expert_cache {
         true => plan.expert_cache_bytes,
@@ -272,9 +273,12 @@ pub fn measure<B: Backend>(engine: &mut Engine<B>, run: Measurement<'_>) -> Resu
         "predicted_peak_bytes": plan.predicted_peak(),
         "budget_bytes": plan.budget,
         "bytes_read": bytes_read,
-        "read_gb_per_s": if read_s > 0.0 { bytes_read as f64 / read_s / 1e9 } else { 0.0 },
+        "read_gb_per_s": gb_per_s(bytes_read, stats.read_time()),
         "effective_gb_per_s": bytes_read as f64 / wall_s / 1e9,
         "read_wait_s": stats.read_wait.as_secs_f64(),
+        "uploaded_bytes": uploaded_bytes,
+        "upload_gb_per_s": gb_per_s(uploaded_bytes, stats.upload_time()),
+        "unit_timing": "completion",
         "bytes_read_per_token": bytes_read as f64 / generated.max(1) as f64,
         "expert_wait_s": stats.expert_wait.as_secs_f64(),
         "expert_cache_hit_rate": stats.expert_cache_hit_rate(),
@@ -312,10 +316,20 @@ pub fn unit_rows(stats: &RunStats) -> Vec<Value> {
                 "read_ms": u.read.as_secs_f64() * 1e3 / reads,
                 "decompress_ms": u.decompress.as_secs_f64() * 1e3 / reads,
                 "upload_ms": u.upload.as_secs_f64() * 1e3 / reads,
+                "upload_gb_per_s": gb_per_s(u.uploaded_bytes, u.upload),
+                "wait_ms": u.wait.as_secs_f64() * 1e3 / passes,
                 "compute_ms": u.compute.as_secs_f64() * 1e3 / passes,
             })
         })
         .collect()
+}
+
+/// `bytes` over `time` in GB/s (0 for no time).
+fn gb_per_s(bytes: u64, time: Duration) -> f64 {
+    match time.as_secs_f64() {
+        0.0 => 0.0,
+        seconds => bytes as f64 / seconds / 1e9,
+    }
 }
 
 /// Prints `report` (from [`measure`]) for people.
@@ -343,6 +357,11 @@ pub fn print_report(report: &Value) {
         f("read_gb_per_s"),
         f("effective_gb_per_s"),
         f("read_wait_s")
+    );
+    println!(
+        "uploaded {} at {:.2} GB/s (times to completion)",
+        ByteSize(n("uploaded_bytes")),
+        f("upload_gb_per_s")
     );
     println!(
         "read {} per generated token",
@@ -379,17 +398,19 @@ pub fn print_report(report: &Value) {
 /// Prints the rows of [`unit_rows`] as a table.
 pub fn print_unit_table(rows: &[Value]) {
     println!(
-        "{:<12} {:>6} {:>10} {:>10} {:>10}",
-        "unit", "reads", "read ms", "upload ms", "compute ms"
+        "{:<12} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "unit", "reads", "read ms", "upload ms", "wait ms", "compute ms"
     );
+    let ms = |u: &Value, key: &str| u[key].as_f64().unwrap_or(0.0);
     for u in rows {
         println!(
-            "{:<12} {:>6} {:>10.2} {:>10.2} {:>10.2}",
+            "{:<12} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
             u["name"].as_str().unwrap_or_default(),
             u["reads"],
-            u["read_ms"].as_f64().unwrap_or(0.0),
-            u["upload_ms"].as_f64().unwrap_or(0.0),
-            u["compute_ms"].as_f64().unwrap_or(0.0)
+            ms(u, "read_ms"),
+            ms(u, "upload_ms"),
+            ms(u, "wait_ms"),
+            ms(u, "compute_ms")
         );
     }
 }

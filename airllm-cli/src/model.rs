@@ -45,6 +45,7 @@ fn engine_options(args: &EngineArgs) -> EngineOptions {
         max_host_memory: args.max_host_memory.map(|m| m.0),
         verify: args.verify,
         expert_cache: args.expert_cache == Switch::On,
+        ..Default::default()
     }
 }
 

@@ -55,6 +55,15 @@ impl StagedTensor {
         Ok(StagedTensor::decoded(tensor, tensor.to_f32()?))
     }
 
+    /// Bytes this tensor puts on the device when uploaded (none for one
+    /// that stays in host memory).
+    pub fn upload_bytes(&self) -> u64 {
+        match self {
+            StagedTensor::Decoded { data, .. } => data.bytes.len() as u64,
+            StagedTensor::Host(_) => 0,
+        }
+    }
+
     /// `values`, the f32 values of `tensor` as a backend decoded them (with
     /// its own vector code, say), under the tensor's name and shape.
     pub fn decoded(tensor: &HostTensor, values: Vec<f32>) -> Self {
@@ -223,19 +232,32 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         StagedTensor::decode(tensor)
     }
 
-    /// Hands staged data to the device; runs on the compute thread.
+    /// Hands staged data to the device; runs on the reader thread for
+    /// streamed units (on the compute thread for resident ones). By default
+    /// the data goes through the backend's staging (pinned memory where
+    /// the device has it) and becomes a burn tensor.
     fn upload(&self, staged: StagedTensor) -> Result<DeviceTensor<B>> {
         let device = self.device();
         match staged {
             StagedTensor::Host(tensor) => Ok(DeviceTensor::Host(tensor)),
-            StagedTensor::Decoded { name, data } => match data.shape.len() {
+            StagedTensor::Decoded { name, mut data } => match data.shape.len() {
+                2 => {
+                    B::staging(std::iter::once(&mut data), device);
+                    Ok(DeviceTensor::Matrix(Tensor::from_data(data, device)))
+                }
                 1 => Ok(DeviceTensor::Vector(Tensor::from_data(data, device))),
-                2 => Ok(DeviceTensor::Matrix(Tensor::from_data(data, device))),
                 rank => Err(Error::Backend(format!(
                     "tensor `{name}` has rank {rank}; only 1-D and 2-D weights are supported"
                 ))),
             },
         }
+    }
+
+    /// Waits until the work this thread queued on the device is done (a
+    /// no-op where compute is synchronous, as on the cpu).
+    fn sync(&self) -> Result<()> {
+        B::sync(self.device())
+            .map_err(|e| Error::Backend(format!("device `{}` failed: {e}", self.name())))
     }
 
     /// `x · wᵀ` for activations `x: [batch, seq, in]` and a weight `w: [out, in]`.

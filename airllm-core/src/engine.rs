@@ -35,6 +35,9 @@ pub struct EngineOptions {
     /// Keep recently routed experts of streamed mixture-of-experts layers
     /// in the memory the plan leaves over.
     pub expert_cache: bool,
+    /// Wait for the device after each unit's upload and compute, so their
+    /// times are to completion rather than to submission (benchmarks).
+    pub sync_units: bool,
 }
 
 impl Default for EngineOptions {
@@ -45,6 +48,7 @@ impl Default for EngineOptions {
             max_host_memory: None,
             verify: false,
             expert_cache: true,
+            sync_units: false,
         }
     }
 }
@@ -63,13 +67,25 @@ pub enum Logits {
     Tails(Vec<usize>),
 }
 
-/// A unit read and decoded by the reader thread.
-struct LoadedUnit {
+/// A unit read and staged for upload.
+struct StagedLoad {
     index: usize,
     tensors: Vec<StagedTensor>,
     bytes: u64,
     decompress: Duration,
     read: Duration,
+}
+
+/// A unit read, staged and uploaded (by the reader thread, for a streamed
+/// unit), with what each step cost.
+struct LoadedUnit<B: Backend> {
+    index: usize,
+    unit: DeviceUnit<B>,
+    bytes: u64,
+    decompress: Duration,
+    read: Duration,
+    upload: Duration,
+    uploaded_bytes: u64,
 }
 
 /// Counts streamed units alive at once (read started, device copy not yet
@@ -268,6 +284,12 @@ impl<B: Backend> Engine<B> {
             .unwrap_or_else(|| self.backend.default_host_budget())
     }
 
+    /// Times each unit's upload and compute to completion (waiting for the
+    /// device after each) or to submission ([`EngineOptions::sync_units`]).
+    pub fn set_sync_units(&mut self, sync: bool) {
+        self.options.sync_units = sync;
+    }
+
     /// Telemetry since creation or the last [`Engine::reset_stats`].
     pub fn stats(&self) -> &RunStats {
         &self.stats
@@ -364,12 +386,16 @@ impl<B: Backend> Engine<B> {
                 UnitPlacement::SharedResident => shared_names(&self.streamed_reads, index),
                 _ => None,
             };
-            let loaded = load_unit(&*self.store, &*self.backend, index, shared.as_deref())?;
+            let staged = load_unit(&*self.store, &*self.backend, index, shared.as_deref())?;
             progress.units += 1;
-            progress.bytes += loaded.bytes;
+            progress.bytes += staged.bytes;
             match plan.placements[index] {
-                UnitPlacement::Host => Arc::make_mut(&mut self.kept)[index] = Some(loaded.tensors),
-                _ => self.resident[index] = Some(self.upload(loaded)?),
+                UnitPlacement::Host => Arc::make_mut(&mut self.kept)[index] = Some(staged.tensors),
+                _ => {
+                    let loaded = upload_staged(&*self.store, &*self.backend, staged, false)?;
+                    self.record_load(&loaded);
+                    self.resident[index] = Some(loaded.unit);
+                }
             }
             if let Some(observer) = self.on_load.as_mut() {
                 observer(progress);
@@ -388,17 +414,15 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    fn upload(&mut self, loaded: LoadedUnit) -> Result<DeviceUnit<B>> {
-        let started = Instant::now();
-        let name = &self.store.units()[loaded.index].name;
-        let unit = DeviceUnit::upload(name, loaded.tensors, &*self.backend)?;
+    /// Adds what loading a unit cost to its telemetry.
+    fn record_load(&mut self, loaded: &LoadedUnit<B>) {
         let stats = &mut self.stats.units[loaded.index];
         stats.reads += 1;
         stats.bytes_read += loaded.bytes;
         stats.read += loaded.read;
         stats.decompress += loaded.decompress;
-        stats.upload += started.elapsed();
-        Ok(unit)
+        stats.upload += loaded.upload;
+        stats.uploaded_bytes += loaded.uploaded_bytes;
     }
 
     /// One forward pass: `tokens[r]` are row `r`'s new tokens (rows of any
@@ -482,7 +506,7 @@ impl<B: Backend> Engine<B> {
             .collect();
         let prefetch = self.options.prefetch;
         let in_flight = Arc::new(InFlight::default());
-        let (unit_tx, unit_rx) = sync_channel::<Result<LoadedUnit>>(prefetch + 1);
+        let (unit_tx, unit_rx) = sync_channel::<Result<LoadedUnit<B>>>(prefetch + 1);
         let (expert_tx, expert_rx) = sync_channel::<Result<LoadedExperts>>(1);
         let (request_tx, request_rx) = channel::<ReaderRequest>();
         for _ in 0..=prefetch {
@@ -496,6 +520,7 @@ impl<B: Backend> Engine<B> {
             shared: self.streamed_reads.clone(),
             kept: self.kept.clone(),
             in_flight: in_flight.clone(),
+            sync_units: self.options.sync_units,
         };
         let result = std::thread::scope(|scope| {
             std::thread::Builder::new()
@@ -533,7 +558,7 @@ impl<B: Backend> Engine<B> {
         pass: &PassInfo,
         kv: &mut [&mut KvCache<B>],
         tails: Option<&[usize]>,
-        channels: PassChannels,
+        channels: PassChannels<B>,
     ) -> Result<Option<Tensor<B, 3>>> {
         let device = self.backend.device().clone();
         let arch = Arc::clone(&self.arch);
@@ -551,9 +576,12 @@ impl<B: Backend> Engine<B> {
                 let loaded = channels.units.recv().map_err(|_| {
                     Error::Backend("the reader thread stopped before the pass ended".into())
                 })??;
-                self.stats.read_wait += waited.elapsed();
+                let wait = waited.elapsed();
+                self.stats.read_wait += wait;
+                self.stats.units[index].wait += wait;
                 debug_assert_eq!(loaded.index, index);
-                streamed = Some(self.upload(loaded)?);
+                self.record_load(&loaded);
+                streamed = Some(loaded.unit);
             }
             let unit = streamed
                 .as_ref()
@@ -604,6 +632,12 @@ impl<B: Backend> Engine<B> {
                     let input = tails_of_rows(input, pass, tails, &device);
                     output = Some(arch.head(unit, input, &*self.backend)?);
                 }
+            }
+            if streamed.is_some() || self.options.sync_units {
+                // A streamed unit's memory goes back to the reader, whose
+                // next upload may reuse it: the kernels reading it must be
+                // done first (on a GPU they are queued, not yet run).
+                self.backend.sync()?;
             }
             self.stats.units[index].compute += started.elapsed();
             if let Some(unit) = streamed.take() {
@@ -656,9 +690,9 @@ fn missing_embedding() -> Error {
 }
 
 /// The compute thread's ends of one pass's channels to the reader thread.
-struct PassChannels {
-    /// Streamed units, in forward order.
-    units: Receiver<Result<LoadedUnit>>,
+struct PassChannels<B: Backend> {
+    /// Streamed units, in forward order, uploaded.
+    units: Receiver<Result<LoadedUnit<B>>>,
     /// Permits and expert requests.
     requests: Sender<ReaderRequest>,
     /// Answers to expert requests.
@@ -675,16 +709,18 @@ struct Reader<B: Backend> {
     /// The host tier's units, staged already.
     kept: Arc<Vec<Option<Vec<StagedTensor>>>>,
     in_flight: Arc<InFlight>,
+    /// Upload to completion ([`EngineOptions::sync_units`]).
+    sync_units: bool,
 }
 
 impl<B: Backend> Reader<B> {
-    /// Reads the `streamed` units ahead as permits allow, serving expert
-    /// requests first; ends when the compute side hangs up.
+    /// Reads and uploads the `streamed` units ahead as permits allow,
+    /// serving expert requests first; ends when the compute side hangs up.
     fn run(
         self,
         streamed: Vec<usize>,
         requests: Receiver<ReaderRequest>,
-        units: SyncSender<Result<LoadedUnit>>,
+        units: SyncSender<Result<LoadedUnit<B>>>,
         experts: SyncSender<Result<LoadedExperts>>,
     ) {
         let mut permits = 0usize;
@@ -735,25 +771,27 @@ impl<B: Backend> Reader<B> {
 }
 
 impl<B: Backend> Reader<B> {
-    /// Unit `index` staged for upload: a copy of the host tier's, or read
-    /// from the store.
-    fn load(&self, index: usize) -> Result<LoadedUnit> {
-        match &self.kept[index] {
+    /// Unit `index` on the device: the host tier's staging copied, or read
+    /// from the store and staged; then uploaded from this thread, while
+    /// the compute thread runs the units before it.
+    fn load(&self, index: usize) -> Result<LoadedUnit<B>> {
+        let staged = match &self.kept[index] {
             Some(tensors) => {
                 let started = Instant::now();
-                Ok(LoadedUnit {
+                StagedLoad {
                     index,
                     tensors: tensors.clone(),
                     bytes: 0,
                     decompress: Duration::ZERO,
                     read: started.elapsed(),
-                })
+                }
             }
             None => {
                 let only = shared_names(&self.shared, index);
-                load_unit(&*self.store, &*self.backend, index, only.as_deref())
+                load_unit(&*self.store, &*self.backend, index, only.as_deref())?
             }
-        }
+        };
+        upload_staged(&*self.store, &*self.backend, staged, self.sync_units)
     }
 }
 
@@ -793,15 +831,41 @@ fn load_unit<B: Backend>(
     backend: &dyn ComputeBackend<B>,
     index: usize,
     only: Option<&[&str]>,
-) -> Result<LoadedUnit> {
+) -> Result<StagedLoad> {
     let started = Instant::now();
     let staged = read_staged(store, backend, index, only)?;
-    Ok(LoadedUnit {
+    Ok(StagedLoad {
         index,
         tensors: staged.tensors,
         bytes: staged.stored_bytes,
         decompress: staged.decompress,
         read: started.elapsed(),
+    })
+}
+
+/// Uploads a staged unit through `backend` on the calling thread, waiting
+/// for the device to finish the copies when `sync`.
+fn upload_staged<B: Backend>(
+    store: &dyn LayerStore,
+    backend: &dyn ComputeBackend<B>,
+    staged: StagedLoad,
+    sync: bool,
+) -> Result<LoadedUnit<B>> {
+    let started = Instant::now();
+    let uploaded_bytes = staged.tensors.iter().map(StagedTensor::upload_bytes).sum();
+    let name = &store.units()[staged.index].name;
+    let unit = DeviceUnit::upload(name, staged.tensors, backend)?;
+    if sync {
+        backend.sync()?;
+    }
+    Ok(LoadedUnit {
+        index: staged.index,
+        unit,
+        bytes: staged.bytes,
+        decompress: staged.decompress,
+        read: staged.read,
+        upload: started.elapsed(),
+        uploaded_bytes,
     })
 }
 

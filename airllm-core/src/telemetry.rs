@@ -19,8 +19,13 @@ pub struct UnitStats {
     pub read: Duration,
     /// Of `read`, the time decompressing (zstd) unit files.
     pub decompress: Duration,
-    /// Time copying to the device.
+    /// Time uploading to the device (a streamed unit's on the reader
+    /// thread, beside the compute of the units before it).
     pub upload: Duration,
+    /// Bytes uploaded to the device, as they crossed (widened or as stored).
+    pub uploaded_bytes: u64,
+    /// Time the compute thread waited for this unit from the reader.
+    pub wait: Duration,
     /// Time computing.
     pub compute: Duration,
 }
@@ -70,6 +75,16 @@ impl RunStats {
     /// Total bytes read from the store.
     pub fn bytes_read(&self) -> u64 {
         self.units.iter().map(|u| u.bytes_read).sum()
+    }
+
+    /// Total bytes uploaded to the device.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.units.iter().map(|u| u.uploaded_bytes).sum()
+    }
+
+    /// Total upload time.
+    pub fn upload_time(&self) -> Duration {
+        self.units.iter().map(|u| u.upload).sum()
     }
 
     /// Total read time on the reader thread.

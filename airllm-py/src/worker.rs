@@ -212,6 +212,7 @@ fn generate<B: Backend>(
         .iter()
         .map(|_| TextStream::new(request.stops.clone()))
         .collect();
+    engine.set_sync_units(settings.profiling);
     if settings.profiling {
         engine.reset_stats();
     }
