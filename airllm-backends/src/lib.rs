@@ -7,6 +7,7 @@
 //! This crate owns device selection and device-specific operations; it must
 //! not read model files or know model families.
 
+pub mod budget;
 pub mod cpu;
 mod pool;
 
@@ -14,6 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use airllm_core::{ComputeBackend, ComputeDType, Error, HostTensor, Result, StagedTensor};
+use budget::{Budgets, DeviceMemory};
 use burn::tensor::backend::Backend;
 use burn::tensor::Device;
 
@@ -83,12 +85,38 @@ impl std::fmt::Display for DeviceChoice {
 pub struct BurnBackend<B: Backend> {
     device: Device<B>,
     name: String,
+    budgets: Budgets,
+    memory_in_use: Option<MemoryInUse<B>>,
 }
 
+/// Reads the device bytes the runtime holds for the calling thread.
+type MemoryInUse<B> = fn(&Device<B>) -> Option<u64>;
+
 impl<B: Backend> BurnBackend<B> {
-    /// Wraps `device` under a display name.
+    /// Wraps `device`, which computes in host memory, under a display name.
     pub fn new(device: Device<B>, name: String) -> Self {
-        BurnBackend { device, name }
+        BurnBackend {
+            device,
+            name,
+            budgets: Budgets::for_device(
+                DeviceMemory::Host,
+                airllm_core::memory::default_host_budget(),
+            ),
+            memory_in_use: None,
+        }
+    }
+
+    /// The same device, reporting the memory in use with `read`.
+    pub fn with_memory_in_use(mut self, read: MemoryInUse<B>) -> Self {
+        self.memory_in_use = Some(read);
+        self
+    }
+
+    /// The same device, its default budgets set by the memory it computes in.
+    pub fn with_memory(mut self, memory: DeviceMemory) -> Self {
+        self.budgets = Budgets::for_device(memory, airllm_core::memory::default_host_budget());
+        tracing::info!(device = %self.name, "{}", self.budgets.describe(memory));
+        self
     }
 }
 
@@ -102,10 +130,15 @@ impl<B: Backend> ComputeBackend<B> for BurnBackend<B> {
     }
 
     fn default_budget(&self) -> u64 {
-        // Device memory queries differ per runtime; until each backend reports
-        // its own, every device budgets from host memory, which bounds what
-        // can be staged for it.
-        airllm_core::memory::default_host_budget()
+        self.budgets.device
+    }
+
+    fn default_host_budget(&self) -> u64 {
+        self.budgets.host_tier
+    }
+
+    fn memory_in_use(&self) -> Option<u64> {
+        self.memory_in_use.and_then(|read| read(&self.device))
     }
 
     fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {
@@ -230,6 +263,77 @@ fn quiet_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     outcome
 }
 
+/// The memory the wgpu adapter behind `device` computes in: host memory
+/// for a `Cpu` adapter (Mesa's lavapipe) or an integrated GPU, its own
+/// (of a size wgpu cannot tell) otherwise. `DefaultDevice` is the adapter
+/// burn's runtime picks for it, the high-performance one of the platform's
+/// graphics API.
+#[cfg(feature = "wgpu")]
+fn wgpu_memory(device: &burn::backend::wgpu::WgpuDevice) -> DeviceMemory {
+    use burn::backend::wgpu::WgpuDevice;
+    use wgpu::DeviceType;
+    let adapter = match device {
+        WgpuDevice::DefaultDevice => default_wgpu_adapter(),
+        WgpuDevice::DiscreteGpu(_) => Some(DeviceType::DiscreteGpu),
+        WgpuDevice::IntegratedGpu(_) => Some(DeviceType::IntegratedGpu),
+        WgpuDevice::Cpu => Some(DeviceType::Cpu),
+        _ => None,
+    };
+    match adapter {
+        Some(DeviceType::Cpu | DeviceType::IntegratedGpu) => DeviceMemory::Host,
+        _ => DeviceMemory::Dedicated { free: None },
+    }
+}
+
+/// The type of the adapter wgpu offers first for high performance on the
+/// graphics API burn's runtime uses (asked once per process).
+#[cfg(feature = "wgpu")]
+fn default_wgpu_adapter() -> Option<wgpu::DeviceType> {
+    use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+    static ADAPTER: std::sync::OnceLock<Option<wgpu::DeviceType>> = std::sync::OnceLock::new();
+    *ADAPTER.get_or_init(|| {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: AutoGraphicsApi::backend().into(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+        };
+        let adapter = futures_lite::future::block_on(instance.request_adapter(&options)).ok()?;
+        Some(adapter.get_info().device_type)
+    })
+}
+
+/// CUDA device `index`'s memory, with what it has free now (unknown, with
+/// a warning, where the driver will not say).
+#[cfg(feature = "cuda")]
+fn cuda_memory(index: usize) -> DeviceMemory {
+    let free = cudarc::driver::CudaContext::new(index).and_then(|context| context.mem_get_info());
+    match free {
+        Ok((free, _total)) => DeviceMemory::Dedicated {
+            free: Some(free as u64),
+        },
+        Err(e) => {
+            tracing::warn!(
+                "cuda:{index} does not report its free memory ({e:?}); set --max-memory"
+            );
+            DeviceMemory::Dedicated { free: None }
+        }
+    }
+}
+
+/// The device bytes a cubecl runtime's memory pools hold reserved for the
+/// calling thread's stream (each host thread has its own stream and pools).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn reserved_bytes<R: cubecl::Runtime>(device: &R::Device) -> Option<u64> {
+    R::client(device)
+        .memory_usage()
+        .ok()
+        .map(|usage| usage.bytes_reserved)
+}
+
 /// What to install when a wgpu adapter is missing.
 #[cfg(feature = "wgpu")]
 const WGPU_REMEDY: &str = "Install a GPU driver with Vulkan support, or Mesa's software Vulkan \
@@ -301,7 +405,10 @@ fn dispatch_in_pool<J: BackendJob>(
                     WgpuDevice::DiscreteGpu(index)
                 };
                 probe::<Wgpu>(&device, choice, WGPU_REMEDY)?;
-                let backend = BurnBackend::<Wgpu>::new(device, choice.to_string());
+                let memory = wgpu_memory(&device);
+                let backend = BurnBackend::<Wgpu>::new(device, choice.to_string())
+                    .with_memory(memory)
+                    .with_memory_in_use(reserved_bytes::<cubecl::wgpu::WgpuRuntime>);
                 return job.run::<Wgpu>(Arc::new(backend));
             }
             #[allow(unreachable_code)]
@@ -316,7 +423,9 @@ fn dispatch_in_pool<J: BackendJob>(
                 use burn::backend::cuda::{Cuda, CudaDevice};
                 let device = CudaDevice { index };
                 probe::<Cuda>(&device, choice, CUDA_REMEDY)?;
-                let backend = BurnBackend::<Cuda>::new(device, choice.to_string());
+                let backend = BurnBackend::<Cuda>::new(device, choice.to_string())
+                    .with_memory(cuda_memory(index))
+                    .with_memory_in_use(reserved_bytes::<cubecl::cuda::CudaRuntime>);
                 return job.run::<Cuda>(Arc::new(backend));
             }
             #[allow(unreachable_code)]

@@ -279,6 +279,7 @@ pub fn measure<B: Backend>(engine: &mut Engine<B>, run: Measurement<'_>) -> Resu
         "uploaded_bytes": uploaded_bytes,
         "upload_gb_per_s": gb_per_s(uploaded_bytes, stats.upload_time()),
         "unit_timing": "completion",
+        "peak_device_bytes": stats.peak_device_bytes,
         "bytes_read_per_token": bytes_read as f64 / generated.max(1) as f64,
         "expert_wait_s": stats.expert_wait.as_secs_f64(),
         "expert_cache_hit_rate": stats.expert_cache_hit_rate(),
@@ -359,9 +360,13 @@ pub fn print_report(report: &Value) {
         f("read_wait_s")
     );
     println!(
-        "uploaded {} at {:.2} GB/s (times to completion)",
+        "uploaded {} at {:.2} GB/s (times to completion); device memory peaked at {}",
         ByteSize(n("uploaded_bytes")),
-        f("upload_gb_per_s")
+        f("upload_gb_per_s"),
+        match n("peak_device_bytes") {
+            0 => "(not reported by this device)".to_string(),
+            bytes => ByteSize(bytes).to_string(),
+        }
     );
     println!(
         "read {} per generated token",

@@ -94,13 +94,17 @@ pub struct EngineArgs {
     #[arg(long, default_value = "reduced")]
     pub activations: Activations,
     /// Device memory budget (e.g. 64MiB, 2GiB); default: 80% of available
-    /// RAM.
+    /// RAM where the device computes in host memory (cpu, ndarray, wgpu on
+    /// a CPU or integrated adapter), a CUDA device's free memory less 10%
+    /// (at least 512 MiB), 4 GiB on a discrete wgpu adapter (wgpu cannot
+    /// tell its size).
     #[arg(long)]
     pub max_memory: Option<ByteSize>,
     /// Host memory for the host tier of a wgpu or cuda device: staging for
     /// uploads, and units kept in host memory between passes (uploaded
-    /// every pass, not read from disk); default: none. The cpu computes in
-    /// host memory and takes --max-memory alone.
+    /// every pass, not read from disk); default: 80% of available RAM for
+    /// a device with memory of its own, none for one computing in host
+    /// memory. The cpu takes --max-memory alone.
     #[arg(long)]
     pub max_host_memory: Option<ByteSize>,
     /// Layers read ahead of compute.

@@ -253,6 +253,13 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         }
     }
 
+    /// Device bytes the runtime holds for work queued from the calling
+    /// thread (reserved by its memory pools, in use or not), where the
+    /// runtime can tell; `None` by default.
+    fn memory_in_use(&self) -> Option<u64> {
+        None
+    }
+
     /// Waits until the work this thread queued on the device is done (a
     /// no-op where compute is synchronous, as on the cpu).
     fn sync(&self) -> Result<()> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, StreamId, Tensor, TensorData};
 
 use crate::arch::{Experts, LayerContext};
 use crate::backend::StagedTensor;
@@ -96,6 +96,9 @@ struct InFlight {
     peak: AtomicUsize,
     peak_rss_anon: AtomicU64,
     peak_rss_file: AtomicU64,
+    /// Device bytes the reader's stream held after its last upload (read
+    /// when units are timed to completion).
+    reader_device_bytes: AtomicU64,
 }
 
 impl InFlight {
@@ -154,6 +157,11 @@ pub struct Engine<B: Backend> {
     expert_bytes: Vec<Vec<u64>>,
     /// The model that drafts for this one, held resident.
     draft: Option<Box<Engine<B>>>,
+    /// The stream the reader thread uploads on, the same every pass:
+    /// cubecl runtimes keep a stream, with memory pools of its own, per
+    /// host thread, so a fresh reader thread per pass would otherwise leave
+    /// one more stream's pools holding device memory after each pass.
+    reader_stream: StreamId,
 }
 
 impl<B: Backend> Engine<B> {
@@ -217,6 +225,7 @@ impl<B: Backend> Engine<B> {
             streamed_reads: Arc::new(streamed_reads),
             expert_bytes,
             draft: None,
+            reader_stream: fresh_stream(),
         })
     }
 
@@ -414,6 +423,16 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
+    /// Raises the peak of device memory to what the compute thread's stream
+    /// and the reader's hold now, where the backend can tell.
+    fn sample_device_memory(&mut self, in_flight: &InFlight) {
+        if let Some(own) = self.backend.memory_in_use() {
+            let reader = in_flight.reader_device_bytes.load(Ordering::SeqCst);
+            let stats = &mut self.stats;
+            stats.peak_device_bytes = stats.peak_device_bytes.max(own + reader);
+        }
+    }
+
     /// Adds what loading a unit cost to its telemetry.
     fn record_load(&mut self, loaded: &LoadedUnit<B>) {
         let stats = &mut self.stats.units[loaded.index];
@@ -522,12 +541,13 @@ impl<B: Backend> Engine<B> {
             in_flight: in_flight.clone(),
             sync_units: self.options.sync_units,
         };
+        let stream = self.reader_stream;
         let result = std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("airllm-reader".into())
                 .spawn_scoped(scope, move || {
                     lower_reader_priority();
-                    reader.run(streamed, request_rx, unit_tx, expert_tx)
+                    stream.executes(|| reader.run(streamed, request_rx, unit_tx, expert_tx))
                 })
                 .map_err(|e| Error::Backend(format!("starting the layer reader thread: {e}")))?;
             let channels = PassChannels {
@@ -535,7 +555,7 @@ impl<B: Backend> Engine<B> {
                 requests: request_tx,
                 experts: expert_rx,
             };
-            self.run_units(tokens, pass, kv, tails, channels)
+            self.run_units(tokens, pass, kv, tails, channels, &in_flight)
         });
         self.stats.passes += 1;
         self.stats.sample_rss();
@@ -559,6 +579,7 @@ impl<B: Backend> Engine<B> {
         kv: &mut [&mut KvCache<B>],
         tails: Option<&[usize]>,
         channels: PassChannels<B>,
+        in_flight: &InFlight,
     ) -> Result<Option<Tensor<B, 3>>> {
         let device = self.backend.device().clone();
         let arch = Arc::clone(&self.arch);
@@ -640,6 +661,9 @@ impl<B: Backend> Engine<B> {
                 self.backend.sync()?;
             }
             self.stats.units[index].compute += started.elapsed();
+            if self.options.sync_units {
+                self.sample_device_memory(in_flight);
+            }
             if let Some(unit) = streamed.take() {
                 // The reader drops the unit (or, where it has finished and
                 // gone, the refused request does).
@@ -761,6 +785,12 @@ impl<B: Backend> Reader<B> {
                     self.in_flight.enter();
                     let loaded = self.load(index);
                     self.in_flight.sample_rss();
+                    if self.sync_units {
+                        let bytes = self.backend.memory_in_use().unwrap_or(0);
+                        self.in_flight
+                            .reader_device_bytes
+                            .store(bytes, Ordering::SeqCst);
+                    }
                     if units.send(loaded).is_err() {
                         return;
                     }
@@ -793,6 +823,14 @@ impl<B: Backend> Reader<B> {
         };
         upload_staged(&*self.store, &*self.backend, staged, self.sync_units)
     }
+}
+
+/// A stream id no thread has used yet (cubecl hands them out per thread,
+/// on a thread's first use).
+fn fresh_stream() -> StreamId {
+    std::thread::spawn(StreamId::current)
+        .join()
+        .unwrap_or_else(|_| StreamId::current())
 }
 
 /// The reader thread's nice value (Linux; 0 is the compute threads').

@@ -47,6 +47,12 @@ pub struct RunStats {
     pub expert_misses: u64,
     /// Most streamed units alive at once.
     pub peak_streamed_units: usize,
+    /// Most device bytes the runtime held (reserved by the compute and
+    /// reader threads' memory pools together) after any unit, sampled only
+    /// when units are timed to completion
+    /// ([`EngineOptions::sync_units`](crate::EngineOptions::sync_units))
+    /// on a backend that can tell; 0 otherwise.
+    pub peak_device_bytes: u64,
     /// Highest anonymous RSS seen between units.
     pub peak_rss_anon: u64,
     /// Highest file-backed RSS seen between units.

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airllm_backends::budget::DEDICATED_UNKNOWN_BUDGET;
 use airllm_backends::{BackendJob, BurnBackend, DeviceChoice};
 use airllm_core::{
     BatchShape, ComputeBackend, EngineOptions, GenerationConfig, Result, TokenControl,
@@ -160,6 +161,73 @@ fn streaming_and_resident_from_split_dir() {
         let split = split_fixture(name, &tmp.path().join("split"));
         check(name, &split, Budget::StreamAll, 1);
         check(name, &split, Budget::Resident, 1);
+    }
+}
+
+/// Without flags, the budgets follow the memory the device computes in:
+/// the host's budget and no host tier in host memory (the cpu; wgpu on a
+/// `Cpu` adapter such as lavapipe, or an integrated GPU), or a budget of
+/// the device's own and the host's for the host tier.
+#[test]
+fn default_budgets_follow_the_device_memory() {
+    struct DefaultBudgets;
+    impl BackendJob for DefaultBudgets {
+        type Output = (u64, u64);
+
+        fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<(u64, u64)> {
+            Ok((backend.default_budget(), backend.default_host_budget()))
+        }
+    }
+    let (device, host_tier) = on_test_device(DefaultBudgets).unwrap();
+    let host = airllm_core::memory::default_host_budget();
+    let near_host = |bytes: u64| bytes.abs_diff(host) < host / 10;
+    let in_host_memory = near_host(device) && host_tier == 0;
+    let dedicated = device > 0 && near_host(host_tier);
+    eprintln!(
+        "{}: device budget {device}, host tier {host_tier}",
+        test_device()
+    );
+    match test_device() {
+        DeviceChoice::Cpu => assert!(in_host_memory),
+        DeviceChoice::Wgpu(_) => assert!(
+            in_host_memory || (dedicated && device == DEDICATED_UNKNOWN_BUDGET),
+            "{device} {host_tier}"
+        ),
+        _ => assert!(dedicated, "{device} {host_tier}"),
+    }
+}
+
+/// Timed to completion, a streamed run reports the device memory the
+/// runtime's pools held at their peak where the device can tell (wgpu,
+/// cuda), and none on the cpu.
+#[test]
+fn streamed_runs_report_device_memory() {
+    struct PeakDeviceBytes;
+    impl BackendJob for PeakDeviceBytes {
+        type Output = (u64, u64);
+
+        fn run<B: Backend>(self, backend: Arc<dyn ComputeBackend<B>>) -> Result<(u64, u64)> {
+            let name = "llama-gqa";
+            let ids = reference(name).prompts.remove(0).ids;
+            let options = EngineOptions {
+                sync_units: true,
+                ..Default::default()
+            };
+            let mut engine =
+                engine_with(&fixture(name), backend, Budget::StreamAll, SHAPE, options)?;
+            engine.prompt_logits(&ids, 5)?;
+            let predicted = engine.plan().expect("planned").predicted_peak();
+            Ok((engine.stats().peak_device_bytes, predicted))
+        }
+    }
+    let (peak, predicted) = on_test_device(PeakDeviceBytes).unwrap();
+    eprintln!(
+        "{}: peak device bytes {peak}, plan predicted {predicted}",
+        test_device()
+    );
+    match test_device() {
+        DeviceChoice::Cpu => assert_eq!(peak, 0, "the cpu reports no device memory"),
+        _ => assert!(peak > 0, "a GPU runtime reports its pools"),
     }
 }
 
