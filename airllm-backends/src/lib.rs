@@ -9,6 +9,8 @@
 
 pub mod budget;
 pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 mod pool;
 
 use std::str::FromStr;
@@ -39,6 +41,10 @@ impl DeviceChoice {
         match self {
             #[cfg(feature = "cpu")]
             DeviceChoice::Cpu => cpu::CPU_WEIGHT_LAYOUT,
+            #[cfg(feature = "wgpu")]
+            DeviceChoice::Wgpu(_) => cube::CUBE_WEIGHT_LAYOUT,
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda(_) => cube::CUBE_WEIGHT_LAYOUT,
             _ => airllm_core::WeightLayout::Widened,
         }
     }
@@ -80,43 +86,27 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
-/// A burn device used as is: burn's matmul for the linear op, host-side
-/// widening to f32 for uploads.
+/// A burn device that computes in host memory, used as is: burn's matmul
+/// for the linear op, host-side widening to f32 for uploads (ndarray, and
+/// the generic reference the tests run on flex).
 pub struct BurnBackend<B: Backend> {
     device: Device<B>,
     name: String,
-    budgets: Budgets,
-    memory_in_use: Option<MemoryInUse<B>>,
+    budget: u64,
 }
-
-/// Reads the device bytes the runtime holds for the calling thread.
-type MemoryInUse<B> = fn(&Device<B>) -> Option<u64>;
 
 impl<B: Backend> BurnBackend<B> {
     /// Wraps `device`, which computes in host memory, under a display name.
     pub fn new(device: Device<B>, name: String) -> Self {
+        let budgets = Budgets::for_device(
+            DeviceMemory::Host,
+            airllm_core::memory::default_host_budget(),
+        );
         BurnBackend {
             device,
             name,
-            budgets: Budgets::for_device(
-                DeviceMemory::Host,
-                airllm_core::memory::default_host_budget(),
-            ),
-            memory_in_use: None,
+            budget: budgets.device,
         }
-    }
-
-    /// The same device, reporting the memory in use with `read`.
-    pub fn with_memory_in_use(mut self, read: MemoryInUse<B>) -> Self {
-        self.memory_in_use = Some(read);
-        self
-    }
-
-    /// The same device, its default budgets set by the memory it computes in.
-    pub fn with_memory(mut self, memory: DeviceMemory) -> Self {
-        self.budgets = Budgets::for_device(memory, airllm_core::memory::default_host_budget());
-        tracing::info!(device = %self.name, "{}", self.budgets.describe(memory));
-        self
     }
 }
 
@@ -130,15 +120,7 @@ impl<B: Backend> ComputeBackend<B> for BurnBackend<B> {
     }
 
     fn default_budget(&self) -> u64 {
-        self.budgets.device
-    }
-
-    fn default_host_budget(&self) -> u64 {
-        self.budgets.host_tier
-    }
-
-    fn memory_in_use(&self) -> Option<u64> {
-        self.memory_in_use.and_then(|read| read(&self.device))
+        self.budget
     }
 
     fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {
@@ -218,24 +200,96 @@ fn not_built(choice: DeviceChoice, feature: &str) -> Error {
     ))
 }
 
-/// Starts `device` with a one-value round trip, so a missing driver or
-/// adapter (which burn's runtimes report by panicking) becomes an error
-/// naming the device and `remedy`.
+/// Starts `device` computing in `dtype` with a one-value round trip, so a
+/// missing driver or adapter (which burn's runtimes report by panicking)
+/// becomes an error naming the device and `remedy`, and a dtype the device
+/// lacks, or another than this process already computes in on it, a named
+/// error too.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn probe<B: Backend>(device: &Device<B>, choice: DeviceChoice, remedy: &str) -> Result<()> {
+fn probe<B: Backend>(
+    device: &Device<B>,
+    choice: DeviceChoice,
+    dtype: ComputeDType,
+    remedy: &str,
+) -> Result<()> {
     use burn::tensor::{Tensor, TensorData};
     let outcome = quiet_panics(|| {
-        Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32], [1]), device).into_data()
+        set_compute_dtype::<B>(device, choice, dtype)?;
+        Ok(Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32], [1]), device).into_data())
     });
-    outcome.map(|_| ()).map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("the runtime panicked");
-        Error::Backend(format!(
-            "device `{choice}` could not start: {reason}. {remedy}"
-        ))
+    outcome
+        .map_err(|panic| {
+            let reason = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the runtime panicked");
+            Error::Backend(format!(
+                "device `{choice}` could not start: {reason}. {remedy}"
+            ))
+        })?
+        .map(|_| ())
+}
+
+/// Makes `dtype` the float dtype `device` creates tensors in, before its
+/// first tensor fixes it: a dtype the device cannot compute in is an
+/// error, and so is another than the one this process already computes in
+/// there (burn fixes a device's dtype once per process).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn set_compute_dtype<B: Backend>(
+    device: &Device<B>,
+    choice: DeviceChoice,
+    dtype: ComputeDType,
+) -> Result<()> {
+    use burn::tensor::backend::set_default_float_dtype;
+    use burn::tensor::{get_device_settings, FloatDType};
+    let wanted = dtype.burn_dtype();
+    if !B::supports_dtype(device, wanted) {
+        return Err(Error::Config {
+            setting: "--dtype".into(),
+            detail: format!(
+                "device `{choice}` cannot compute in {dtype}{}; use --dtype f32",
+                match choice {
+                    DeviceChoice::Wgpu(_) => " (its adapter lacks the SHADER_F16 feature)",
+                    _ => "",
+                }
+            ),
+        });
+    }
+    if dtype != ComputeDType::F32 && set_default_float_dtype::<B>(device, wanted).is_ok() {
+        return Ok(());
+    }
+    let current = get_device_settings::<B>(device).float_dtype;
+    if current != FloatDType::from(wanted) {
+        return Err(Error::Config {
+            setting: "--dtype".into(),
+            detail: format!(
+                "device `{choice}` already computes in {current:?} in this process, and a \
+                 process computes in one dtype per device; start another process for {dtype}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `choice` can compute in `dtype` at all, before starting it:
+/// half precision is for GPUs (the cpu's precision is `--activations`),
+/// and WGSL has no bf16.
+fn check_dtype(choice: DeviceChoice, dtype: ComputeDType) -> Result<()> {
+    let refusal = match (choice, dtype) {
+        (_, ComputeDType::F32) => return Ok(()),
+        (DeviceChoice::Cuda(_), _) | (DeviceChoice::Wgpu(_), ComputeDType::F16) => return Ok(()),
+        (DeviceChoice::Wgpu(_), _) => {
+            "wgpu has no bf16 (WGSL has none); use --dtype f16 or f32".to_string()
+        }
+        (DeviceChoice::Cpu | DeviceChoice::Ndarray, _) => format!(
+            "`{choice}` computes in f32 (weights stay in their stored dtype; \
+             --activations sets the cpu's precision); use --dtype f32, or --dtype {dtype} on wgpu or cuda"
+        ),
+    };
+    Err(Error::Config {
+        setting: "--dtype".into(),
+        detail: refusal,
     })
 }
 
@@ -324,16 +378,6 @@ fn cuda_memory(index: usize) -> DeviceMemory {
     }
 }
 
-/// The device bytes a cubecl runtime's memory pools hold reserved for the
-/// calling thread's stream (each host thread has its own stream and pools).
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn reserved_bytes<R: cubecl::Runtime>(device: &R::Device) -> Option<u64> {
-    R::client(device)
-        .memory_usage()
-        .ok()
-        .map(|usage| usage.bytes_reserved)
-}
-
 /// What to install when a wgpu adapter is missing.
 #[cfg(feature = "wgpu")]
 const WGPU_REMEDY: &str = "Install a GPU driver with Vulkan support, or Mesa's software Vulkan \
@@ -370,11 +414,7 @@ fn dispatch_in_pool<J: BackendJob>(
     job: J,
 ) -> Result<J::Output> {
     let dtype = options.dtype;
-    if dtype != ComputeDType::F32 {
-        return Err(Error::Backend(format!(
-            "compute dtype {dtype:?} is not available yet on `{choice}`; use --dtype f32 (the weights keep their own dtype on disk)"
-        )));
-    }
+    check_dtype(choice, dtype)?;
     match choice {
         DeviceChoice::Cpu => {
             #[cfg(feature = "cpu")]
@@ -404,11 +444,10 @@ fn dispatch_in_pool<J: BackendJob>(
                 } else {
                     WgpuDevice::DiscreteGpu(index)
                 };
-                probe::<Wgpu>(&device, choice, WGPU_REMEDY)?;
+                probe::<Wgpu>(&device, choice, dtype, WGPU_REMEDY)?;
                 let memory = wgpu_memory(&device);
-                let backend = BurnBackend::<Wgpu>::new(device, choice.to_string())
-                    .with_memory(memory)
-                    .with_memory_in_use(reserved_bytes::<cubecl::wgpu::WgpuRuntime>);
+                let backend =
+                    cube::CubeComputeBackend::new(device, choice.to_string(), memory, dtype);
                 return job.run::<Wgpu>(Arc::new(backend));
             }
             #[allow(unreachable_code)]
@@ -422,10 +461,13 @@ fn dispatch_in_pool<J: BackendJob>(
             {
                 use burn::backend::cuda::{Cuda, CudaDevice};
                 let device = CudaDevice { index };
-                probe::<Cuda>(&device, choice, CUDA_REMEDY)?;
-                let backend = BurnBackend::<Cuda>::new(device, choice.to_string())
-                    .with_memory(cuda_memory(index))
-                    .with_memory_in_use(reserved_bytes::<cubecl::cuda::CudaRuntime>);
+                probe::<Cuda>(&device, choice, dtype, CUDA_REMEDY)?;
+                let backend = cube::CubeComputeBackend::new(
+                    device,
+                    choice.to_string(),
+                    cuda_memory(index),
+                    dtype,
+                );
                 return job.run::<Cuda>(Arc::new(backend));
             }
             #[allow(unreachable_code)]
@@ -473,6 +515,27 @@ mod tests {
             REPORTED.load(Ordering::SeqCst),
             1,
             "other panics are reported"
+        );
+    }
+
+    #[test]
+    fn half_precision_is_for_gpus() {
+        assert!(check_dtype(DeviceChoice::Cuda(0), ComputeDType::BF16).is_ok());
+        assert!(check_dtype(DeviceChoice::Wgpu(1), ComputeDType::F16).is_ok());
+        assert!(check_dtype(DeviceChoice::Cpu, ComputeDType::F32).is_ok());
+        let wgpu = check_dtype(DeviceChoice::Wgpu(0), ComputeDType::BF16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wgpu.contains("--dtype") && wgpu.contains("no bf16"),
+            "{wgpu}"
+        );
+        let cpu = check_dtype(DeviceChoice::Cpu, ComputeDType::F16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            cpu.contains("--dtype") && cpu.contains("--activations"),
+            "{cpu}"
         );
     }
 

@@ -80,7 +80,10 @@ pub struct EngineArgs {
     /// Compute device: cpu, ndarray, wgpu[:N], cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
-    /// Compute dtype.
+    /// Compute dtype of activations, weights and the KV cache: f32, f16
+    /// (wgpu with SHADER_F16, cuda) or bf16 (cuda). RMSNorm and attention's
+    /// softmax accumulate in f32 and logits are f32 in every dtype. The cpu
+    /// computes in f32 (its precision is --activations).
     #[arg(long, default_value = "f32")]
     pub dtype: ComputeDType,
     /// Compute threads, shared by the matrix kernels and every other op

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::backend::{ComputeBackend, DeviceTensor, StagedTensor};
+use crate::backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
 use crate::kv::KvSlot;
 use crate::{Error, Result, UnitSpec};
 
@@ -36,15 +36,15 @@ pub struct ModelDims {
 }
 
 impl ModelDims {
-    /// KV-cache bytes one token costs across all layers (f32). Sizes
+    /// KV-cache bytes one token costs across all layers in `dtype`. Sizes
     /// multiply saturating: a size past `u64` fits no budget.
-    pub fn kv_bytes_per_token(&self) -> u64 {
-        product(&[2, self.layers, self.kv_heads, self.head_dim, 4])
+    pub fn kv_bytes_per_token(&self, dtype: ComputeDType) -> u64 {
+        product(&[2, self.layers, self.kv_heads, self.head_dim]).saturating_mul(dtype.bytes())
     }
 
     /// Working activation bytes of one pass over `rows` new tokens attending
-    /// over `context` positions (f32).
-    pub fn activation_bytes(&self, rows: usize, context: usize) -> u64 {
+    /// over `context` positions in `dtype`.
+    pub fn activation_bytes(&self, rows: usize, context: usize, dtype: ComputeDType) -> u64 {
         let per_row = [
             product(&[4, self.hidden]),
             product(&[3, self.intermediate]),
@@ -54,7 +54,9 @@ impl ModelDims {
         ]
         .into_iter()
         .fold(0u64, u64::saturating_add);
-        per_row.saturating_mul(rows as u64).saturating_mul(4)
+        per_row
+            .saturating_mul(rows as u64)
+            .saturating_mul(dtype.bytes())
     }
 }
 
@@ -80,10 +82,7 @@ impl<B: Backend> DeviceUnit<B> {
     ) -> Result<Self> {
         let mut tensors = HashMap::with_capacity(staged.len());
         for tensor in staged {
-            let key = match &tensor {
-                StagedTensor::Decoded { name, .. } => name.clone(),
-                StagedTensor::Host(host) => host.name.clone(),
-            };
+            let key = tensor.name().to_string();
             tensors.insert(key, backend.upload(tensor)?);
         }
         Ok(DeviceUnit {

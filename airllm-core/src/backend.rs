@@ -4,9 +4,9 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use crate::{Error, HostTensor, Result, WeightLayout};
+use crate::{Error, HostTensor, Result, StorageKind, WeightLayout};
 
 /// The dtype activations and weights are computed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -18,6 +18,35 @@ pub enum ComputeDType {
     F16,
     /// bfloat16.
     BF16,
+}
+
+impl ComputeDType {
+    /// burn's dtype of the same name.
+    pub fn burn_dtype(self) -> DType {
+        match self {
+            ComputeDType::F32 => DType::F32,
+            ComputeDType::F16 => DType::F16,
+            ComputeDType::BF16 => DType::BF16,
+        }
+    }
+
+    /// Bytes a value takes.
+    pub fn bytes(self) -> u64 {
+        match self {
+            ComputeDType::F32 => 4,
+            ComputeDType::F16 | ComputeDType::BF16 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ComputeDType::F32 => "f32",
+            ComputeDType::F16 => "f16",
+            ComputeDType::BF16 => "bf16",
+        })
+    }
 }
 
 impl std::str::FromStr for ComputeDType {
@@ -46,6 +75,18 @@ pub enum StagedTensor {
     },
     /// Kept in its stored encoding for a backend that computes on it directly.
     Host(HostTensor),
+    /// A matrix's stored bytes as little-endian u32 words (the last one
+    /// padded with zeros), for a device that expands them itself.
+    Encoded {
+        /// Tensor name.
+        name: String,
+        /// The encoding of the bytes.
+        kind: StorageKind,
+        /// `[out, in]`.
+        shape: [usize; 2],
+        /// The words, `u32` data.
+        words: TensorData,
+    },
 }
 
 impl StagedTensor {
@@ -59,9 +100,45 @@ impl StagedTensor {
     /// that stays in host memory).
     pub fn upload_bytes(&self) -> u64 {
         match self {
-            StagedTensor::Decoded { data, .. } => data.bytes.len() as u64,
+            StagedTensor::Decoded { data, .. } | StagedTensor::Encoded { words: data, .. } => {
+                data.bytes.len() as u64
+            }
             StagedTensor::Host(_) => 0,
         }
+    }
+
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        match self {
+            StagedTensor::Decoded { name, .. } | StagedTensor::Encoded { name, .. } => name,
+            StagedTensor::Host(host) => &host.name,
+        }
+    }
+
+    /// Matrix `tensor` as stored, packed into little-endian u32 words.
+    pub fn encoded(tensor: &HostTensor) -> Result<Self> {
+        let [rows, columns] = tensor.shape[..] else {
+            return Err(Error::Backend(format!(
+                "tensor `{}` is not a matrix",
+                tensor.name
+            )));
+        };
+        let bytes = tensor.bytes.as_slice();
+        let words: Vec<u32> = bytes
+            .chunks(4)
+            .map(|chunk| {
+                let mut word = [0u8; 4];
+                word[..chunk.len()].copy_from_slice(chunk);
+                u32::from_le_bytes(word)
+            })
+            .collect();
+        let count = words.len();
+        Ok(StagedTensor::Encoded {
+            name: tensor.name.clone(),
+            kind: tensor.kind,
+            shape: [rows, columns],
+            words: TensorData::new(words, [count]),
+        })
     }
 
     /// `values`, the f32 values of `tensor` as a backend decoded them (with
@@ -84,6 +161,58 @@ pub enum DeviceTensor<B: Backend> {
     /// A 2-D weight `[out, in]` left in host memory in its stored encoding
     /// (memory-mapped), for a backend whose linear op reads it directly.
     Host(HostTensor),
+    /// A 2-D weight on the device in its stored encoding, expanded by the
+    /// backend ([`ComputeBackend::expand`]) when used.
+    Encoded(EncodedMatrix<B>),
+}
+
+/// A matrix on the device as its file stores it: the bytes as u32 words.
+#[derive(Clone, Debug)]
+pub struct EncodedMatrix<B: Backend> {
+    /// Tensor name, for messages.
+    pub name: String,
+    /// The encoding of the bytes.
+    pub kind: StorageKind,
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    /// The stored bytes as little-endian u32 words (`DType::U32`).
+    pub words: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> EncodedMatrix<B> {
+    /// Uploads staged words as `u32` data on `device`.
+    pub fn upload(
+        name: String,
+        kind: StorageKind,
+        shape: [usize; 2],
+        words: TensorData,
+        device: &Device<B>,
+    ) -> Self {
+        EncodedMatrix {
+            name,
+            kind,
+            shape,
+            words: Tensor::from_data(words, (device, DType::U32)),
+        }
+    }
+}
+
+/// Matrix `w` as a device tensor: a device matrix as it is, a host one
+/// widened on the host and uploaded to `device`; an encoded one is an error
+/// (only the backend that uploaded it can expand it).
+pub fn widened_matrix<B: Backend>(w: &DeviceTensor<B>, device: &Device<B>) -> Result<Tensor<B, 2>> {
+    match w {
+        DeviceTensor::Matrix(m) => Ok(m.clone()),
+        DeviceTensor::Host(h) => Ok(Tensor::from_data(
+            TensorData::new(h.to_f32()?, h.shape.clone()),
+            device,
+        )),
+        DeviceTensor::Encoded(e) => Err(Error::Backend(format!(
+            "no kernel of this device expands `{}` ({:?}) from its stored encoding",
+            e.name, e.kind
+        ))),
+        DeviceTensor::Vector(_) => Err(Error::Backend("expected a matrix, not a vector".into())),
+    }
 }
 
 /// `x · wᵀ` with burn's matmul, for activations `x: [batch, seq, in]` and a
@@ -126,10 +255,14 @@ fn rotate_pairs<B: Backend>(
     Tensor::cat(vec![first, second], 4).reshape([batch, heads, seq, dim])
 }
 
-/// [`ComputeBackend::rms_norm`] in burn ops, in f32.
+/// [`ComputeBackend::rms_norm`] in burn ops, accumulated in f32 and
+/// scaled in the compute dtype, as transformers does in half precision.
 fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
     let mean_square = x.clone().powi_scalar(2).mean_dim(2);
-    x * mean_square.add_scalar(eps).sqrt().recip() * weight.clone().unsqueeze::<3>()
+    let normed = x * mean_square.add_scalar(eps).sqrt().recip();
+    normed.cast(dtype) * weight.clone().unsqueeze::<3>()
 }
 
 /// [`ComputeBackend::attention`] in burn ops: the query heads of each KV
@@ -144,10 +277,17 @@ fn grouped_attention<B: Backend>(
     let [batch, heads, seq, head_dim] = q.dims();
     let [_, kv_heads, total, _] = keys.dims();
     let group = heads / kv_heads;
+    let q_dtype = q.dtype();
     let q = q.reshape([batch, kv_heads, group * seq, head_dim]);
     let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale);
     let scores = scores.reshape([batch, heads, seq, total]) + bias.clone();
-    let probs = softmax(scores, 3).reshape([batch, kv_heads, group * seq, total]);
+    // The softmax in f32, its probabilities back in the compute dtype.
+    let probs = softmax(scores.cast(DType::F32), 3).cast(q_dtype).reshape([
+        batch,
+        kv_heads,
+        group * seq,
+        total,
+    ]);
     probs.matmul(values).reshape([batch, heads, seq, head_dim])
 }
 
@@ -220,6 +360,12 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         false
     }
 
+    /// The dtype activations, weights and the KV cache are computed in
+    /// (f32 by default).
+    fn dtype(&self) -> ComputeDType {
+        ComputeDType::F32
+    }
+
     /// How uploaded weights are held (by default widened to f32).
     fn weight_layout(&self) -> WeightLayout {
         WeightLayout::Widened
@@ -250,7 +396,25 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
                     "tensor `{name}` has rank {rank}; only 1-D and 2-D weights are supported"
                 ))),
             },
+            StagedTensor::Encoded {
+                name,
+                kind,
+                shape,
+                mut words,
+            } => {
+                B::staging(std::iter::once(&mut words), device);
+                Ok(DeviceTensor::Encoded(EncodedMatrix::upload(
+                    name, kind, shape, words, device,
+                )))
+            }
         }
+    }
+
+    /// Matrix `w` as a device tensor in the compute dtype. By default
+    /// [`widened_matrix`]; a backend that uploads encoded matrices expands
+    /// them here.
+    fn expand(&self, w: &DeviceTensor<B>) -> Result<Tensor<B, 2>> {
+        widened_matrix(w, self.device())
     }
 
     /// Device bytes the runtime holds for work queued from the calling
@@ -268,17 +432,12 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
     }
 
     /// `x · wᵀ` for activations `x: [batch, seq, in]` and a weight `w: [out, in]`.
-    /// The default multiplies device matrices with burn's matmul and widens
-    /// host matrices first.
+    /// The default multiplies with burn's matmul what [`ComputeBackend::expand`]
+    /// makes of `w`.
     fn linear(&self, x: Tensor<B, 3>, w: &DeviceTensor<B>) -> Result<Tensor<B, 3>> {
         match w {
-            DeviceTensor::Matrix(m) => Ok(matmul_linear(x, m)),
-            DeviceTensor::Host(h) => {
-                let m =
-                    Tensor::from_data(TensorData::new(h.to_f32()?, h.shape.clone()), self.device());
-                Ok(matmul_linear(x, &m))
-            }
             DeviceTensor::Vector(_) => Err(Error::Backend("a linear op needs a matrix".into())),
+            matrix => Ok(matmul_linear(x, &self.expand(matrix)?)),
         }
     }
 
@@ -380,6 +539,7 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
     fn embedding(&self, table: &DeviceTensor<B>, ids: &[u32]) -> Result<Tensor<B, 2>> {
         match table {
             DeviceTensor::Matrix(m) => Ok(select_rows(m, ids)),
+            DeviceTensor::Encoded(_) => Ok(select_rows(&self.expand(table)?, ids)),
             DeviceTensor::Host(h) => {
                 let (rows, columns) = decode_rows(h, ids)?;
                 Ok(Tensor::from_data(

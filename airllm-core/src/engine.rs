@@ -14,7 +14,7 @@ use crate::arch::{Experts, LayerContext};
 use crate::backend::StagedTensor;
 use crate::experts::{read_experts, ExpertCache, ExpertFetcher, LoadedExperts, ReaderRequest};
 use crate::memory::Rss;
-use crate::plan::{BatchShape, PlanInput};
+use crate::plan::{BatchShape, DeviceFormat, PlanInput};
 use crate::{
     check_units, Architecture, ComputeBackend, DeviceUnit, DraftCounts, Error, KvCache, LayerStore,
     PassInfo, ResidencyPlan, Result, RowSpan, RunStats, UnitKind, UnitPlacement,
@@ -347,7 +347,10 @@ impl<B: Backend> Engine<B> {
             },
             self.options.prefetch,
             self.budget(),
-            self.backend.weight_layout(),
+            DeviceFormat {
+                layout: self.backend.weight_layout(),
+                dtype: self.backend.dtype(),
+            },
         );
         PlanInput {
             host_budget: self.host_budget(),

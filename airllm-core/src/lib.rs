@@ -31,7 +31,7 @@ pub mod telemetry;
 pub use arch::{
     Architecture, DeviceUnit, ExpertLoader, Experts, LayerPass, ModelDims, PassInfo, RowSpan,
 };
-pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, StagedTensor};
+pub use backend::{ComputeBackend, ComputeDType, DeviceTensor, EncodedMatrix, StagedTensor};
 pub use draft::{DraftKind, DraftRow, DraftSettings, Drafter, PromptLookup, Proposal};
 pub use draft_model::DraftModel;
 pub use engine::{Engine, EngineOptions, LoadObserver, LoadProgress, Logits};
@@ -40,7 +40,7 @@ pub use generate::{Finish, Generated, GenerationConfig, TokenControl};
 pub use host::{HostBytes, HostTensor, HostUnit};
 pub use kv::KvCache;
 pub use memory::ByteSize;
-pub use plan::{BatchShape, PlanInput, ResidencyPlan, UnitPlacement};
+pub use plan::{BatchShape, DeviceFormat, PlanInput, ResidencyPlan, UnitPlacement};
 pub use sampling::{Choice, Logprobs, Sampler, SamplingConfig};
 pub use schedule::{DraftCounts, PassFailed, Sampled, Scheduler, SchedulerLimits};
 pub use scoring::{score_text, ScoreReport, Scores};

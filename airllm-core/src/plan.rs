@@ -1,7 +1,9 @@
 //! The residency plan: from a memory budget, decide which units stay on the
 //! device across passes and which are streamed from the store every pass.
 
-use crate::{ByteSize, Error, ModelDims, Result, UnitInfo, UnitKind, UnitSpec, WeightLayout};
+use crate::{
+    ByteSize, ComputeDType, Error, ModelDims, Result, UnitInfo, UnitKind, UnitSpec, WeightLayout,
+};
 
 /// Where a unit lives between passes: on the device, in host memory, or
 /// on disk.
@@ -35,7 +37,9 @@ pub struct PlanInput {
     pub shared_bytes: Vec<Option<u64>>,
     /// KV-cache bytes for the whole batch at its longest.
     pub kv_bytes: u64,
-    /// Activation bytes of the largest pass.
+    /// Activation bytes of the largest pass, with the room to expand one
+    /// matrix where the layout expands them before use
+    /// ([`WeightLayout::expansion_bytes`]).
     pub activation_bytes: u64,
     /// Host bytes held while one unit is decoded, besides the unit (the
     /// largest of [`UnitInfo::decode_bytes`]; the reader decodes one at a
@@ -104,10 +108,19 @@ fn streamed_bytes(
     shared + routed as u64 * largest_expert
 }
 
+/// How a device holds what the plan counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceFormat {
+    /// How the weights are held.
+    pub layout: WeightLayout,
+    /// The dtype of the KV cache and activations.
+    pub dtype: ComputeDType,
+}
+
 impl PlanInput {
     /// The input for a store's units and a model's sizes, for `batch`
     /// sequences of up to `context` tokens processed `chunk` tokens per pass.
-    /// Units are counted at their size on the device under `layout`.
+    /// Units are counted at their size on the device as `format` holds them.
     pub fn for_model(
         units: &[UnitInfo],
         specs: &[UnitSpec],
@@ -115,8 +128,9 @@ impl PlanInput {
         shape: BatchShape,
         prefetch: usize,
         budget: u64,
-        layout: WeightLayout,
+        format: DeviceFormat,
     ) -> Self {
+        let DeviceFormat { layout, dtype } = format;
         let rows = shape.batch * shape.chunk;
         PlanInput {
             units: units
@@ -138,8 +152,12 @@ impl PlanInput {
                         .then(|| info.device_bytes_of(&spec.shared_tensors(), layout))
                 })
                 .collect(),
-            kv_bytes: dims.kv_bytes_per_token() * (shape.batch * shape.context) as u64,
-            activation_bytes: dims.activation_bytes(shape.batch * shape.chunk, shape.context),
+            kv_bytes: dims.kv_bytes_per_token(dtype) * (shape.batch * shape.context) as u64,
+            activation_bytes: dims.activation_bytes(
+                shape.batch * shape.chunk,
+                shape.context,
+                dtype,
+            ) + layout.expansion_bytes(units, dtype),
             decode_bytes: units.iter().map(|u| u.decode_bytes).max().unwrap_or(0),
             prefetch,
             draft_bytes: 0,

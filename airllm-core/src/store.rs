@@ -1,6 +1,6 @@
 //! [`LayerStore`]: where weights live, listed as units and read one unit at a time.
 
-use crate::{Error, HostUnit, Result, StorageKind};
+use crate::{ComputeDType, DType, Error, HostUnit, Result, StorageKind};
 
 /// The role of a unit in the forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -118,6 +118,39 @@ pub enum WeightLayout {
     /// Matrices kept in their stored encoding (a bf16 or Q4_1 matrix costs
     /// its file bytes); vectors widened to f32.
     MatricesAsStored,
+    /// Matrices kept in their stored encoding and expanded to f32 one at a
+    /// time when used (wgpu, cuda): each costs its file bytes, and the
+    /// expansion needs room for the largest one in f32.
+    MatricesExpandedOnUse,
+}
+
+impl WeightLayout {
+    /// Device bytes for expanding matrices before use: the largest
+    /// matrix of `units` expanded on use, in `dtype`, under
+    /// [`WeightLayout::MatricesExpandedOnUse`]; nothing under the other
+    /// layouts. Matrices stored in f32 need no expansion, nor, when the
+    /// compute dtype is a half one, those stored in f16 or bf16 (made the
+    /// compute dtype once, at upload).
+    pub fn expansion_bytes(self, units: &[UnitInfo], dtype: ComputeDType) -> u64 {
+        if self != WeightLayout::MatricesExpandedOnUse {
+            return 0;
+        }
+        let expanded = |kind: StorageKind| match kind {
+            StorageKind::Dense(DType::F32) => false,
+            StorageKind::Dense(_) => dtype == ComputeDType::F32,
+            StorageKind::Block(_) => true,
+        };
+        units
+            .iter()
+            .flat_map(|unit| {
+                unit.tensors.iter().filter(|t| {
+                    t.shape.len() == 2 && !unit.kind.stays_on_host(2) && expanded(t.kind)
+                })
+            })
+            .map(|t| t.elements().saturating_mul(dtype.bytes()))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// The number of values of a tensor of `shape`; `None` past `usize`.
@@ -136,10 +169,13 @@ impl TensorInfo {
     pub fn device_bytes(&self, layout: WeightLayout) -> u64 {
         let widened = self.elements().saturating_mul(4);
         match layout {
-            WeightLayout::MatricesAsStored if self.shape.len() == 2 => self
-                .kind
-                .encoded_bytes(self.elements() as usize)
-                .map_or(widened, |b| b as u64),
+            WeightLayout::MatricesAsStored | WeightLayout::MatricesExpandedOnUse
+                if self.shape.len() == 2 =>
+            {
+                self.kind
+                    .encoded_bytes(self.elements() as usize)
+                    .map_or(widened, |b| b as u64)
+            }
             _ => widened,
         }
     }
@@ -218,4 +254,66 @@ pub fn check_units(store: &[UnitInfo], expected: &[UnitSpec]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BlockKind;
+
+    fn tensor(name: &str, kind: StorageKind, shape: &[usize]) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            kind,
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn unit(kind: UnitKind, tensors: Vec<TensorInfo>) -> UnitInfo {
+        UnitInfo {
+            kind,
+            name: format!("{kind:?}"),
+            location: String::new(),
+            tensors,
+            bytes: 0,
+            decode_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn matrices_expanded_on_use_cost_their_bytes_and_room_for_the_largest() {
+        let q4 = StorageKind::Block(BlockKind::Q4_0);
+        let units = [
+            // The embedding table stays on the host: never expanded.
+            unit(UnitKind::Embedding, vec![tensor("embed", q4, &[1000, 64])]),
+            unit(
+                UnitKind::Layer(0),
+                vec![
+                    tensor("up", q4, &[128, 64]),
+                    tensor("down", StorageKind::Dense(DType::BF16), &[64, 192]),
+                    // f32 matrices are uploaded as they are.
+                    tensor("gate", StorageKind::Dense(DType::F32), &[256, 64]),
+                    tensor("norm", StorageKind::Dense(DType::BF16), &[64]),
+                ],
+            ),
+        ];
+        let layout = WeightLayout::MatricesExpandedOnUse;
+        // Q4_0: 18 bytes per 32 values; bf16 2 bytes, f32 4; vectors in f32.
+        assert_eq!(
+            units[1].device_bytes(layout),
+            128 * 64 / 32 * 18 + 64 * 192 * 2 + 256 * 64 * 4 + 64 * 4
+        );
+        let f32 = ComputeDType::F32;
+        assert_eq!(layout.expansion_bytes(&units, f32), 64 * 192 * 4);
+        // In f16 the bf16 matrix is made f16 at upload: only blocks expand.
+        assert_eq!(
+            layout.expansion_bytes(&units, ComputeDType::F16),
+            128 * 64 * 2
+        );
+        assert_eq!(
+            WeightLayout::MatricesAsStored.expansion_bytes(&units, f32),
+            0
+        );
+        assert_eq!(WeightLayout::Widened.expansion_bytes(&units, f32), 0);
+    }
 }

@@ -12,7 +12,7 @@ use airllm_core::{
     RowSpan, UnitKind, UnitSpec,
 };
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::blocks::attention::{Attention, AttentionInputs};
 use crate::blocks::mask::{alibi_slopes, causal_mask, key_minus_query};
@@ -329,20 +329,23 @@ impl<B: Backend> Architecture<B> for Decoder {
             self.config.eps,
         )?;
         let head = unit.matrix(&self.config.lm_head)?;
-        let logits = backend.linear(normed, head)?;
+        // Logits leave in f32 whatever the compute dtype, as transformers'.
+        let logits = backend.linear(normed, head)?.cast(DType::F32);
         if !self.config.normalized_head {
             return Ok(logits);
         }
         let norms = match self.head_row_norms.get() {
             Some(norms) => norms,
             None => {
-                let norms = row_norms(head)?;
+                let norms = row_norms(backend, head)?;
                 self.head_row_norms.get_or_init(|| norms)
             }
         };
         let vocab = norms.len();
-        let norms =
-            Tensor::<B, 1>::from_data(TensorData::new(norms.clone(), [vocab]), backend.device());
+        let norms = Tensor::<B, 1>::from_data(
+            TensorData::new(norms.clone(), [vocab]),
+            (backend.device(), DType::F32),
+        );
         Ok(logits / norms.reshape([1, 1, vocab]))
     }
 }

@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use airllm_backends::{dispatch, Activations, BackendJob, DeviceChoice, DeviceOptions};
 use airllm_core::{
-    BatchShape, ComputeBackend, ComputeDType, Engine, EngineOptions, PlanInput, ResidencyPlan,
-    Result,
+    BatchShape, ComputeBackend, ComputeDType, DeviceFormat, Engine, EngineOptions, PlanInput,
+    ResidencyPlan, Result,
 };
 use airllm_formats::split::{split_model, SplitOptions, StorageSettings};
 use airllm_formats::ModelDir;
 use burn::tensor::backend::Backend;
 
+#[cfg(feature = "ndarray")]
+pub mod half_precision;
 pub mod mutate;
 
 /// The fixture models the generators write: Hugging Face directories
@@ -195,7 +197,10 @@ pub fn engine_with<B: Backend>(
         shape,
         options.prefetch,
         0,
-        backend.weight_layout(),
+        DeviceFormat {
+            layout: backend.weight_layout(),
+            dtype: backend.dtype(),
+        },
     );
     let max_memory = match budget {
         Budget::Resident => 1 << 40,

@@ -1,16 +1,19 @@
 //! Row lengths of a weight matrix (for a normalised LM head). RMSNorm
 //! itself is a backend op (`ComputeBackend::rms_norm`).
 
-use airllm_core::{DeviceTensor, Error, Result};
+use airllm_core::{ComputeBackend, DeviceTensor, Error, Result};
 use burn::tensor::backend::Backend;
 
 /// The Euclidean length of each row of matrix `w` (`[out]` values).
-pub fn row_norms<B: Backend>(w: &DeviceTensor<B>) -> Result<Vec<f32>> {
+pub fn row_norms<B: Backend>(
+    backend: &dyn ComputeBackend<B>,
+    w: &DeviceTensor<B>,
+) -> Result<Vec<f32>> {
     match w {
-        DeviceTensor::Matrix(m) => {
+        DeviceTensor::Matrix(_) | DeviceTensor::Encoded(_) => {
+            let m = backend.expand(w)?;
             let rows = m.dims()[0];
-            m.clone()
-                .powi_scalar(2)
+            m.powi_scalar(2)
                 .sum_dim(1)
                 .sqrt()
                 .reshape([rows])
