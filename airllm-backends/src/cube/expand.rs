@@ -39,7 +39,7 @@ pub enum Encoding {
 
 impl Encoding {
     /// The kernel for `kind`, where one exists (NF4 has its own kernel,
-    /// [`expand_nf4`], which reads its table of values).
+    /// `expand_nf4_kernel`, which reads its table of values).
     pub fn of(kind: StorageKind) -> Option<Self> {
         Some(match kind {
             StorageKind::Dense(DType::F16) => Encoding::F16,

@@ -3,16 +3,15 @@
 //! as u32 words, and a CubeCL kernel ([`expand`]) expands each to the
 //! compute dtype just before its matmul, so a 4-bit matrix crosses the bus
 //! in a seventh of its f32 bytes. In a half compute dtype, f16 and bf16
-//! matrices are made that dtype once, on the reader thread, and
-//! need no expansion ([`half_precision`]). f32 matrices and vectors are uploaded as f32 (and
-//! converted to the compute dtype by burn).
+//! matrices are made that dtype once, on the reader thread, and need no
+//! expansion ([`half_precision`]). f32 matrices and vectors are uploaded as
+//! f32 (and converted to the compute dtype by burn).
 
 pub mod expand;
 pub mod half_precision;
 
-use airllm_core::DType;
 use airllm_core::{
-    ComputeBackend, ComputeDType, DeviceTensor, EncodedMatrix, Error, HostTensor, Result,
+    ComputeBackend, ComputeDType, DType, DeviceTensor, EncodedMatrix, Error, HostTensor, Result,
     StagedTensor, StorageKind, WeightLayout,
 };
 use burn::tensor::{Device, Shape, Tensor, TensorPrimitive};
