@@ -104,10 +104,11 @@ pub struct EngineArgs {
     #[arg(long)]
     pub max_memory: Option<ByteSize>,
     /// Host memory for the host tier of a wgpu or cuda device: staging for
-    /// uploads, and units kept in host memory between passes (uploaded
-    /// every pass, not read from disk); default: 80% of available RAM for
-    /// a device with memory of its own, none for one computing in host
-    /// memory. The cpu takes --max-memory alone.
+    /// uploads, the KV cache of layers the device budget cannot hold
+    /// (uploaded with the layer), and units kept in host memory between
+    /// passes (uploaded every pass, not read from disk); default: 80% of
+    /// available RAM for a device with memory of its own, none for one
+    /// computing in host memory. The cpu takes --max-memory alone.
     #[arg(long)]
     pub max_host_memory: Option<ByteSize>,
     /// Layers read ahead of compute.

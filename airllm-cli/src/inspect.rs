@@ -160,11 +160,13 @@ impl<B: Backend> Report<'_, B> {
             ByteSize(plan.activation_bytes),
             ByteSize(plan.predicted_peak()),
         );
+        let kv_layers_on_host = plan.kv_on_host.iter().filter(|on_host| **on_host).count();
         println!(
-            "host tier: budget {}, {} units kept ({})",
+            "host tier: budget {}, {} units kept ({}), KV cache of {kv_layers_on_host} layers ({})",
             ByteSize(plan.host_budget),
             plan.on_host(),
             ByteSize(plan.host_bytes),
+            ByteSize(plan.host_kv_bytes),
         );
         println!(
             "disk: {} units read every pass",

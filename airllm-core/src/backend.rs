@@ -424,6 +424,20 @@ pub trait ComputeBackend<B: Backend>: Send + Sync {
         None
     }
 
+    /// Makes the device memory the calling thread allocates from now on
+    /// exact-sized (where the runtime pools memory in pages, a tensor gets
+    /// a buffer of its own size, reused by the next tensor of that size
+    /// until [`ComputeBackend::release_unused`]), so what the thread holds
+    /// is what the residency plan counts. The engine asks it of its compute
+    /// and reader threads; a no-op by default.
+    fn allocate_exactly(&self) {}
+
+    /// Gives back the device memory the calling thread's pools hold and no
+    /// tensor uses (the engine asks after each unit's compute, and the
+    /// reader after dropping each streamed unit, so buffers of one unit's
+    /// sizes do not stay reserved beside the next's); a no-op by default.
+    fn release_unused(&self) {}
+
     /// Waits until the work this thread queued on the device is done (a
     /// no-op where compute is synchronous, as on the cpu).
     fn sync(&self) -> Result<()> {

@@ -386,6 +386,10 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
+        // What was allocated before the engine asked for exact buffers
+        // goes back now.
+        self.backend.allocate_exactly();
+        self.backend.release_unused();
         let units = self.store.units();
         let mut progress = LoadProgress {
             units: 0,
@@ -545,12 +549,18 @@ impl<B: Backend> Engine<B> {
             sync_units: self.options.sync_units,
         };
         let stream = self.reader_stream;
+        self.backend.allocate_exactly();
         let result = std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("airllm-reader".into())
                 .spawn_scoped(scope, move || {
                     lower_reader_priority();
-                    stream.executes(|| reader.run(streamed, request_rx, unit_tx, expert_tx))
+                    stream.executes(|| {
+                        let backend = reader.backend.clone();
+                        backend.allocate_exactly();
+                        reader.run(streamed, request_rx, unit_tx, expert_tx);
+                        backend.release_unused();
+                    })
                 })
                 .map_err(|e| Error::Backend(format!("starting the layer reader thread: {e}")))?;
             let channels = PassChannels {
@@ -589,6 +599,11 @@ impl<B: Backend> Engine<B> {
         let layers = arch.begin_pass(pass, &device);
         let mut hidden: Option<Tensor<B, 3>> = None;
         let mut output = None;
+        let kv_on_host = self
+            .plan
+            .as_ref()
+            .map(|plan| plan.kv_on_host.clone())
+            .unwrap_or_default();
         for index in 0..self.resident.len() {
             let kind = self.store.units()[index].kind;
             if kind == UnitKind::Head && tails.is_none() {
@@ -649,6 +664,11 @@ impl<B: Backend> Engine<B> {
                         experts,
                     };
                     hidden = Some(layers.layer(layer, unit, input, ctx)?);
+                    if kv_on_host[layer] {
+                        for cache in kv.iter_mut() {
+                            cache.slot(layer).to_host()?;
+                        }
+                    }
                 }
                 UnitKind::Head => {
                     let input = hidden.take().ok_or_else(missing_embedding)?;
@@ -667,6 +687,8 @@ impl<B: Backend> Engine<B> {
             if self.options.sync_units {
                 self.sample_device_memory(in_flight);
             }
+            // The next unit's tensors may be of other sizes.
+            self.backend.release_unused();
             if let Some(unit) = streamed.take() {
                 // The reader drops the unit (or, where it has finished and
                 // gone, the refused request does).
@@ -769,6 +791,7 @@ impl<B: Backend> Reader<B> {
                 Some(ReaderRequest::Permit { released }) => {
                     if let Some(unit) = released {
                         drop(unit);
+                        self.backend.release_unused();
                         self.in_flight.leave();
                     }
                     permits += 1;

@@ -85,6 +85,17 @@ pub enum Error {
         /// What the minimum is made of.
         detail: String,
     },
+    /// The host tier's budget cannot hold what the device budget leaves to
+    /// it (the KV cache of the layers that keep theirs in host memory).
+    #[error("host memory budget of {budget} cannot hold {needed} ({detail}); raise --max-host-memory or --max-memory, or lower the batch size or the context")]
+    HostBudget {
+        /// Host-tier budget in force.
+        budget: crate::ByteSize,
+        /// Host bytes needed.
+        needed: crate::ByteSize,
+        /// What they are made of.
+        detail: String,
+    },
     /// A request (prompt, flag) cannot be served.
     #[error("{0}")]
     Request(String),

@@ -4,20 +4,92 @@
 //! instead of copying the cache into a longer tensor. Each sequence owns its
 //! cache, so sequences of a pass have their own lengths, and one that leaves
 //! frees its room.
+//!
+//! A layer whose cache the residency plan keeps in host memory has it
+//! uploaded when the layer first appends in a pass and brought back with
+//! [`KvSlot::to_host`] after it, only the positions the pass wrote crossing
+//! back.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
-use crate::{ComputeBackend, Result};
+use crate::{ComputeBackend, Error, Result};
 
 /// Positions added at once when a slot outgrows its room.
 const GROWTH: usize = 64;
 
 /// One layer's cached keys and values.
 pub struct KvSlot<B: Backend> {
+    /// On the device, while a pass uses them (or between passes where the
+    /// cache stays on the device).
     entries: Option<Entries<B>>,
+    /// In host memory between passes: the positions written before the
+    /// device's entries were uploaded from it.
+    host: Option<HostEntries>,
     /// Positions the buffers hold when first written.
     room: usize,
+}
+
+/// Keys and values in host memory `[batch, kv_heads, stored, head_dim]`, in
+/// the compute dtype, the first `len` positions valid.
+struct HostEntries {
+    keys: TensorData,
+    values: TensorData,
+    len: usize,
+}
+
+impl HostEntries {
+    /// The first `keep` positions of `old` (none without it) followed by
+    /// `keys` and `values`.
+    fn joined(old: Option<HostEntries>, keep: usize, keys: TensorData, values: TensorData) -> Self {
+        let added = keys.shape[2];
+        let (keys, values) = match old {
+            Some(old) if keep > 0 => (
+                join_positions(&old.keys, keep, &keys),
+                join_positions(&old.values, keep, &values),
+            ),
+            _ => (keys, values),
+        };
+        HostEntries {
+            keys,
+            values,
+            len: keep + added,
+        }
+    }
+
+    /// These entries on the device, in buffers of at least `room` positions.
+    fn upload<B: Backend>(
+        &self,
+        backend: &dyn ComputeBackend<B>,
+        room: usize,
+    ) -> Result<Entries<B>> {
+        let device = backend.device();
+        let upload = |data: &TensorData| {
+            Tensor::<B, 4>::from_data(data.clone(), device).narrow(2, 0, self.len)
+        };
+        let (keys, values) = (upload(&self.keys), upload(&self.values));
+        Entries::empty(&keys, &values, room.max(self.len)).write(backend, keys, values)
+    }
+}
+
+/// `[batch, heads, keep + added, dim]` data: the first `keep` positions of
+/// `old` `[batch, heads, stored, dim]`, then `new` `[batch, heads, added,
+/// dim]`, both of one dtype.
+fn join_positions(old: &TensorData, keep: usize, new: &TensorData) -> TensorData {
+    let [batch, heads, stored, dim] = old.shape[..] else {
+        unreachable!("cached keys and values have rank 4")
+    };
+    let added = new.shape[2];
+    let position = dim * new.dtype.size();
+    let (old_bytes, new_bytes) = (old.as_bytes(), new.as_bytes());
+    let mut joined = Vec::with_capacity(batch * heads * (keep + added) * position);
+    for row in 0..batch * heads {
+        let old_row = row * stored * position;
+        joined.extend_from_slice(&old_bytes[old_row..old_row + keep * position]);
+        let new_row = row * added * position;
+        joined.extend_from_slice(&new_bytes[new_row..new_row + added * position]);
+    }
+    TensorData::from_bytes_vec(joined, [batch, heads, keep + added, dim], new.dtype)
 }
 
 /// Key and value buffers `[batch, kv_heads, room, head_dim]`, the first
@@ -80,6 +152,7 @@ impl<B: Backend> KvSlot<B> {
     fn with_room(room: usize) -> Self {
         KvSlot {
             entries: None,
+            host: None,
             room,
         }
     }
@@ -94,7 +167,13 @@ impl<B: Backend> KvSlot<B> {
         values: Tensor<B, 4>,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 4>)> {
         let added = keys.dims()[2];
-        let entries = match self.entries.take() {
+        let on_device = match (self.entries.take(), &self.host) {
+            (None, Some(host)) if host.len > 0 => {
+                Some(host.upload(backend, self.room.max(host.len + added))?)
+            }
+            (entries, _) => entries,
+        };
+        let entries = match on_device {
             Some(entries) if entries.len + added <= entries.room() => entries,
             Some(entries) => {
                 let room = entries.len + added + GROWTH;
@@ -106,6 +185,32 @@ impl<B: Backend> KvSlot<B> {
         let written = entries.written();
         self.entries = Some(entries);
         Ok(written)
+    }
+
+    /// Moves the cache to host memory until the next pass that appends
+    /// (which uploads it): the positions written since it was uploaded are
+    /// read back, and its device buffers dropped.
+    pub fn to_host(&mut self) -> Result<()> {
+        let Some(entries) = self.entries.take() else {
+            return Ok(());
+        };
+        let kept = self.host.as_ref().map_or(0, |h| h.len).min(entries.len);
+        if kept == entries.len {
+            if let Some(host) = self.host.as_mut() {
+                host.len = kept;
+            }
+            return Ok(());
+        }
+        let read = |t: Tensor<B, 4>| {
+            t.narrow(2, kept, entries.len - kept)
+                .try_into_data()
+                .map_err(|e| {
+                    Error::Backend(format!("reading the KV cache back to host memory: {e:?}"))
+                })
+        };
+        let (keys, values) = (read(entries.keys.clone())?, read(entries.values.clone())?);
+        self.host = Some(HostEntries::joined(self.host.take(), kept, keys, values));
+        Ok(())
     }
 }
 
@@ -149,6 +254,9 @@ impl<B: Backend> KvCache<B> {
         for slot in &mut self.slots {
             if let Some(entries) = slot.entries.as_mut() {
                 entries.len = entries.len.min(positions);
+            }
+            if let Some(host) = slot.host.as_mut() {
+                host.len = host.len.min(positions);
             }
         }
         self.positions = self.positions.min(positions);
@@ -215,5 +323,33 @@ mod tests {
             .unwrap();
         let kept = positions(0, total - 2);
         assert_eq!(values(keys), values(Tensor::cat(vec![kept, again], 2)));
+    }
+
+    #[test]
+    fn a_cache_kept_in_host_memory_between_passes_reads_as_one_on_the_device() {
+        let (mut on_device, mut on_host) = (KvCache::<Flex>::new(1, 2), KvCache::<Flex>::new(1, 2));
+        let mut total = 0;
+        // Appends within and past the room, with positions forgotten and
+        // written over in between.
+        for (added, forget) in [(2, 0), (1, 0), (3, 2), (1, 0), (2, 1)] {
+            on_device.truncate(total - forget);
+            on_host.truncate(total - forget);
+            total -= forget;
+            let new = positions(total, added) * (1.0 + forget as f32);
+            let expected = on_device
+                .slot(0)
+                .append(&BurnOps, new.clone(), new.clone() * 2.0)
+                .unwrap();
+            let got = on_host
+                .slot(0)
+                .append(&BurnOps, new.clone(), new * 2.0)
+                .unwrap();
+            on_host.slot(0).to_host().unwrap();
+            assert!(on_host.slots[0].entries.is_none());
+            total += added;
+            assert_eq!(values(got.0), values(expected.0));
+            assert_eq!(values(got.1), values(expected.1));
+        }
+        assert_eq!(on_host.slots[0].host.as_ref().map(|h| h.len), Some(total));
     }
 }

@@ -1,5 +1,7 @@
 //! The residency plan: from a memory budget, decide which units stay on the
-//! device across passes and which are streamed from the store every pass.
+//! device across passes and which are streamed from the store every pass,
+//! and which layers' KV cache stays on the device and which waits in host
+//! memory between passes.
 
 use crate::{
     ByteSize, ComputeDType, Error, ModelDims, Result, UnitInfo, UnitKind, UnitSpec, WeightLayout,
@@ -35,7 +37,8 @@ pub struct PlanInput {
     /// Device bytes of each mixture-of-experts layer's shared tensors
     /// (`None` for the other units).
     pub shared_bytes: Vec<Option<u64>>,
-    /// KV-cache bytes for the whole batch at its longest.
+    /// KV-cache bytes for the whole batch at its longest, every layer's
+    /// alike.
     pub kv_bytes: u64,
     /// Activation bytes of the largest pass, with the room to expand one
     /// matrix where the layout expands them before use
@@ -68,8 +71,14 @@ pub struct ResidencyPlan {
     /// run of prefetch + 1 consecutive units that are uploaded every pass,
     /// and the compressed frames and scratch of the one being decoded.
     pub stream_buffer_bytes: u64,
-    /// KV-cache bytes.
+    /// KV-cache bytes on the device between passes.
     pub kv_bytes: u64,
+    /// Per decoder layer, whether its KV cache waits in host memory
+    /// between passes (uploaded with the layer, its room counted in the
+    /// stream window) rather than staying on the device.
+    pub kv_on_host: Vec<bool>,
+    /// Host bytes of the KV cache kept there.
+    pub host_kv_bytes: u64,
     /// Activation bytes.
     pub activation_bytes: u64,
     /// Bytes left for the cache of recently routed experts (0 when no
@@ -79,7 +88,7 @@ pub struct ResidencyPlan {
     pub draft_bytes: u64,
     /// The device budget planned against.
     pub budget: u64,
-    /// Host bytes of the units kept in the host tier.
+    /// Host bytes of the units kept in the host tier (besides its KV cache).
     pub host_bytes: u64,
     /// The host tier's budget planned against.
     pub host_budget: u64,
@@ -181,11 +190,24 @@ fn is_layer(kind: UnitKind) -> bool {
 }
 
 /// Which units stay on the device: the leading `layers` of the decoder
-/// layers, and the head or not.
+/// layers, and the head or not; and how many of the last layers keep
+/// their KV cache in host memory (`kv_on_host`).
 #[derive(Clone, Copy)]
 struct DeviceSet {
     layers: usize,
     head: bool,
+    kv_on_host: usize,
+}
+
+impl DeviceSet {
+    /// Everything streamed, `kv_on_host` layers' KV cache in host memory.
+    fn all_streamed(kv_on_host: usize) -> Self {
+        DeviceSet {
+            layers: 0,
+            head: false,
+            kv_on_host,
+        }
+    }
 }
 
 impl PlanInput {
@@ -211,12 +233,32 @@ impl PlanInput {
             .sum()
     }
 
+    /// KV-cache bytes of one decoder layer.
+    fn kv_layer_bytes(&self) -> u64 {
+        self.kv_bytes / self.layer_indices().len().max(1) as u64
+    }
+
+    /// Whether unit `index` is one of the last `kv_on_host` layers, whose
+    /// KV cache waits in host memory.
+    fn keeps_kv_on_host(&self, index: usize, kv_on_host: usize) -> bool {
+        let layers = self.layer_indices();
+        layers[layers.len() - kv_on_host.min(layers.len())..].contains(&index)
+    }
+
     /// Buffers for the largest run of prefetch + 1 consecutive units of
-    /// `streamed` (indices in forward order), and for decoding one.
-    fn stream_window_bytes(&self, streamed: &[usize]) -> u64 {
+    /// `streamed` (indices in forward order), each with room for its KV
+    /// cache where that waits in host memory (the last `kv_on_host`
+    /// layers), and for decoding one.
+    fn stream_window_bytes(&self, streamed: &[usize], kv_on_host: usize) -> u64 {
         let sizes: Vec<u64> = streamed
             .iter()
-            .map(|&i| self.stream_unit_bytes[i])
+            .map(|&i| {
+                let kv = match self.keeps_kv_on_host(i, kv_on_host) {
+                    true => self.kv_layer_bytes(),
+                    false => 0,
+                };
+                self.stream_unit_bytes[i] + kv
+            })
             .collect();
         let run = (self.prefetch + 1).min(sizes.len()).max(1);
         let largest = sizes
@@ -236,7 +278,22 @@ impl PlanInput {
 
     /// Device bytes of the stream window under `choice`.
     fn window_under(&self, choice: DeviceSet) -> u64 {
-        self.stream_window_bytes(&self.streamed_under(choice))
+        self.stream_window_bytes(&self.streamed_under(choice), choice.kv_on_host)
+    }
+
+    /// KV-cache bytes on the device between passes under `choice`.
+    fn device_kv_under(&self, choice: DeviceSet) -> u64 {
+        self.kv_bytes - self.host_kv_under(choice)
+    }
+
+    /// KV-cache bytes in host memory under `choice`.
+    fn host_kv_under(&self, choice: DeviceSet) -> u64 {
+        let layers = self.layer_indices().len();
+        match choice.kv_on_host.min(layers) {
+            0 => 0,
+            spilled if spilled == layers => self.kv_bytes,
+            spilled => spilled as u64 * self.kv_layer_bytes(),
+        }
     }
 
     /// Device bytes of the units `choice` keeps resident.
@@ -258,8 +315,46 @@ impl PlanInput {
         self.draft_bytes
             + self.resident_under(choice)
             + self.window_under(choice)
-            + self.kv_bytes
+            + self.device_kv_under(choice)
             + self.activation_bytes
+    }
+
+    /// How many of the last layers must keep their KV cache in host memory
+    /// for the minimum working set to fit the device budget: none while it
+    /// fits with the whole cache on the device; one more layer at a time
+    /// past that where there is a host tier. Errors name both budgets.
+    fn layers_with_kv_on_host(&self) -> Result<usize> {
+        let minimum = |kv_on_host| self.device_bytes_under(DeviceSet::all_streamed(kv_on_host));
+        if minimum(0) <= self.budget {
+            return Ok(0);
+        }
+        let layers = self.layer_indices().len();
+        let spillable = match self.host_budget {
+            0 => 0,
+            _ => layers,
+        };
+        let Some(spilled) = (1..=spillable).find(|&n| minimum(n) <= self.budget) else {
+            return Err(Error::Budget {
+                budget: ByteSize(self.budget),
+                minimum: ByteSize(minimum(spillable)),
+                detail: budget_detail(self, spillable),
+            });
+        };
+        let choice = DeviceSet::all_streamed(spilled);
+        let (host_kv, staging) = (self.host_kv_under(choice), self.window_under(choice));
+        if host_kv + staging > self.host_budget {
+            return Err(Error::HostBudget {
+                budget: ByteSize(self.host_budget),
+                needed: ByteSize(host_kv + staging),
+                detail: format!(
+                    "the KV cache of {spilled} of {layers} layers {} that the device budget of {} leaves out, and staging for the stream window {}",
+                    ByteSize(host_kv),
+                    ByteSize(self.budget),
+                    ByteSize(staging)
+                ),
+            });
+        }
+        Ok(spilled)
     }
 }
 
@@ -278,19 +373,23 @@ impl ResidencyPlan {
     /// The smallest budget `input` can run in: a draft model, the
     /// embedding's vectors, the stream window with every layer and the head
     /// streamed, KV cache and activations.
+    /// With the whole KV cache on the device.
     pub fn minimum_budget(input: &PlanInput) -> u64 {
-        input.device_bytes_under(DeviceSet {
-            layers: 0,
-            head: false,
-        })
+        input.device_bytes_under(DeviceSet::all_streamed(0))
+    }
+
+    /// The smallest budget `input` can run in with a host tier: the
+    /// minimum with every layer's KV cache in host memory between passes.
+    pub fn minimum_budget_with_kv_on_host(input: &PlanInput) -> u64 {
+        input.device_bytes_under(DeviceSet::all_streamed(input.layer_indices().len()))
     }
 
     /// The smallest budget that keeps the head on the device (below it,
     /// the head streams like a layer).
     pub fn head_resident_budget(input: &PlanInput) -> u64 {
         input.device_bytes_under(DeviceSet {
-            layers: 0,
             head: true,
+            ..DeviceSet::all_streamed(0)
         })
     }
 
@@ -302,6 +401,12 @@ impl ResidencyPlan {
     /// more than any cached expert); what is left holds the cache of routed
     /// experts. Streamed dense units then go to the host tier, in order,
     /// while it holds them beside the staging of the stream window.
+    ///
+    /// Where even that minimum does not fit with the whole KV cache on the
+    /// device, the last layers keep theirs in host memory, as few as make
+    /// it fit: those layers stream, and their cache is uploaded with them
+    /// (the stream window has room for it). The host tier holds that cache
+    /// before any unit; an error says which budget to raise.
     pub fn new(input: &PlanInput) -> Result<Self> {
         if input.draft_bytes + input.all_resident_bytes() <= input.budget {
             return Ok(ResidencyPlan {
@@ -309,6 +414,8 @@ impl ResidencyPlan {
                 resident_bytes: input.units.iter().map(|u| u.1).sum(),
                 stream_buffer_bytes: input.decode_bytes,
                 kv_bytes: input.kv_bytes,
+                kv_on_host: vec![false; input.layer_indices().len()],
+                host_kv_bytes: 0,
                 activation_bytes: input.activation_bytes,
                 expert_cache_bytes: 0,
                 draft_bytes: input.draft_bytes,
@@ -317,22 +424,15 @@ impl ResidencyPlan {
                 host_budget: input.host_budget,
             });
         }
-        let minimum = Self::minimum_budget(input);
-        if minimum > input.budget {
-            return Err(Error::Budget {
-                budget: ByteSize(input.budget),
-                minimum: ByteSize(minimum),
-                detail: budget_detail(input),
-            });
-        }
+        let kv_on_host = input.layers_with_kv_on_host()?;
         let fits = |choice: DeviceSet| input.device_bytes_under(choice) <= input.budget;
         let mut choice = DeviceSet {
-            layers: 0,
             head: input.head_index().is_some(),
+            ..DeviceSet::all_streamed(kv_on_host)
         };
         choice.head &= fits(choice);
         let layers = input.layer_indices();
-        while choice.layers < layers.len()
+        while choice.layers < layers.len() - kv_on_host
             && fits(DeviceSet {
                 layers: choice.layers + 1,
                 ..choice
@@ -356,8 +456,11 @@ impl ResidencyPlan {
             };
             streamed_experts |= input.stream_unit_bytes[index] < input.units[index].1;
         }
-        let stream_buffer_bytes = input.stream_window_bytes(&streamed);
-        let mut host_room = input.host_budget.saturating_sub(stream_buffer_bytes);
+        let stream_buffer_bytes = input.window_under(choice);
+        let host_kv_bytes = input.host_kv_under(choice);
+        let mut host_room = input
+            .host_budget
+            .saturating_sub(stream_buffer_bytes + host_kv_bytes);
         let mut host_bytes = 0;
         for &index in &streamed {
             let bytes = input.units[index].1;
@@ -371,7 +474,11 @@ impl ResidencyPlan {
             placements,
             resident_bytes,
             stream_buffer_bytes,
-            kv_bytes: input.kv_bytes,
+            kv_bytes: input.device_kv_under(choice),
+            kv_on_host: (0..layers.len())
+                .map(|layer| layer >= layers.len() - kv_on_host)
+                .collect(),
+            host_kv_bytes,
             activation_bytes: input.activation_bytes,
             expert_cache_bytes: if streamed_experts { room } else { 0 },
             draft_bytes: input.draft_bytes,
@@ -409,15 +516,14 @@ impl ResidencyPlan {
     }
 }
 
-/// What the minimum working set of `input` is made of, for the budget error.
-fn budget_detail(input: &PlanInput) -> String {
-    let streamed = input.streamed_under(DeviceSet {
-        layers: 0,
-        head: false,
-    });
+/// What the minimum working set of `input` is made of, with the last
+/// `kv_on_host` layers' KV cache in host memory, for the budget error.
+fn budget_detail(input: &PlanInput, kv_on_host: usize) -> String {
+    let choice = DeviceSet::all_streamed(kv_on_host);
+    let streamed = input.streamed_under(choice);
     let fixed = input.fixed_unit_bytes();
     format!(
-        "{}{}stream window of {} consecutive units {}{}, KV cache {}, activations {}",
+        "{}{}stream window of {} consecutive units {}{}, KV cache {}{}, activations {}",
         match input.draft_bytes {
             0 => String::new(),
             bytes => format!("draft model (all resident) {}, ", ByteSize(bytes)),
@@ -427,12 +533,19 @@ fn budget_detail(input: &PlanInput) -> String {
             bytes => format!("embedding {}, ", ByteSize(bytes)),
         },
         (input.prefetch + 1).min(streamed.len()),
-        ByteSize(input.stream_window_bytes(&streamed)),
+        ByteSize(input.window_under(choice)),
         match input.decode_bytes {
             0 => String::new(),
             bytes => format!(" (of which {} to decode one)", ByteSize(bytes)),
         },
-        ByteSize(input.kv_bytes),
+        ByteSize(input.device_kv_under(choice)),
+        match input.host_kv_under(choice) {
+            0 => String::new(),
+            bytes => format!(
+                " on the device and {} in host memory (the last {kv_on_host} layers', each uploaded with its layer)",
+                ByteSize(bytes)
+            ),
+        },
         ByteSize(input.activation_bytes)
     )
 }
@@ -521,10 +634,10 @@ mod tests {
             uneven.units[i + 1].1 = bytes;
             uneven.stream_unit_bytes[i + 1] = bytes;
         }
-        assert_eq!(uneven.stream_window_bytes(&[1, 2, 3, 4]), 90);
+        assert_eq!(uneven.stream_window_bytes(&[1, 2, 3, 4], 0), 90);
         uneven.prefetch = 2;
-        assert_eq!(uneven.stream_window_bytes(&[1, 2, 3, 4]), 170);
-        assert_eq!(uneven.stream_window_bytes(&[4, 5]), 180);
+        assert_eq!(uneven.stream_window_bytes(&[1, 2, 3, 4], 0), 170);
+        assert_eq!(uneven.stream_window_bytes(&[4, 5], 0), 180);
         uneven.prefetch = 1;
         // Head resident (100) beside the layers' window of 90.
         uneven.budget = 100 + 100 + 90 + 20;
@@ -559,6 +672,61 @@ mod tests {
         })
         .unwrap();
         assert_eq!(plan.on_host(), 0);
+    }
+
+    #[test]
+    fn the_last_layers_keep_their_kv_cache_on_the_host_when_the_device_cannot() {
+        // A KV cache of 10 per layer: with all of it on the device the
+        // minimum is 100 embedding + 150 window + 40 + 10 = 300.
+        let spilling = |budget, host_budget| PlanInput {
+            kv_bytes: 40,
+            host_budget,
+            ..input(budget, 1)
+        };
+        assert_eq!(ResidencyPlan::minimum_budget(&spilling(0, 0)), 300);
+        // 280: each layer spilled moves 10 off the device, but brings 10
+        // into the window where it is one of the largest run (layer 3 and
+        // the head): three layers' caches go to the host.
+        let plan = ResidencyPlan::new(&spilling(280, 1000)).unwrap();
+        assert_eq!(plan.kv_on_host, [false, true, true, true]);
+        assert_eq!((plan.kv_bytes, plan.host_kv_bytes), (10, 30));
+        assert_eq!(plan.stream_buffer_bytes, 160);
+        assert_eq!(plan.predicted_peak(), 280);
+        // Those layers stream; the host tier holds their cache first, then
+        // every streamed unit beside the window's staging.
+        assert_eq!(plan.placements[1..], [Host; 5]);
+        assert_eq!(plan.host_bytes, 300);
+        // The cache fits nowhere else: the host budget must hold it with
+        // the window's staging.
+        let err = ResidencyPlan::new(&spilling(280, 180)).unwrap_err();
+        assert!(matches!(err, Error::HostBudget { .. }), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("190 B") && err.contains("KV cache of 3 of 4 layers 30 B"),
+            "{err}"
+        );
+        // Without a host tier nothing spills: the device must hold it all.
+        let err = ResidencyPlan::new(&spilling(280, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("minimum working set of 300 B"), "{err}");
+        // With every layer's cache on the host the minimum is 270.
+        assert_eq!(
+            ResidencyPlan::minimum_budget_with_kv_on_host(&spilling(0, 0)),
+            270
+        );
+        let err = ResidencyPlan::new(&spilling(260, 1000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("minimum working set of 270 B")
+                && err.contains("KV cache 0 B on the device and 40 B in host memory"),
+            "{err}"
+        );
+        // A cache that fits the device stays there.
+        let plan = ResidencyPlan::new(&spilling(300, 1000)).unwrap();
+        assert_eq!((plan.kv_bytes, plan.host_kv_bytes), (40, 0));
+        assert!(plan.kv_on_host.iter().all(|on_host| !on_host));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! [`LayerStore`]: where weights live, listed as units and read one unit at a time.
 
+use std::collections::BTreeSet;
+
 use crate::{ComputeDType, DType, Error, HostUnit, Result, StorageKind};
 
 /// The role of a unit in the forward pass.
@@ -118,19 +120,23 @@ pub enum WeightLayout {
     /// Matrices kept in their stored encoding (a bf16 or Q4_1 matrix costs
     /// its file bytes); vectors widened to f32.
     MatricesAsStored,
-    /// Matrices kept in their stored encoding and expanded to f32 one at a
-    /// time when used (wgpu, cuda): each costs its file bytes, and the
-    /// expansion needs room for the largest one in f32.
+    /// Matrices kept in their stored encoding and expanded to the compute
+    /// dtype one at a time when used (wgpu, cuda): each costs its file
+    /// bytes, and the expansion needs a buffer per size of matrix in the
+    /// unit that needs the most ([`WeightLayout::expansion_bytes`]).
     MatricesExpandedOnUse,
 }
 
 impl WeightLayout {
-    /// Device bytes for expanding matrices before use: the largest
-    /// matrix of `units` expanded on use, in `dtype`, under
-    /// [`WeightLayout::MatricesExpandedOnUse`]; nothing under the other
-    /// layouts. Matrices stored in f32 need no expansion, nor, when the
-    /// compute dtype is a half one, those stored in f16 or bf16 (made the
-    /// compute dtype once, at upload).
+    /// Device bytes for expanding matrices before use under
+    /// [`WeightLayout::MatricesExpandedOnUse`] (nothing under the other
+    /// layouts): the most any unit needs, a buffer for each size of matrix
+    /// it expands, in `dtype` (one expansion is dropped before the next,
+    /// and the device reuses a buffer for the next matrix of its size, see
+    /// [`ComputeBackend::allocate_exactly`](crate::ComputeBackend::allocate_exactly)).
+    /// Matrices stored in f32 need no expansion, nor, when the compute
+    /// dtype is a half one, those stored in f16 or bf16 (made the compute
+    /// dtype once, at upload).
     pub fn expansion_bytes(self, units: &[UnitInfo], dtype: ComputeDType) -> u64 {
         if self != WeightLayout::MatricesExpandedOnUse {
             return 0;
@@ -142,12 +148,17 @@ impl WeightLayout {
         };
         units
             .iter()
-            .flat_map(|unit| {
-                unit.tensors.iter().filter(|t| {
-                    t.shape.len() == 2 && !unit.kind.stays_on_host(2) && expanded(t.kind)
-                })
+            .map(|unit| {
+                let sizes: BTreeSet<u64> = unit
+                    .tensors
+                    .iter()
+                    .filter(|t| {
+                        t.shape.len() == 2 && !unit.kind.stays_on_host(2) && expanded(t.kind)
+                    })
+                    .map(|t| t.elements().saturating_mul(dtype.bytes()))
+                    .collect();
+                sizes.into_iter().fold(0u64, u64::saturating_add)
             })
-            .map(|t| t.elements().saturating_mul(dtype.bytes()))
             .max()
             .unwrap_or(0)
     }
@@ -281,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn matrices_expanded_on_use_cost_their_bytes_and_room_for_the_largest() {
+    fn matrices_expanded_on_use_cost_their_bytes_and_a_buffer_per_size() {
         let q4 = StorageKind::Block(BlockKind::Q4_0);
         let units = [
             // The embedding table stays on the host: never expanded.
@@ -290,25 +301,34 @@ mod tests {
                 UnitKind::Layer(0),
                 vec![
                     tensor("up", q4, &[128, 64]),
+                    // Expanded after `up` is dropped, into its buffer.
+                    tensor("up2", q4, &[128, 64]),
                     tensor("down", StorageKind::Dense(DType::BF16), &[64, 192]),
                     // f32 matrices are uploaded as they are.
                     tensor("gate", StorageKind::Dense(DType::F32), &[256, 64]),
                     tensor("norm", StorageKind::Dense(DType::BF16), &[64]),
                 ],
             ),
+            // Smaller matrices than layer 0's together.
+            unit(UnitKind::Head, vec![tensor("head", q4, &[160, 64])]),
         ];
         let layout = WeightLayout::MatricesExpandedOnUse;
         // Q4_0: 18 bytes per 32 values; bf16 2 bytes, f32 4; vectors in f32.
         assert_eq!(
             units[1].device_bytes(layout),
-            128 * 64 / 32 * 18 + 64 * 192 * 2 + 256 * 64 * 4 + 64 * 4
+            2 * 128 * 64 / 32 * 18 + 64 * 192 * 2 + 256 * 64 * 4 + 64 * 4
         );
         let f32 = ComputeDType::F32;
-        assert_eq!(layout.expansion_bytes(&units, f32), 64 * 192 * 4);
-        // In f16 the bf16 matrix is made f16 at upload: only blocks expand.
+        // A buffer for `up` (and `up2`) and one for `down`.
+        assert_eq!(
+            layout.expansion_bytes(&units, f32),
+            (128 * 64 + 64 * 192) * 4
+        );
+        // In f16 the bf16 matrix is made f16 at upload: only blocks expand,
+        // and the head's one matrix is then the most.
         assert_eq!(
             layout.expansion_bytes(&units, ComputeDType::F16),
-            128 * 64 * 2
+            160 * 64 * 2
         );
         assert_eq!(
             WeightLayout::MatricesAsStored.expansion_bytes(&units, f32),

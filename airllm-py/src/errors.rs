@@ -10,7 +10,7 @@ use pyo3::types::PyType;
 /// The exception class of `airllm_rs.errors` for `error`.
 fn class_name(error: &Error) -> &'static str {
     match error {
-        Error::Budget { .. } => "MemoryBudgetError",
+        Error::Budget { .. } | Error::HostBudget { .. } => "MemoryBudgetError",
         Error::Request(_) => "RequestError",
         // A setting written as a flag is the caller's; a config key is the model's.
         Error::Config { setting, .. } if setting.starts_with('-') => "RequestError",

@@ -77,12 +77,13 @@ enum MemorySize {
 }
 
 impl MemorySize {
-    fn bytes(self) -> PyResult<ByteSize> {
+    /// The size, errors naming the keyword `name`.
+    fn bytes(self, name: &str) -> PyResult<ByteSize> {
         match self {
             MemorySize::Bytes(bytes) => Ok(ByteSize(bytes)),
             MemorySize::Text(text) => text
                 .parse()
-                .map_err(|e: String| bad_argument(format!("max_memory: {e}"))),
+                .map_err(|e: String| bad_argument(format!("{name}: {e}"))),
         }
     }
 }
@@ -213,9 +214,9 @@ impl Model {
     /// or hub id) on `device` and starts its engine thread.
     #[new]
     #[pyo3(signature = (
-        model, *, device = "cpu", max_memory = None, threads = None, prefetch = None,
-        prefill_chunk = None, activations = None, verify = false, expert_cache = true,
-        hf_token = None, profiling = false
+        model, *, device = "cpu", max_memory = None, max_host_memory = None, dtype = None,
+        threads = None, prefetch = None, prefill_chunk = None, activations = None,
+        verify = false, expert_cache = true, hf_token = None, profiling = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -223,6 +224,8 @@ impl Model {
         model: PathBuf,
         device: &str,
         max_memory: Option<MemorySize>,
+        max_host_memory: Option<MemorySize>,
+        dtype: Option<&str>,
         threads: Option<usize>,
         prefetch: Option<usize>,
         prefill_chunk: Option<usize>,
@@ -236,7 +239,10 @@ impl Model {
             device: device
                 .parse()
                 .map_err(|e: String| bad_argument(format!("device: {e}")))?,
-            max_memory: max_memory.map(MemorySize::bytes).transpose()?,
+            max_memory: max_memory.map(|m| m.bytes("max_memory")).transpose()?,
+            max_host_memory: max_host_memory
+                .map(|m| m.bytes("max_host_memory"))
+                .transpose()?,
             threads,
             verify,
             expert_cache: match expert_cache {
@@ -245,6 +251,11 @@ impl Model {
             },
             ..EngineArgs::default()
         };
+        if let Some(dtype) = dtype {
+            engine.dtype = dtype
+                .parse()
+                .map_err(|e: String| bad_argument(format!("dtype: {e}")))?;
+        }
         if let Some(prefetch) = prefetch {
             engine.prefetch = prefetch;
         }

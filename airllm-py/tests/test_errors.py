@@ -21,6 +21,10 @@ def test_a_bad_argument_is_a_request_error(model, smollm2):
         AutoModel.from_pretrained(smollm2, max_memory="lots")
     with pytest.raises(RequestError, match="device"):
         AutoModel.from_pretrained(smollm2, device="tpu")
+    with pytest.raises(RequestError, match="max_host_memory"):
+        AutoModel.from_pretrained(smollm2, max_host_memory="lots")
+    with pytest.raises(RequestError, match="dtype"):
+        AutoModel.from_pretrained(smollm2, dtype="f8")
     with pytest.raises(ValueError, match="return_tensors"):
         model.tokenizer("Hello", return_tensors="tf")
 
@@ -28,6 +32,15 @@ def test_a_bad_argument_is_a_request_error(model, smollm2):
 def test_an_unknown_compression_is_a_request_error(smollm2):
     with pytest.raises(RequestError, match="unknown compression '3bit'"):
         AutoModel.from_pretrained(smollm2, compression="3bit")
+
+
+def test_gpu_settings_on_the_cpu_are_request_errors(smollm2):
+    # The cpu computes in host memory, in f32 (its precision is
+    # ``activations``).
+    with pytest.raises(RequestError, match="host memory"):
+        AutoModel.from_pretrained(smollm2, max_host_memory="1GiB")
+    with pytest.raises(RequestError, match="dtype"):
+        AutoModel.from_pretrained(smollm2, dtype="f16")
 
 
 def test_a_budget_below_the_working_set_is_a_memory_budget_error(smollm2):

@@ -160,6 +160,10 @@ pub enum Budget {
     /// The head resident beside streamed layers (the smallest budget that
     /// keeps it), and this many bytes more.
     AboveMinimum(u64),
+    /// The minimum working set with every layer's KV cache in host memory
+    /// between passes: every layer and the head stream, and the last
+    /// layers' KV cache waits on the host (the engine needs a host tier).
+    KvOnHost,
 }
 
 /// Opens an engine on model directory `dir`, verifying checksums.
@@ -205,6 +209,7 @@ pub fn engine_with<B: Backend>(
     let max_memory = match budget {
         Budget::Resident => 1 << 40,
         Budget::StreamAll => ResidencyPlan::minimum_budget(&input),
+        Budget::KvOnHost => ResidencyPlan::minimum_budget_with_kv_on_host(&input),
         Budget::AboveMinimum(extra) => ResidencyPlan::head_resident_budget(&input) + extra,
     };
     let options = EngineOptions {
@@ -227,7 +232,8 @@ pub fn drafted_engine<B: Backend>(
     let draft_bytes = draft.resident_bytes(shape.batch, shape.chunk, shape.context);
     let budget = match budget {
         Budget::Resident => Budget::Resident,
-        Budget::StreamAll => Budget::AboveMinimum(draft_bytes),
+        // The draft holds its KV cache on the device: no layer spills.
+        Budget::StreamAll | Budget::KvOnHost => Budget::AboveMinimum(draft_bytes),
         Budget::AboveMinimum(extra) => Budget::AboveMinimum(extra + draft_bytes),
     };
     let mut target = engine(dir, backend, budget, 1, shape)?;

@@ -45,6 +45,31 @@ struct CheckModel {
     host_tier: bool,
 }
 
+impl CheckModel {
+    fn new(name: &'static str, dir: &Path, budget: Budget, prefetch: usize) -> Self {
+        CheckModel {
+            name,
+            dir: dir.to_path_buf(),
+            budget,
+            prefetch,
+            host_tier: false,
+        }
+    }
+
+    /// Runs on the test device, where the host tier can be on the cpu
+    /// (which computes in host memory) on burn's flex device behind the
+    /// generic backend.
+    fn run_on_test_device(self) -> Result<()> {
+        match (test_device(), self.host_tier) {
+            (DeviceChoice::Cpu, true) => {
+                let flex = BurnBackend::<Flex>::new(FlexDevice, "flex".into());
+                self.run::<Flex>(Arc::new(flex))
+            }
+            _ => on_test_device(self),
+        }
+    }
+}
+
 impl BackendJob for CheckModel {
     type Output = ();
 
@@ -54,6 +79,8 @@ impl BackendJob for CheckModel {
             prefetch: self.prefetch,
             verify: true,
             max_host_memory: self.host_tier.then_some(1 << 40),
+            // Device memory is sampled in units timed to completion.
+            sync_units: self.budget == Budget::KvOnHost,
             ..Default::default()
         };
         let mut engine = engine_with(&self.dir, backend, self.budget, SHAPE, options)?;
@@ -125,19 +152,33 @@ impl BackendJob for CheckModel {
                 self.prefetch
             );
         }
+        if self.budget == Budget::KvOnHost {
+            let on_host = plan.kv_on_host.iter().filter(|on_host| **on_host).count();
+            assert!(
+                on_host > 0 && plan.host_kv_bytes > 0,
+                "{label}: some layers' KV cache waits in host memory: {plan:?}"
+            );
+            // What the runtime's pools held (0 where it cannot tell: the
+            // cpu, flex) within what the plan predicted.
+            eprintln!(
+                "{label}: KV cache of {on_host} layers in host memory, peak device bytes {} of {} predicted",
+                stats.peak_device_bytes,
+                plan.predicted_peak()
+            );
+            assert!(
+                stats.peak_device_bytes <= plan.predicted_peak(),
+                "{label}: peak device bytes {} over the predicted {}",
+                stats.peak_device_bytes,
+                plan.predicted_peak()
+            );
+        }
         Ok(())
     }
 }
 
 fn check(name: &'static str, dir: &Path, budget: Budget, prefetch: usize) {
-    on_test_device(CheckModel {
-        name,
-        dir: dir.to_path_buf(),
-        budget,
-        prefetch,
-        host_tier: false,
-    })
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    on_test_device(CheckModel::new(name, dir, budget, prefetch))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
 }
 
 #[test]
@@ -199,7 +240,7 @@ fn default_budgets_follow_the_device_memory() {
 
 /// Timed to completion, a streamed run reports the device memory the
 /// runtime's pools held at their peak where the device can tell (wgpu,
-/// cuda), and none on the cpu.
+/// cuda), no more than the plan predicted, and none on the cpu.
 #[test]
 fn streamed_runs_report_device_memory() {
     struct PeakDeviceBytes;
@@ -227,7 +268,12 @@ fn streamed_runs_report_device_memory() {
     );
     match test_device() {
         DeviceChoice::Cpu => assert_eq!(peak, 0, "the cpu reports no device memory"),
-        _ => assert!(peak > 0, "a GPU runtime reports its pools"),
+        // The engine's threads allocate exactly and give back what a unit
+        // left unused, so the pools hold what the plan counts.
+        _ => assert!(
+            peak > 0 && peak <= predicted,
+            "a GPU runtime reports its pools, within the plan's prediction"
+        ),
     }
 }
 
@@ -242,21 +288,28 @@ fn streaming_with_prefetch_zero() {
 /// behind the generic backend.
 #[test]
 fn streaming_from_the_host_tier() {
+    check_with_host_tier(Budget::StreamAll);
+}
+
+/// A device budget below the minimum working set with the whole KV cache
+/// on the device: the last layers keep theirs in host memory, uploaded
+/// with the layer, beside units of the host tier; the answers are the
+/// recorded ones, and the runtime's pools (wgpu, cuda) hold no more than
+/// the plan predicted.
+#[test]
+fn kv_cache_in_host_memory_beside_the_host_tier() {
+    check_with_host_tier(Budget::KvOnHost);
+}
+
+/// A dense model, one with seven matrix encodings and a mixture of
+/// experts under `budget`, with a host tier.
+fn check_with_host_tier(budget: Budget) {
     for name in ["llama-gqa", "llama-mixed.gguf", "mixtral-moe"] {
         let job = CheckModel {
-            name,
-            dir: fixture(name),
-            budget: Budget::StreamAll,
-            prefetch: 1,
             host_tier: true,
+            ..CheckModel::new(name, &fixture(name), budget, 1)
         };
-        match test_device() {
-            DeviceChoice::Cpu => {
-                let flex = BurnBackend::<Flex>::new(FlexDevice, "flex".into());
-                job.run::<Flex>(Arc::new(flex))
-            }
-            _ => on_test_device(job),
-        }
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        job.run_on_test_device()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }

@@ -15,6 +15,7 @@ use airllm_core::{
     StagedTensor, StorageKind, WeightLayout,
 };
 use burn::tensor::{Device, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::MemoryAllocationMode;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
@@ -126,6 +127,17 @@ impl<R: CubeRuntime, BT: BoolElement> ComputeBackend<Cube<R, BT>> for CubeComput
             .memory_usage()
             .ok()
             .map(|usage| usage.bytes_reserved)
+    }
+
+    fn allocate_exactly(&self) {
+        // SAFETY: the mode is the calling thread's stream's own, and the
+        // engine gives back what it leaves unused after each pass
+        // (`release_unused`), so exact-sized buffers do not pile up.
+        unsafe { R::client(&self.device).allocation_mode(MemoryAllocationMode::Persistent) }
+    }
+
+    fn release_unused(&self) {
+        R::client(&self.device).memory_cleanup();
     }
 
     fn stage(&self, tensor: &HostTensor) -> Result<StagedTensor> {

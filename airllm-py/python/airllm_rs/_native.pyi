@@ -25,6 +25,8 @@ class Model:
         *,
         device: str = "cpu",
         max_memory: Union[int, str, None] = None,
+        max_host_memory: Union[int, str, None] = None,
+        dtype: Optional[str] = None,
         threads: Optional[int] = None,
         prefetch: Optional[int] = None,
         prefill_chunk: Optional[int] = None,

@@ -307,7 +307,9 @@ class AutoModel:
         *,
         compression: Optional[str] = None,
         max_memory: Union[int, str, None] = None,
+        max_host_memory: Union[int, str, None] = None,
         device: str = "cpu",
+        dtype: Optional[str] = None,
         layer_shards_saving_path: Union[str, os.PathLike, None] = None,
         hf_token: Optional[str] = None,
         prefetching: bool = True,
@@ -324,8 +326,13 @@ class AutoModel:
         into ``layer_shards_saving_path`` (default: beside the model),
         reusing a finished split on later calls; ``delete_original`` then
         deletes the original weights. ``max_memory`` is the memory budget
-        (bytes, or text such as "4GB"; default 80% of available RAM).
-        ``device`` is "cpu" (or "wgpu" / "cuda[:N]" in builds with them).
+        (bytes, or text such as "4GB"; default 80% of available RAM, or on
+        a GPU its free memory less a margin). ``device`` is "cpu" (or
+        "wgpu" / "cuda[:N]" in builds with them); on a GPU,
+        ``max_host_memory`` bounds the host tier (units kept in host memory
+        between passes, and the KV cache of layers the device budget leaves
+        out) and ``dtype`` is "f32", "f16" or "bf16" (cuda), as ``airllm
+        run --max-host-memory --dtype`` take them.
         ``prefetching`` reads the next layer while one computes.
         ``profiling_mode`` prints each layer's read and compute times after
         every generation. ``threads`` sets the compute threads (default: the
@@ -349,6 +356,8 @@ class AutoModel:
             path,
             device=device,
             max_memory=max_memory,
+            max_host_memory=max_host_memory,
+            dtype=dtype,
             threads=threads,
             activations=activations,
             prefetch=1 if prefetching else 0,
